@@ -1,0 +1,1 @@
+"""The ``tfdeblend`` command line (installed as ``tfdeblend.cli``). Thin Click wrappers only."""

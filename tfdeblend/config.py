@@ -1,0 +1,111 @@
+"""Configuration dataclasses and their YAML form.
+
+Every configuration in tfdeblend is a dataclass that inherits :class:`YamlConfig`, so it can be
+written next to a dataset, checkpoint or SavedModel and read back exactly. A model therefore always
+knows the bands, stamp size, normalization and preset it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tfdeblend.errors import TfdeblendError
+
+T = TypeVar("T", bound="YamlConfig")
+
+#: Bands drawn by default (the paper's choice).
+DEFAULT_BANDS: tuple[str, ...] = ("g", "r", "i")
+#: Side of the stamps BTK draws, pixels.
+RAW_STAMP_SIZE: int = 120
+#: Side of the central crop that the networks see, pixels.
+STAMP_SIZE: int = 80
+#: LSST pixel scale, arcsec per pixel.
+LSST_PIXEL_SCALE: float = 0.2
+#: Faintest i-band AB magnitude drawn (LSST gold sample).
+MAX_MAG: float = 25.3
+#: Most galaxies a classifier can count (classes 0..MAX_COUNT).
+MAX_COUNT: int = 3
+
+
+@dataclasses.dataclass
+class YamlConfig:
+    """Base class: dataclass <-> dict <-> YAML with unknown-key checking."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a plain dict (tuples become lists) suitable for YAML/JSON."""
+
+        def plain(value: Any) -> Any:
+            if dataclasses.is_dataclass(value):
+                return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+
+        return plain(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+        """Build from a dict, rejecting unknown keys with a clear error."""
+        data = dict(data or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise TfdeblendError(
+                f"unknown {cls.__name__} option(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(fields))}"
+            )
+        kwargs = {}
+        for name, value in data.items():
+            default = getattr(cls, name, None) if name in cls.__dict__ else None
+            if isinstance(default, tuple) and isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self: T, **changes: Any) -> T:
+        """Return a copy with ``changes`` applied (``None`` values are ignored)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+    def to_yaml(self, path: str | os.PathLike) -> None:
+        """Write the configuration as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls: type[T], path: str | os.PathLike) -> T:
+        """Read a configuration written by :meth:`to_yaml` (or by hand)."""
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as err:
+            raise TfdeblendError(f"config file {path} does not exist") from err
+        except yaml.YAMLError as err:
+            raise TfdeblendError(f"config file {path} is not valid YAML: {err}") from err
+        if data is not None and not isinstance(data, dict):
+            raise TfdeblendError(f"config file {path} must hold a mapping of options")
+        return cls.from_dict(data)
+
+
+def parse_bands(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Parse ``"g,r,i"`` into ``("g", "r", "i")``, checking against the LSST bands.
+
+    Raises:
+        TfdeblendError: an unknown or repeated band, or an empty list.
+    """
+    bands = tuple(b.strip() for b in text.split(",")) if isinstance(text, str) else tuple(text)
+    bands = tuple(b for b in bands if b)
+    known = ("u", "g", "r", "i", "z", "y")
+    if not bands:
+        raise TfdeblendError("no bands given; use e.g. --bands g,r,i")
+    bad = [b for b in bands if b not in known]
+    if bad:
+        raise TfdeblendError(f"unknown band(s) {', '.join(bad)}; LSST bands are {','.join(known)}")
+    if len(set(bands)) != len(bands):
+        raise TfdeblendError(f"repeated band in {','.join(bands)}")
+    return bands
