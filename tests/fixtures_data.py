@@ -1,0 +1,1 @@
+"""Data fixtures (owned by the simulate/data module): small real BTK datasets."""

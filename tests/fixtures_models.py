@@ -1,0 +1,1 @@
+"""Model fixtures (owned by the models/training module): tiny trained runs."""
