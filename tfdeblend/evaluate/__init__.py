@@ -1,0 +1,1 @@
+"""Evaluation: the paper's metrics, truth-based metrics, baselines and the report."""

@@ -1,0 +1,90 @@
+"""Training configuration shared by phase 1 and phase 2.
+
+The defaults of :func:`paper_train_config` are the paper's hyperparameters (Wang et al. 2021,
+section 3); every field can be overridden by a CLI flag or a YAML file, and the effective
+configuration is saved as ``config.yaml`` in every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tfdeblend.config import YamlConfig
+from tfdeblend.errors import TfdeblendError
+
+
+@dataclasses.dataclass
+class TrainConfig(YamlConfig):
+    """Hyperparameters of one training run.
+
+    Attributes:
+        phase: 1 (one network alone) or 2 (joint).
+        net: ``"deblender"`` or ``"classifier"`` in phase 1; ``"joint"`` in phase 2.
+        preset: model preset name (``paper``, ``cpu``, ``tiny``).
+        learning_rate: deblender (phase 1 deblender, phase 2 RDN) or classifier (phase 1) rate.
+        classifier_learning_rate: classifier rate in phase 2.
+        optimizer: ``adam`` (deblender) or ``sgd`` (classifier: momentum 0.9, as VGG) ...
+        batch_size: global batch size (split over replicas).
+        epochs: passes over the dataset.
+        steps_per_epoch: cap on steps per epoch (``None``: the whole dataset).
+        loss: deblender loss, ``l1`` (the paper's) or ``symmetric`` (permutation-invariant when the
+            two brightest galaxies are close in brightness).
+        ce_weight: lambda, weight of the classifier cross-entropy in the phase-2 RDN loss.
+        single_weight: alpha, weight of 1-galaxy images in the phase-2 classifier loss.
+        validation_fraction: share of the dataset held out for validation.
+        seed: seed for shuffling and initialization.
+        mixed_precision: use ``mixed_float16`` (GPUs only).
+        jit_compile: XLA-compile the train step.
+    """
+
+    phase: int = 1
+    net: str = "deblender"
+    preset: str = "cpu"
+    learning_rate: float = 1e-4
+    classifier_learning_rate: float = 1e-6
+    optimizer: str = "adam"
+    batch_size: int = 128
+    epochs: int = 150
+    steps_per_epoch: int | None = None
+    loss: str = "l1"
+    ce_weight: float = 1e-4
+    single_weight: float = 0.2
+    validation_fraction: float = 0.1
+    seed: int = 0
+    mixed_precision: bool = False
+    jit_compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.phase not in (1, 2):
+            raise TfdeblendError(f"phase must be 1 or 2, not {self.phase}")
+        if self.phase == 1 and self.net not in ("deblender", "classifier"):
+            raise TfdeblendError(f"--net must be deblender or classifier, not {self.net!r}")
+        if self.loss not in ("l1", "symmetric"):
+            raise TfdeblendError(f"loss must be l1 or symmetric, not {self.loss!r}")
+        if self.batch_size <= 0 or self.epochs <= 0:
+            raise TfdeblendError("batch size and epochs must be positive")
+        if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
+            raise TfdeblendError("steps per epoch must be positive")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise TfdeblendError("validation fraction must be in [0, 1)")
+
+
+def paper_train_config(phase: int, net: str = "deblender") -> TrainConfig:
+    """The paper's hyperparameters for ``phase`` (and ``net`` in phase 1).
+
+    Phase 1 deblender: Adam, lr 1e-4, batch 128, 150 epochs, L1.
+    Phase 1 classifier: SGD with momentum 0.9, lr 0.1, batch 200, 200 epochs, cross-entropy.
+    Phase 2: Adam, lr 1e-5 (RDN) and 1e-6 (classifier), batch 8, 10 epochs, lambda 1e-4, alpha 0.2.
+    """
+    if phase == 2:
+        return TrainConfig(
+            phase=2, net="joint", preset="paper", learning_rate=1e-5,
+            classifier_learning_rate=1e-6, optimizer="adam", batch_size=8, epochs=10,
+        )
+    if net == "classifier":
+        return TrainConfig(
+            phase=1, net="classifier", preset="paper", learning_rate=0.1, optimizer="sgd",
+            batch_size=200, epochs=200,
+        )
+    return TrainConfig(phase=1, net="deblender", preset="paper", learning_rate=1e-4,
+                       optimizer="adam", batch_size=128, epochs=150)
