@@ -1,0 +1,70 @@
+"""Registered custom layers (no ``Lambda``), so ``.keras`` files load with ``safe_mode=True``.
+
+Axis order is channels last, ``(N, H, W, C)``, everywhere.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend")
+class SpaceToDepth(keras.layers.Layer):
+    """Lossless rearrangement ``(N, H, W, C) -> (N, H/b, W/b, C*b*b)`` (``tf.nn.space_to_depth``).
+
+    Lets the dense blocks run on a ``b`` times smaller grid; :class:`DepthToSpace` (the ESPCN
+    sub-pixel shuffle) restores full resolution at the end. ``block=1`` is the identity.
+
+    Args:
+        block: block size ``b``; ``H`` and ``W`` must be multiples of it.
+    """
+
+    def __init__(self, block: int, **kwargs):
+        super().__init__(**kwargs)
+        if int(block) < 1:
+            raise ValueError(f"block must be >= 1, not {block}")
+        self.block = int(block)
+
+    def call(self, inputs):
+        if self.block == 1:
+            return inputs
+        return tf.nn.space_to_depth(inputs, self.block)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        b = self.block
+        return (n, None if h is None else h // b, None if w is None else w // b,
+                None if c is None else c * b * b)
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend")
+class DepthToSpace(keras.layers.Layer):
+    """ESPCN sub-pixel upsampling ``(N, H, W, C*b*b) -> (N, H*b, W*b, C)`` (``tf.nn.depth_to_space``).
+
+    Args:
+        block: upsampling factor ``b``; the channel count must be a multiple of ``b*b``.
+    """
+
+    def __init__(self, block: int, **kwargs):
+        super().__init__(**kwargs)
+        if int(block) < 1:
+            raise ValueError(f"block must be >= 1, not {block}")
+        self.block = int(block)
+
+    def call(self, inputs):
+        if self.block == 1:
+            return inputs
+        return tf.nn.depth_to_space(inputs, self.block)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        b = self.block
+        return (n, None if h is None else h * b, None if w is None else w * b,
+                None if c is None else c // (b * b))
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
