@@ -1,0 +1,347 @@
+"""Phase 2: joint training of the deblender (RDN) and the classifier in the iterative setting.
+
+Wang et al. (2021), section 3, train the two networks together on 2-galaxy blends after each has
+been trained alone (phase 1). One step, for a batch of blends ``x`` with noiseless truths
+``t1`` (brightest) and ``t2``, all ``(B, H, W, C)`` channels last in flux units (electrons):
+
+* deblend-1: ``x_hat, s = normalize(x)``; ``d1 = RDN(x_hat) * s``; residual-1 ``r1 = x - d1``;
+* deblend-2: ``r1_hat, s1 = normalize(r1)`` (the residual divided by its max, the same
+  normalization as everywhere); ``d2 = RDN(r1_hat) * s1`` (scaled back); ``r2 = r1 - d2``;
+* RDN loss (Eq. 3): ``L1(d1 / s, t1 / s) + lambda * CE(C(normalize(d1)), 1)``, gradients for the
+  RDN's variables only (the classifier is used frozen, in inference mode);
+* classifier loss (Eq. 4): cross-entropy of the classifier on the seven images
+  ``{x: 2, d1: 1, d2: 1, r1: 1, r2: 0, t1: 1, t2: 1}``, each normalized by its own scale, weight
+  ``alpha`` on the 1-galaxy images and 1 on the others, gradients for the classifier's variables
+  only (the RDN outputs enter through ``stop_gradient``).
+
+Every loss is a per-example value (the classifier loss sums its seven weighted terms per example)
+summed over the replica's examples and divided by the *global* batch size
+(:func:`tf.nn.compute_average_loss`), so the gradients that ``MirroredStrategy`` sums over the
+replicas equal the single-device gradients of the batch mean.
+
+Example:
+    >>> import keras
+    >>> from tfdeblend.training.joint import JointModel
+    >>> inp = keras.Input((8, 8, 1))
+    >>> rdn = keras.Model(inp, keras.layers.Conv2D(1, 3, padding="same")(inp))
+    >>> inp2 = keras.Input((8, 8, 1))
+    >>> logits = keras.layers.Dense(4)(keras.layers.Flatten()(inp2))
+    >>> clf = keras.Model(inp2, logits)
+    >>> joint = JointModel(rdn, clf)
+    >>> joint.compile()
+    >>> sorted(joint.peel(keras.ops.ones((2, 8, 8, 1))))
+    ['d1', 'd2', 'r1', 'r2']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfdeblend.errors import TfdeblendError
+from tfdeblend.normalize import normalize
+
+#: Labels of the seven classifier images in Eq. 4, in the order they are stacked.
+CLASSIFIER_IMAGES: tuple[str, ...] = ("x", "d1", "d2", "r1", "r2", "t1", "t2")
+#: Number of galaxies in each of :data:`CLASSIFIER_IMAGES`.
+CLASSIFIER_LABELS: tuple[int, ...] = (2, 1, 1, 1, 0, 1, 1)
+
+
+def per_example_l1(prediction: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """Mean absolute difference per example.
+
+    Args:
+        prediction: (B, H, W, C) normalized network output.
+        target: (B, H, W, C) target divided by the same scale.
+
+    Returns:
+        (B,) mean over H, W and C of ``|prediction - target|``.
+    """
+    return tf.reduce_mean(tf.abs(prediction - target), axis=[1, 2, 3])
+
+
+def per_example_symmetric_l1(
+    prediction: tf.Tensor, target1: tf.Tensor, target2: tf.Tensor
+) -> tf.Tensor:
+    """Permutation-invariant L1: the smaller of the L1 losses to either truth, per example.
+
+    Args:
+        prediction: (B, H, W, C) normalized network output.
+        target1: (B, H, W, C) brightest truth divided by the input's scale.
+        target2: (B, H, W, C) second truth divided by the same scale.
+
+    Returns:
+        (B,) ``min(L1(prediction, target1), L1(prediction, target2))``.
+    """
+    return tf.minimum(per_example_l1(prediction, target1), per_example_l1(prediction, target2))
+
+
+def per_example_ce(logits: tf.Tensor, labels: tf.Tensor | int) -> tf.Tensor:
+    """Sparse softmax cross-entropy per example (natural log).
+
+    Args:
+        logits: (B, K) classifier logits.
+        labels: (B,) integer labels, or one integer for the whole batch.
+
+    Returns:
+        (B,) cross-entropy.
+    """
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.broadcast_to(tf.cast(labels, tf.int32), tf.shape(logits)[:1])
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend")
+class JointModel(keras.Model):
+    """The deblender and the classifier trained together (phase 2 of Wang et al. 2021).
+
+    The model holds two functional models and two Adam optimizers; ``fit`` runs
+    :meth:`train_step`, which implements Eq. 3 (RDN loss) and Eq. 4 (classifier loss) on
+    2-galaxy blends. Training data are pairs ``(blend, truths)``: ``blend`` (B, H, W, C) and
+    ``truths`` (B, S, H, W, C) with S >= 2, brightest first, in flux units; or dataset dicts with
+    the keys ``blend`` and ``isolated`` (see ``docs/architecture.md``).
+
+    Args:
+        deblender: RDN, input and output (None, H, W, C) normalized images.
+        classifier: counter, input (None, H, W, C) normalized image, output (None, 4) logits.
+        learning_rate: Adam rate of the RDN (paper: 1e-5).
+        classifier_learning_rate: Adam rate of the classifier (paper: 1e-6).
+        ce_weight: lambda, weight of the classifier cross-entropy in the RDN loss (paper: 1e-4).
+        single_weight: alpha, weight of the 1-galaxy images in the classifier loss (paper: 0.2).
+        loss: ``"l1"`` (the paper's) or ``"symmetric"`` (min over the two truths).
+        **kwargs: passed to :class:`keras.Model` (e.g. ``name``).
+
+    Attributes:
+        deblender: the RDN being fine-tuned.
+        classifier: the classifier being fine-tuned.
+        rdn_optimizer: Adam for the RDN's variables.
+        classifier_optimizer: Adam for the classifier's variables.
+    """
+
+    def __init__(
+        self,
+        deblender: keras.Model,
+        classifier: keras.Model,
+        learning_rate: float = 1e-5,
+        classifier_learning_rate: float = 1e-6,
+        ce_weight: float = 1e-4,
+        single_weight: float = 0.2,
+        loss: str = "l1",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if loss not in ("l1", "symmetric"):
+            raise TfdeblendError(f"loss must be l1 or symmetric, not {loss!r}")
+        if tuple(deblender.input_shape[1:]) != tuple(classifier.input_shape[1:]):
+            raise TfdeblendError(
+                f"deblender input {tuple(deblender.input_shape[1:])} and classifier input "
+                f"{tuple(classifier.input_shape[1:])} differ (H, W, C)"
+            )
+        self.deblender = deblender
+        self.classifier = classifier
+        self.learning_rate = float(learning_rate)
+        self.classifier_learning_rate = float(classifier_learning_rate)
+        self.ce_weight = float(ce_weight)
+        self.single_weight = float(single_weight)
+        self.loss_kind = loss
+        self.rdn_optimizer = keras.optimizers.Adam(self.learning_rate, name="rdn_adam")
+        self.classifier_optimizer = keras.optimizers.Adam(
+            self.classifier_learning_rate, name="classifier_adam"
+        )
+        # Build the optimizers' slots now so a BackupAndRestore checkpoint (which holds both
+        # networks and both optimizers) can be loaded before the first step.
+        self.rdn_optimizer.build(self.deblender.trainable_variables)
+        self.classifier_optimizer.build(self.classifier.trainable_variables)
+        weights = [1.0 if n != 1 else self.single_weight for n in CLASSIFIER_LABELS]
+        self._image_weights = tf.constant(weights, tf.float32)
+        self._image_labels = tf.constant(CLASSIFIER_LABELS, tf.int32)
+        self.rdn_loss_tracker = keras.metrics.Mean(name="rdn_loss")
+        self.l1_tracker = keras.metrics.Mean(name="l1")
+        self.ce_rdn_tracker = keras.metrics.Mean(name="ce_rdn")
+        self.classifier_loss_tracker = keras.metrics.Mean(name="classifier_loss")
+        self.classifier_accuracy = keras.metrics.SparseCategoricalAccuracy(
+            name="classifier_accuracy"
+        )
+        self.built = True
+
+    # ------------------------------------------------------------------ configuration
+
+    def compile(self, jit_compile: bool | str = False, **kwargs: Any) -> None:
+        """Prepare for ``fit``; the two optimizers are the model's own (``optimizer`` is ignored).
+
+        ``self.optimizer`` is set to the RDN optimizer, so its ``iterations`` count the steps.
+        """
+        kwargs.pop("optimizer", None)
+        super().compile(optimizer=self.rdn_optimizer, jit_compile=jit_compile, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        """Serializable configuration (the two networks as nested Keras objects)."""
+        return {
+            "deblender": keras.saving.serialize_keras_object(self.deblender),
+            "classifier": keras.saving.serialize_keras_object(self.classifier),
+            "learning_rate": self.learning_rate,
+            "classifier_learning_rate": self.classifier_learning_rate,
+            "ce_weight": self.ce_weight,
+            "single_weight": self.single_weight,
+            "loss": self.loss_kind,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> JointModel:
+        """Inverse of :meth:`get_config`."""
+        config = dict(config)
+        config["deblender"] = keras.saving.deserialize_keras_object(config["deblender"])
+        config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
+        return cls(**config)
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        """The five tracked metrics (reset by Keras at each epoch)."""
+        return [
+            self.rdn_loss_tracker,
+            self.l1_tracker,
+            self.ce_rdn_tracker,
+            self.classifier_loss_tracker,
+            self.classifier_accuracy,
+        ]
+
+    # ------------------------------------------------------------------ the two passes
+
+    def deblend_once(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """One RDN pass in flux units: ``RDN(normalize(images)) * scale``.
+
+        Args:
+            images: (B, H, W, C) blend or residual, any linear flux unit.
+            training: run the RDN in training mode.
+
+        Returns:
+            (B, H, W, C) brightest galaxy, in the input's units.
+        """
+        normalized, scale = normalize(images)
+        return self.deblender(normalized, training=training) * scale
+
+    def peel(self, blend: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+        """Two deblending passes: ``d1, r1 = x - d1, d2, r2 = r1 - d2`` (flux units, (B, H, W, C))."""
+        blend = tf.convert_to_tensor(blend, tf.float32)
+        d1 = self.deblend_once(blend, training=training)
+        r1 = blend - d1
+        d2 = self.deblend_once(r1, training=training)
+        return {"d1": d1, "r1": r1, "d2": d2, "r2": r1 - d2}
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+        """Same as :meth:`peel`."""
+        return self.peel(inputs, training=training)
+
+    # ------------------------------------------------------------------ losses
+
+    @staticmethod
+    def _unpack(data: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        if isinstance(data, dict):
+            blend, truths = data["blend"], data["isolated"]
+        else:
+            blend, truths = data[0], data[1]
+        blend = tf.cast(blend, tf.float32)
+        truths = tf.cast(truths, tf.float32)
+        return blend, truths[:, 0], truths[:, 1]
+
+    def rdn_losses(
+        self, blend: tf.Tensor, t1: tf.Tensor, t2: tf.Tensor, training: bool
+    ) -> dict[str, tf.Tensor]:
+        """Eq. 3 per example, with the deblend-1 image.
+
+        Args:
+            blend: (B, H, W, C) 2-galaxy blends, flux units.
+            t1: (B, H, W, C) brightest noiseless galaxy.
+            t2: (B, H, W, C) second galaxy.
+            training: run the RDN in training mode (the classifier always runs in inference
+                mode here: it is a fixed critic for the RDN).
+
+        Returns:
+            dict of (B,) tensors ``l1``, ``ce_rdn``, ``rdn_loss`` and the (B, H, W, C) ``d1``.
+        """
+        normalized, scale = normalize(blend)
+        d1_normalized = self.deblender(normalized, training=training)
+        d1 = d1_normalized * scale
+        if self.loss_kind == "symmetric":
+            l1 = per_example_symmetric_l1(d1_normalized, t1 / scale, t2 / scale)
+        else:
+            l1 = per_example_l1(d1_normalized, t1 / scale)
+        ce = per_example_ce(self.classifier(normalize(d1)[0], training=False), 1)
+        return {"l1": l1, "ce_rdn": ce, "rdn_loss": l1 + self.ce_weight * ce, "d1": d1}
+
+    def classifier_losses(
+        self, images: dict[str, tf.Tensor], training: bool
+    ) -> dict[str, tf.Tensor]:
+        """Eq. 4 per example.
+
+        Args:
+            images: the seven (B, H, W, C) images named in :data:`CLASSIFIER_IMAGES`, flux units.
+            training: run the classifier in training mode.
+
+        Returns:
+            ``classifier_loss`` (B,): the alpha-weighted sum of the seven cross-entropies;
+            ``logits`` (7 B, 4) and ``labels`` (7 B,), image-major.
+        """
+        stacked = tf.concat(
+            [normalize(tf.stop_gradient(images[name]))[0] for name in CLASSIFIER_IMAGES], axis=0
+        )
+        batch = tf.shape(images["x"])[0]
+        labels = tf.repeat(self._image_labels, batch)
+        logits = tf.cast(self.classifier(stacked, training=training), tf.float32)
+        ce = tf.reshape(per_example_ce(logits, labels), (len(CLASSIFIER_IMAGES), batch))
+        loss = tf.reduce_sum(self._image_weights[:, None] * ce, axis=0)
+        return {"classifier_loss": loss, "logits": logits, "labels": labels}
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        """One phase-2 step: Eq. 3 updates the RDN, Eq. 4 updates the classifier."""
+        x, t1, t2 = self._unpack(data)
+
+        # Eq. 3: deblend-1 and its loss, for the RDN's variables only.
+        with tf.GradientTape() as rdn_tape:
+            rdn = self.rdn_losses(x, t1, t2, training=True)
+            rdn_loss = tf.nn.compute_average_loss(rdn["rdn_loss"])
+        rdn_vars = self.deblender.trainable_variables
+        rdn_grads = rdn_tape.gradient(rdn_loss, rdn_vars)
+
+        # Iterative setting: the residual, renormalized, goes through the RDN again.
+        d1 = tf.stop_gradient(rdn["d1"])
+        r1 = x - d1
+        d2 = tf.stop_gradient(self.deblend_once(r1, training=True))
+        r2 = r1 - d2
+
+        # Eq. 4: the classifier on all seven images, for the classifier's variables only.
+        images = {"x": x, "d1": d1, "d2": d2, "r1": r1, "r2": r2, "t1": t1, "t2": t2}
+        with tf.GradientTape() as classifier_tape:
+            clf = self.classifier_losses(images, training=True)
+            classifier_loss = tf.nn.compute_average_loss(clf["classifier_loss"])
+        clf_vars = self.classifier.trainable_variables
+        clf_grads = classifier_tape.gradient(classifier_loss, clf_vars)
+
+        self.rdn_optimizer.apply_gradients(zip(rdn_grads, rdn_vars))
+        self.classifier_optimizer.apply_gradients(zip(clf_grads, clf_vars))
+        return self._update_metrics(rdn, clf)
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        """The losses of :meth:`train_step` in inference mode, without updates."""
+        x, t1, t2 = self._unpack(data)
+        rdn = self.rdn_losses(x, t1, t2, training=False)
+        d1 = rdn["d1"]
+        r1 = x - d1
+        d2 = self.deblend_once(r1, training=False)
+        images = {"x": x, "d1": d1, "d2": d2, "r1": r1, "r2": r1 - d2, "t1": t1, "t2": t2}
+        clf = self.classifier_losses(images, training=False)
+        return self._update_metrics(rdn, clf)
+
+    def _update_metrics(self, rdn: dict, clf: dict) -> dict[str, tf.Tensor]:
+        # Per-example values, so that the replicas' sums and counts add up to the global mean.
+        self.rdn_loss_tracker.update_state(rdn["rdn_loss"])
+        self.l1_tracker.update_state(rdn["l1"])
+        self.ce_rdn_tracker.update_state(rdn["ce_rdn"])
+        self.classifier_loss_tracker.update_state(clf["classifier_loss"])
+        self.classifier_accuracy.update_state(clf["labels"], clf["logits"])
+        return {m.name: m.result() for m in self.metrics}
