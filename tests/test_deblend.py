@@ -1,0 +1,215 @@
+"""Tests of the iterative peel (tfdeblend.deblend).
+
+The peel rules are checked with two small *oracle* Keras models whose answers are known exactly:
+the image holds up to three galaxies in three fixed, disjoint boxes; the oracle classifier counts
+the boxes holding flux and the oracle deblender returns the brightest box (or the two brightest,
+or nothing, to provoke the medium and low rules). Pixel peaks are powers of two so the
+normalization is exact and a peeled box is exactly zero afterwards. The trained tiny models of
+the project are used for the flux-conservation test.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdeblend.deblend import QUALITY_NAMES, Peeler, make_peeler, peel_numpy
+
+SIZE = 16
+BOXES = [(slice(1, 5), slice(1, 5)), (slice(6, 10), slice(6, 10)), (slice(11, 15), slice(11, 15))]
+
+
+def _masks() -> np.ndarray:
+    masks = np.zeros((3, SIZE, SIZE, 1), "float32")
+    for i, (rows, cols) in enumerate(BOXES):
+        masks[i, rows, cols, 0] = 1.0
+    return masks
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend_tests")
+class BoxCount(keras.layers.Layer):
+    """Logits peaking at the number of boxes that hold any flux."""
+
+    def call(self, images):
+        masks = keras.ops.convert_to_tensor(_masks())  # (3, H, W, 1)
+        flux = keras.ops.sum(keras.ops.abs(images)[:, None] * masks, axis=(2, 3, 4))  # (N, 3)
+        count = keras.ops.sum(keras.ops.cast(flux > 0, "int32"), axis=1)
+        return 10.0 * keras.ops.one_hot(count, 4)
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend_tests")
+class BoxDeblend(keras.layers.Layer):
+    """Return the ``n_peel`` brightest boxes of the image (0, 1 or 2)."""
+
+    def __init__(self, n_peel: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.n_peel = n_peel
+
+    def get_config(self):
+        return {**super().get_config(), "n_peel": self.n_peel}
+
+    def call(self, images):
+        masks = keras.ops.convert_to_tensor(_masks())
+        flux = keras.ops.sum(images[:, None] * masks, axis=(2, 3, 4))  # (N, 3)
+        order = keras.ops.argsort(-flux, axis=1)
+        keep = keras.ops.zeros_like(flux)
+        for j in range(self.n_peel):
+            keep = keep + keras.ops.one_hot(order[:, j], 3)
+        mask = keras.ops.sum(keep[:, :, None, None, None] * masks[None], axis=1)
+        return images * mask
+
+
+def oracle_models(n_peel: int = 1, bands: int = 2):
+    inputs = keras.Input((SIZE, SIZE, bands))
+    classifier = keras.Model(inputs, BoxCount()(inputs))
+    inputs = keras.Input((SIZE, SIZE, bands))
+    deblender = keras.Model(inputs, BoxDeblend(n_peel)(inputs))
+    return deblender, classifier
+
+
+def blend(fluxes: list[float], bands: int = 2) -> np.ndarray:
+    """A blend with a box galaxy of peak ``f`` (a power of two) per non-zero entry."""
+    image = np.zeros((SIZE, SIZE, bands), "float32")
+    for (rows, cols), peak in zip(BOXES, fluxes):
+        image[rows, cols, :] = peak * 0.5
+        image[rows.start + 1, cols.start + 1, :] = peak
+    return image
+
+
+def test_three_galaxies_peel_in_brightness_order_with_high_quality():
+    peeler = make_peeler(*oracle_models(1), max_iterations=6)
+    images = np.stack([blend([4.0, 64.0, 16.0]), blend([0, 8.0, 2.0]), blend([32.0, 0, 0])])
+    out = peel_numpy(peeler, images)
+    assert out["components"].shape == (3, 6, SIZE, SIZE, 2)
+    np.testing.assert_array_equal(out["n_components"], [3, 2, 1])
+    np.testing.assert_array_equal(out["quality"], [2, 2, 2])
+    np.testing.assert_array_equal(out["counts"][0], [3, 2, 1, 0, -1, -1, -1])
+    np.testing.assert_array_equal(out["counts"][1], [2, 1, 0, -1, -1, -1, -1])
+    np.testing.assert_array_equal(out["counts"][2], [1, 0, -1, -1, -1, -1, -1])
+    # peel order = brightness order; each component is exactly one galaxy in input units
+    np.testing.assert_array_equal(out["components"][0, 0], blend([0, 64.0, 0]))
+    np.testing.assert_array_equal(out["components"][0, 1], blend([0, 0, 16.0]))
+    np.testing.assert_array_equal(out["components"][0, 2], blend([4.0, 0, 0]))
+    assert not out["components"][0, 3:].any()
+    np.testing.assert_array_equal(out["residual"], 0.0)
+    np.testing.assert_array_equal(out["components"].sum(axis=1) + out["residual"], images)
+
+
+def test_medium_low_guard_and_empty_rules_in_one_batch():
+    images = np.stack([blend([4.0, 64.0, 16.0]), blend([0, 0, 0]), blend([2.0, 0, 8.0])])
+    # the deblender takes two galaxies at once: counts 3, 1, 0 -> medium
+    out = peel_numpy(make_peeler(*oracle_models(2)), images)
+    np.testing.assert_array_equal(out["counts"][0, :3], [3, 1, 0])
+    np.testing.assert_array_equal(out["quality"], [1, 2, 1])  # blank stamp: 0 components, high
+    np.testing.assert_array_equal(out["n_components"], [2, 0, 1])
+    np.testing.assert_array_equal(out["residual"][1], 0.0)
+    assert not out["components"][1].any()
+
+    # the deblender returns nothing: the same count three times in a row -> low, stop there
+    out = peel_numpy(make_peeler(*oracle_models(0)), images)
+    np.testing.assert_array_equal(out["counts"][0], [3, 3, 3, -1, -1, -1, -1])
+    np.testing.assert_array_equal(out["quality"], [0, 2, 0])
+    np.testing.assert_array_equal(out["n_components"], [2, 0, 2])
+    np.testing.assert_array_equal(out["residual"], images)
+
+    # max-iterations guard: two steps allowed, three galaxies -> low after two components
+    out = peel_numpy(make_peeler(*oracle_models(1), max_iterations=2), images)
+    assert out["components"].shape[1] == 2
+    np.testing.assert_array_equal(out["counts"][0], [3, 2, 1])
+    np.testing.assert_array_equal(out["quality"], [0, 2, 2])
+    np.testing.assert_array_equal(out["n_components"], [2, 0, 2])
+    assert QUALITY_NAMES[int(out["quality"][0])] == "low"
+
+
+def test_units_do_not_matter_and_single_calls():
+    peeler = make_peeler(*oracle_models(1))
+    images = np.stack([blend([4.0, 64.0, 16.0])])
+    scaled = peel_numpy(peeler, images * 1024.0)  # a power of two keeps the test exact
+    plain = peel_numpy(peeler, images)
+    np.testing.assert_array_equal(scaled["components"], plain["components"] * 1024.0)
+    np.testing.assert_array_equal(scaled["counts"], plain["counts"])
+    one = peeler.deblend_one(tf.constant(images)).numpy()
+    np.testing.assert_array_equal(one[0], blend([0, 64.0, 0]))
+    counted = peeler.count(tf.constant(images))
+    assert counted["count"].numpy().tolist() == [3]
+    np.testing.assert_allclose(counted["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_eager_and_compiled_agree_and_batches_are_independent():
+    models = oracle_models(1)
+    rng = np.random.default_rng(0)
+    images = np.stack([blend(list(2.0 ** rng.integers(0, 8, 3))) for _ in range(5)])
+    eager = Peeler(*models)(tf.constant(images))
+    compiled = peel_numpy(make_peeler(*models), images, batch_size=2)
+    for key in compiled:
+        np.testing.assert_array_equal(eager[key].numpy(), compiled[key])
+
+
+def test_trained_models_conserve_flux(tiny_peel_models, rendered_blends):
+    """With the real (tiny, trained) networks: components + residual == input (float32)."""
+    deblender, classifier = tiny_peel_models
+    images = rendered_blends
+    out = peel_numpy(make_peeler(deblender, classifier, max_iterations=4), images, batch_size=3)
+    total = out["components"].sum(axis=1) + out["residual"]
+    scale = np.abs(images).max(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(total / scale, images / scale, atol=1e-5)
+    n = out["n_components"]
+    assert ((n >= 0) & (n <= 4)).all()
+    for i in range(len(images)):
+        assert not out["components"][i, n[i] :].any()
+        steps = out["counts"][i]
+        assert (steps[: n[i] + 1] >= 0).all() or out["quality"][i] == 0
+    assert set(np.unique(out["quality"])) <= {0, 1, 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_peel_models(request):
+    """The project's tiny trained deblender/classifier when available, else untrained tiny nets."""
+    try:
+        deblender_run = request.getfixturevalue("tiny_deblender_run")
+        classifier_run = request.getfixturevalue("tiny_classifier_run")
+    except pytest.FixtureLookupError:
+        return _tiny_conv_models(80, 3)
+    from tfdeblend.training.rundir import load_run
+
+    return load_run(deblender_run).deblender, load_run(classifier_run).classifier
+
+
+def _tiny_conv_models(size: int, bands: int):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, bands))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    deblender = keras.Model(inputs, keras.layers.Conv2D(bands, 3, padding="same")(x))
+    inputs = keras.Input((size, size, bands))
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    classifier = keras.Model(inputs, keras.layers.Dense(4)(x))
+    return deblender, classifier
+
+
+@pytest.fixture(scope="module")
+def rendered_blends(request):
+    """Real BTK stamps (N, 80, 80, 3) when the data fixtures exist, else analytic Gaussians."""
+    try:
+        path = request.getfixturevalue("fits_testset")
+    except pytest.FixtureLookupError:
+        return _gaussian_blends(6)
+    from tfdeblend.data import load_testset
+
+    return load_testset(path)["blend"][:6].astype("float32")
+
+
+def _gaussian_blends(n: int, size: int = 80, bands: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.zeros((n, size, size, bands), "float32")
+    for i in range(n):
+        for _ in range(2):
+            x0, y0 = rng.uniform(30, 50, 2)
+            sigma = rng.uniform(2, 5)
+            amp = rng.uniform(500, 5000)
+            g = amp * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2))
+            out[i] += g[..., None] * rng.uniform(0.5, 1.5, bands)
+    return out + rng.normal(0, 200, out.shape).astype("float32")
