@@ -35,6 +35,8 @@ class TrainConfig(YamlConfig):
         seed: seed for shuffling and initialization.
         mixed_precision: use ``mixed_float16`` (GPUs only).
         jit_compile: XLA-compile the train step.
+        lr_schedule: ``constant``, ``cosine`` (cosine decay to 0 over all steps) or ``auto``
+            (constant for Adam, as the paper; cosine for SGD, the classifier).
     """
 
     phase: int = 1
@@ -53,6 +55,7 @@ class TrainConfig(YamlConfig):
     seed: int = 0
     mixed_precision: bool = False
     jit_compile: bool = False
+    lr_schedule: str = "auto"
 
     def __post_init__(self) -> None:
         if self.phase not in (1, 2):
@@ -65,6 +68,13 @@ class TrainConfig(YamlConfig):
             raise TfdeblendError("batch size and epochs must be positive")
         if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
             raise TfdeblendError("steps per epoch must be positive")
+        if self.lr_schedule not in ("auto", "constant", "cosine"):
+            raise TfdeblendError(
+                f"lr_schedule must be auto, constant or cosine, not {self.lr_schedule!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise TfdeblendError(f"optimizer must be adam or sgd, not {self.optimizer!r}")
+        if self.learning_rate <= 0:
+            raise TfdeblendError("learning rate must be positive")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise TfdeblendError("validation fraction must be in [0, 1)")
 

@@ -14,6 +14,11 @@ been trained alone (phase 1). One step, for a batch of blends ``x`` with noisele
   ``alpha`` on the 1-galaxy images and 1 on the others, gradients for the classifier's variables
   only (the RDN outputs enter through ``stop_gradient``).
 
+The classifier always runs in inference mode here: its batch-normalization statistics stay those
+of phase 1 and dropout is off, as usual when fine-tuning (and the only way a step under
+``MirroredStrategy``, whose replicas would otherwise each normalize by their own half batch,
+equals the single-device step). Its weights, BN scales and offsets are still trained by Eq. 4.
+
 Every loss is a per-example value (the classifier loss sums its seven weighted terms per example)
 summed over the replica's examples and divided by the *global* batch size
 (:func:`tf.nn.compute_average_loss`), so the gradients that ``MirroredStrategy`` sums over the
@@ -257,7 +262,7 @@ class JointModel(keras.Model):
             t1: (B, H, W, C) brightest noiseless galaxy.
             t2: (B, H, W, C) second galaxy.
             training: run the RDN in training mode (the classifier always runs in inference
-                mode here: it is a fixed critic for the RDN).
+                mode).
 
         Returns:
             dict of (B,) tensors ``l1``, ``ce_rdn``, ``rdn_loss`` and the (B, H, W, C) ``d1``.
@@ -272,14 +277,11 @@ class JointModel(keras.Model):
         ce = per_example_ce(self.classifier(normalize(d1)[0], training=False), 1)
         return {"l1": l1, "ce_rdn": ce, "rdn_loss": l1 + self.ce_weight * ce, "d1": d1}
 
-    def classifier_losses(
-        self, images: dict[str, tf.Tensor], training: bool
-    ) -> dict[str, tf.Tensor]:
+    def classifier_losses(self, images: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Eq. 4 per example.
 
         Args:
             images: the seven (B, H, W, C) images named in :data:`CLASSIFIER_IMAGES`, flux units.
-            training: run the classifier in training mode.
 
         Returns:
             ``classifier_loss`` (B,): the alpha-weighted sum of the seven cross-entropies;
@@ -290,7 +292,7 @@ class JointModel(keras.Model):
         )
         batch = tf.shape(images["x"])[0]
         labels = tf.repeat(self._image_labels, batch)
-        logits = tf.cast(self.classifier(stacked, training=training), tf.float32)
+        logits = tf.cast(self.classifier(stacked, training=False), tf.float32)
         ce = tf.reshape(per_example_ce(logits, labels), (len(CLASSIFIER_IMAGES), batch))
         loss = tf.reduce_sum(self._image_weights[:, None] * ce, axis=0)
         return {"classifier_loss": loss, "logits": logits, "labels": labels}
@@ -317,7 +319,7 @@ class JointModel(keras.Model):
         # Eq. 4: the classifier on all seven images, for the classifier's variables only.
         images = {"x": x, "d1": d1, "d2": d2, "r1": r1, "r2": r2, "t1": t1, "t2": t2}
         with tf.GradientTape() as classifier_tape:
-            clf = self.classifier_losses(images, training=True)
+            clf = self.classifier_losses(images)
             classifier_loss = tf.nn.compute_average_loss(clf["classifier_loss"])
         clf_vars = self.classifier.trainable_variables
         clf_grads = classifier_tape.gradient(classifier_loss, clf_vars)
@@ -334,7 +336,7 @@ class JointModel(keras.Model):
         r1 = x - d1
         d2 = self.deblend_once(r1, training=False)
         images = {"x": x, "d1": d1, "d2": d2, "r1": r1, "r2": r1 - d2, "t1": t1, "t2": t2}
-        clf = self.classifier_losses(images, training=False)
+        clf = self.classifier_losses(images)
         return self._update_metrics(rdn, clf)
 
     def _update_metrics(self, rdn: dict, clf: dict) -> dict[str, tf.Tensor]:

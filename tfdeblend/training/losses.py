@@ -1,0 +1,113 @@
+"""Deblender losses, reduced per example.
+
+Each function returns one value per example (shape ``(N,)``); Keras (``compile``/``fit``) then
+takes the sum over the replica's examples divided by the *global* batch size, so the gradient is
+the same on 1 or many replicas. A custom ``train_step`` (phase 2) should do the same:
+``tf.reduce_sum(per_example) / global_batch_size`` (or ``tf.nn.compute_average_loss``).
+
+Targets ``y_true`` are either ``(N, H, W, C)`` (the brightest galaxy) or ``(N, 2, H, W, C)``
+(brightest, second brightest; zeros when there is no second galaxy) as produced by
+:func:`tfdeblend.training.pipelines.deblender_example`. All images are normalized by the blend's
+scale (channels last).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+#: The symmetric loss treats the two brightest galaxies as interchangeable when the second one
+#: has at least this fraction of the brightest one's flux (summed over pixels and bands).
+SYMMETRIC_RATIO: float = 0.8
+
+
+def _per_example_l1(target: tf.Tensor, prediction: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(tf.abs(target - prediction), axis=[-3, -2, -1])
+
+
+def _split_targets(y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+    y_true = tf.cast(y_true, y_pred.dtype)
+    if y_true.shape.rank == y_pred.shape.rank + 1:
+        return y_true[:, 0], (y_true[:, 1] if y_true.shape[1] and y_true.shape[1] > 1 else None)
+    return y_true, None
+
+
+def l1_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Mean absolute error to the brightest galaxy (the paper's loss), per example.
+
+    Args:
+        y_true: ``(N, H, W, C)`` or ``(N, 2, H, W, C)`` normalized targets (brightest first).
+        y_pred: ``(N, H, W, C)`` network output.
+
+    Returns:
+        ``(N,)`` mean over pixels and bands of ``|y_true[brightest] - y_pred|``.
+    """
+    y_pred = tf.convert_to_tensor(y_pred)
+    first, _ = _split_targets(tf.convert_to_tensor(y_true), y_pred)
+    return _per_example_l1(first, y_pred)
+
+
+def symmetric_l1_loss(y_true: tf.Tensor, y_pred: tf.Tensor,
+                      ratio: float = SYMMETRIC_RATIO) -> tf.Tensor:
+    """Permutation-invariant L1 when the two brightest galaxies are close in brightness.
+
+    Rule: let ``F1 >= F2`` be the summed fluxes of the two brightest (noiseless) targets. When
+    ``F2 >= ratio * F1`` the loss is ``min(L1(galaxy 1), L1(galaxy 2))`` (the network may return
+    either, the paper's proposed fix for equally bright galaxies); otherwise it is the plain L1 to
+    the brightest. With ``(N, H, W, C)`` targets it is the plain L1.
+
+    Args:
+        y_true: ``(N, 2, H, W, C)`` normalized targets (brightest, second brightest).
+        y_pred: ``(N, H, W, C)`` network output.
+        ratio: flux ratio above which the two are interchangeable.
+
+    Returns:
+        ``(N,)`` per-example loss.
+    """
+    y_pred = tf.convert_to_tensor(y_pred)
+    first, second = _split_targets(tf.convert_to_tensor(y_true), y_pred)
+    loss_first = _per_example_l1(first, y_pred)
+    if second is None:
+        return loss_first
+    loss_second = _per_example_l1(second, y_pred)
+    flux_first = tf.reduce_sum(first, axis=[-3, -2, -1])
+    flux_second = tf.reduce_sum(second, axis=[-3, -2, -1])
+    close = tf.logical_and(flux_second > 0, flux_second >= ratio * flux_first)
+    return tf.where(close, tf.minimum(loss_first, loss_second), loss_first)
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend")
+class L1Loss(keras.losses.Loss):
+    """Keras loss wrapping :func:`l1_loss` (mean over the global batch)."""
+
+    def __init__(self, name: str = "l1", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        return l1_loss(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend")
+class SymmetricL1Loss(keras.losses.Loss):
+    """Keras loss wrapping :func:`symmetric_l1_loss` (mean over the global batch)."""
+
+    def __init__(self, ratio: float = SYMMETRIC_RATIO, name: str = "symmetric_l1", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ratio = float(ratio)
+
+    def call(self, y_true, y_pred):
+        return symmetric_l1_loss(y_true, y_pred, self.ratio)
+
+    def get_config(self):
+        return {**super().get_config(), "ratio": self.ratio}
+
+
+def get_deblender_loss(name: str) -> keras.losses.Loss:
+    """``"l1"`` -> :class:`L1Loss`, ``"symmetric"`` -> :class:`SymmetricL1Loss`."""
+    if name == "l1":
+        return L1Loss()
+    if name == "symmetric":
+        return SymmetricL1Loss()
+    from tfdeblend.errors import TfdeblendError
+
+    raise TfdeblendError(f"loss must be l1 or symmetric, not {name!r}")

@@ -1,0 +1,203 @@
+"""Phase 1: train the deblender or the classifier alone (Wang et al. 2021, section 3).
+
+Deblender: Adam, L1 to the brightest galaxy (or the symmetric L1), constant learning rate.
+Classifier: SGD with momentum 0.9, sparse categorical cross-entropy on logits, accuracy; the
+learning rate follows a cosine decay from ``learning_rate`` to 0 over all steps (``lr_schedule:
+auto``), since VGG at lr 0.1 needs annealing and the paper does not give its schedule.
+
+Losses are per-example values averaged over the *global* batch: Keras ``compile``/``fit`` divides
+each replica's loss by the number of replicas in sync (``keras.losses.Loss`` under a
+``tf.distribute`` strategy), so 1 device and N devices give the same step
+(``tests/test_distribute.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfdeblend.errors import DataError, TfdeblendError
+from tfdeblend.models.classifier import build_classifier
+from tfdeblend.models.presets import get_classifier_config, get_rdn_config
+from tfdeblend.models.rdn import build_rdn
+from tfdeblend.training.callbacks import make_callbacks
+from tfdeblend.training.config import TrainConfig
+from tfdeblend.training.losses import get_deblender_loss
+from tfdeblend.training.pipelines import check_manifest, make_dataset, split_sizes
+from tfdeblend.training.rundir import save_run
+from tfdeblend.training.strategy import get_strategy, is_chief
+
+
+def model_config_for(net: str, preset: str, channels: int, stamp_size: int):
+    """The architecture configuration of ``net`` for preset ``preset``."""
+    if net == "deblender":
+        return get_rdn_config(preset, channels, stamp_size)
+    if net == "classifier":
+        return get_classifier_config(preset, channels, stamp_size)
+    raise TfdeblendError(f"net must be deblender or classifier, not {net!r}")
+
+
+def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> keras.optimizers.Optimizer:
+    """Adam or SGD (momentum 0.9) with the configured learning-rate schedule."""
+    schedule = config.lr_schedule
+    if schedule == "auto":
+        schedule = "cosine" if config.optimizer == "sgd" else "constant"
+    lr: Any = config.learning_rate
+    if schedule == "cosine" and total_steps:
+        lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, int(total_steps))
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def compile_phase1(model: keras.Model, net: str, config: TrainConfig,
+                   total_steps: int | None = None) -> keras.Model:
+    """Compile ``model`` for phase 1 (call inside ``strategy.scope()``)."""
+    optimizer = make_optimizer(config, total_steps)
+    if net == "deblender":
+        model.compile(optimizer=optimizer, loss=get_deblender_loss(config.loss),
+                      jit_compile=config.jit_compile)
+    else:
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=config.jit_compile)
+    return model
+
+
+def build_phase1_model(net: str, config: TrainConfig, channels: int, stamp_size: int,
+                       total_steps: int | None = None, model_config: Any = None):
+    """Build and compile the preset model of ``net``; returns ``(model, model_config)``.
+
+    Call inside ``strategy.scope()``. With ``config.mixed_precision`` the layers compute in
+    float16 and the output layer stays float32 (Keras adds loss scaling).
+    """
+    model_config = model_config or model_config_for(net, config.preset, channels, stamp_size)
+    previous = keras.config.dtype_policy()
+    if config.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = (build_rdn(model_config) if net == "deblender"
+                 else build_classifier(model_config))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    compile_phase1(model, net, config, total_steps)
+    return model, model_config
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> bool:
+    """Create/refuse/clear the run directory; return True when resuming from ``backup/``."""
+    if out.exists() and not out.is_dir():
+        raise TfdeblendError(f"{out} exists and is not a directory")
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    elif out.exists() and (out / "backup").is_dir():
+        return True
+    elif out.exists() and any(out.iterdir()):
+        raise TfdeblendError(f"{out} already exists; pass --overwrite to replace it")
+    from tfdeblend.utils import check_output_path
+
+    check_output_path(out, overwrite=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def train_phase1(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, net: str,
+                 config: TrainConfig | None = None, strategy: str | tf.distribute.Strategy =
+                 "default", overwrite: bool = False, verbose: int | str = "auto",
+                 model_config: Any = None) -> dict[str, list]:
+    """Train one network alone and write a run directory.
+
+    Rerunning the same call on a run directory whose ``backup/`` exists (an interrupted run)
+    resumes from the last completed epoch instead of refusing.
+
+    Args:
+        dataset_dir: dataset written by ``tfdeblend simulate`` (``deblender`` kind for the
+            deblender, ``classifier`` kind for the classifier).
+        out_dir: run directory to write (see ``docs/architecture.md``).
+        net: ``"deblender"`` or ``"classifier"``.
+        config: hyperparameters (default: the paper's, :func:`paper_train_config`).
+        strategy: ``default``, ``mirrored``, ``multi-worker`` or a strategy instance.
+        overwrite: replace an existing run directory.
+        verbose: Keras ``fit`` verbosity (``"auto"``: progress bar on a terminal, one line per
+            epoch otherwise).
+        model_config: architecture configuration overriding the preset.
+
+    Returns:
+        The per-epoch history ``{"epoch": [...], "loss": [...], ...}`` (also in
+        ``history.json``), including epochs run before a resumption.
+
+    Raises:
+        TfdeblendError: bad configuration, dataset/model mismatch, existing output.
+    """
+    from tfdeblend.data import load_manifest
+    from tfdeblend.training.config import paper_train_config
+
+    if net not in ("deblender", "classifier"):
+        raise TfdeblendError(f"net must be deblender or classifier, not {net!r}")
+    config = config or paper_train_config(1, net)
+    if config.net != net or config.phase != 1:
+        config = config.replace(net=net, phase=1)
+    manifest = dict(load_manifest(dataset_dir))
+    manifest.setdefault("path", str(Path(dataset_dir).resolve()))
+    check_manifest(manifest, net, where=str(dataset_dir))
+    bands = tuple(manifest["bands"])
+    stamp_size = int(manifest["stamp_size"])
+    n_train, n_val = split_sizes(int(manifest["count"]), config.validation_fraction)
+    if n_train < 1:
+        raise DataError(f"{dataset_dir} has no training records")
+    batch = config.batch_size
+    drop = n_train >= batch
+    steps = config.steps_per_epoch or max(1, n_train // batch if drop else 1)
+
+    strategy = get_strategy(strategy)
+    chief = is_chief(strategy)
+    out = Path(out_dir)
+    work = out if chief else Path(tempfile.mkdtemp(prefix="tfdeblend-worker-"))
+    resume = _prepare_out_dir(work, overwrite and chief) if chief else False
+    keras.utils.set_random_seed(config.seed)
+
+    train_ds = make_dataset(dataset_dir, net, batch, shuffle=True,
+                            repeat=config.steps_per_epoch is not None, seed=config.seed,
+                            validation_fraction=config.validation_fraction, subset="train",
+                            drop_remainder=drop)
+    val_ds = None
+    if n_val > 0:
+        val_ds = make_dataset(dataset_dir, net, min(batch, n_val), seed=config.seed,
+                              validation_fraction=config.validation_fraction,
+                              subset="validation")
+    sample = None
+    if net == "deblender" and chief:
+        x, y = next(iter((val_ds or train_ds).take(1)))
+        sample = (np.asarray(x[:4]), np.asarray(y[:4, 0]))
+
+    with strategy.scope():
+        model, model_config = build_phase1_model(
+            net, config, len(bands), stamp_size, config.epochs * steps, model_config)
+    callbacks = make_callbacks(work, config, sample_images=sample)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    if resume and chief:
+        print(f"Resuming the interrupted run in {out} from its backup.", file=sys.stderr)
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                  steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,
+                  verbose=verbose)
+    finally:
+        if not chief:
+            shutil.rmtree(work, ignore_errors=True)
+    history = callbacks[-1].history
+    if chief:
+        save_run(out, {net: model}, config, {net: model_config}, manifest)
+    return history
+
+

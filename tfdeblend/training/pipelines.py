@@ -1,0 +1,140 @@
+"""``tf.data`` input pipelines for the two networks (shared by phase 1 and phase 2).
+
+Records come from :func:`tfdeblend.data.read_dataset` (channels last, schema in
+``docs/architecture.md``). Scaling uses only :func:`tfdeblend.normalize.normalize`: the blend is
+divided by its own scale ``s`` and every target by the *same* ``s``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import tensorflow as tf
+
+from tfdeblend.errors import DataError
+from tfdeblend.normalize import normalize
+
+NETS: tuple[str, ...] = ("deblender", "classifier")
+#: dataset kinds that must not be used to train each network in phase 1
+_WRONG_KIND: dict[str, tuple[str, ...]] = {"deblender": ("classifier",),
+                                            "classifier": ("deblender",)}
+
+
+def deblender_example(record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Map one record (unbatched or batched) to ``(x, y)`` for the deblender.
+
+    Returns:
+        ``x``: normalized blend ``(..., H, W, C)``; ``y``: ``(..., 2, H, W, C)`` the brightest and
+        second brightest noiseless galaxies divided by the blend's scale (zeros when absent).
+        Use :func:`tfdeblend.training.losses.l1_loss` (brightest only) or
+        :func:`~tfdeblend.training.losses.symmetric_l1_loss`.
+    """
+    x, scale = normalize(tf.cast(record["blend"], tf.float32))
+    isolated = tf.cast(record["isolated"], tf.float32)[..., :2, :, :, :]
+    missing = 2 - tf.shape(isolated)[-4]
+    rank = isolated.shape.rank
+    paddings = [[0, 0]] * (rank - 4) + [[0, missing], [0, 0], [0, 0], [0, 0]]
+    isolated = tf.pad(isolated, paddings)
+    y = isolated / tf.expand_dims(scale, -4)
+    return x, tf.ensure_shape(y, x.shape[:-3].concatenate([2]).concatenate(x.shape[-3:]))
+
+
+def classifier_example(record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Map one record to ``(normalized blend (..., H, W, C), n_gal (...) int32)``."""
+    x, _ = normalize(tf.cast(record["blend"], tf.float32))
+    return x, tf.cast(record["n_gal"], tf.int32)
+
+
+def check_manifest(manifest: dict[str, Any], net: str, bands: tuple[str, ...] | None = None,
+                   stamp_size: int | None = None, where: str = "dataset") -> None:
+    """Refuse a dataset that does not fit the network (kind, bands, stamp size).
+
+    Raises:
+        DataError: with one line naming the mismatch.
+    """
+    if net not in NETS:
+        raise DataError(f"net must be one of {', '.join(NETS)}, not {net!r}")
+    kind = manifest.get("kind")
+    if kind in _WRONG_KIND[net]:
+        raise DataError(f"{where} is a {kind!r} dataset; the {net} needs a {net!r} dataset")
+    data_bands = tuple(manifest.get("bands", ()))
+    if bands is not None and data_bands != tuple(bands):
+        raise DataError(f"{where} has bands {','.join(data_bands)} but the model was trained on "
+                        f"{','.join(bands)}")
+    if stamp_size is not None and int(manifest.get("stamp_size", -1)) != int(stamp_size):
+        raise DataError(f"{where} has stamp size {manifest.get('stamp_size')} but the model "
+                        f"expects {stamp_size}")
+    if net == "deblender" and int(manifest.get("max_sources", 0)) < 1:
+        raise DataError(f"{where} has no isolated galaxies (max_sources < 1)")
+
+
+def split_sizes(count: int, validation_fraction: float) -> tuple[int, int]:
+    """``(n_train, n_validation)``; the first ``n_validation`` records are held out."""
+    n_val = int(math.floor(count * validation_fraction))
+    if validation_fraction > 0 and count > 1:
+        n_val = max(n_val, 1)
+    return count - n_val, n_val
+
+
+def prepare(records: tf.data.Dataset, net: str, batch_size: int | None = None,
+            shuffle: bool = False, repeat: bool = False, seed: int | None = None,
+            shuffle_buffer: int = 1024, drop_remainder: bool = False) -> tf.data.Dataset:
+    """Turn an unbatched dataset of record dicts into ``(x, y)`` batches for ``net``.
+
+    Works on any ``tf.data.Dataset`` with the record schema (e.g. built in memory), so tests
+    and notebooks do not need a dataset directory.
+    """
+    if net not in NETS:
+        raise DataError(f"net must be one of {', '.join(NETS)}, not {net!r}")
+    fn = deblender_example if net == "deblender" else classifier_example
+    ds = records
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    if batch_size:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def make_dataset(dataset_dir: str | os.PathLike, net: str, batch_size: int | None = None,
+                 shuffle: bool = False, repeat: bool = False, seed: int | None = None,
+                 validation_fraction: float = 0.0, subset: str = "all",
+                 bands: tuple[str, ...] | None = None, stamp_size: int | None = None,
+                 drop_remainder: bool = False) -> tf.data.Dataset:
+    """Read a dataset directory as ``(x, y)`` batches for ``net`` (see :func:`prepare`).
+
+    Args:
+        dataset_dir: directory written by ``tfdeblend simulate``.
+        net: ``"deblender"`` or ``"classifier"``.
+        batch_size: global batch size (``None``: unbatched).
+        shuffle, repeat, seed: as in ``tf.data``; only the training part is shuffled.
+        validation_fraction: share of records held out (the first ones, deterministic).
+        subset: ``"train"``, ``"validation"`` or ``"all"``.
+        bands, stamp_size: what the model expects; checked against the manifest.
+        drop_remainder: drop a last partial batch.
+
+    Raises:
+        DataError: the directory is not a dataset, or does not match ``net``/bands/stamp size.
+    """
+    from tfdeblend.data import load_manifest, read_dataset
+
+    manifest = load_manifest(dataset_dir)
+    check_manifest(manifest, net, bands, stamp_size, where=str(dataset_dir))
+    if subset not in ("train", "validation", "all"):
+        raise DataError(f"subset must be train, validation or all, not {subset!r}")
+    records = read_dataset(dataset_dir)
+    n_train, n_val = split_sizes(int(manifest["count"]), validation_fraction)
+    if subset == "train":
+        records = records.skip(n_val)
+    elif subset == "validation":
+        if n_val == 0:
+            raise DataError("no validation records: validation fraction is 0")
+        records = records.take(n_val)
+    return prepare(records, net, batch_size, shuffle=shuffle and subset != "validation",
+                   repeat=repeat, seed=seed, drop_remainder=drop_remainder)
