@@ -33,8 +33,9 @@ def build_classifier(config: ClassifierConfig) -> keras.Model:
     for stage, (convs, filters) in enumerate(zip(STAGE_CONVS, config.filters), start=1):
         for i in range(1, convs + 1):
             name = f"block{stage}_conv{i}"
-            x = layers.Conv2D(filters, 3, padding="same", name=name,
-                              use_bias=not config.batch_norm)(x)
+            x = layers.Conv2D(
+                filters, 3, padding="same", name=name, use_bias=not config.batch_norm
+            )(x)
             if config.batch_norm:
                 x = layers.BatchNormalization(name=f"{name}_bn")(x)
             x = layers.ReLU(name=f"{name}_relu")(x)

@@ -34,8 +34,12 @@ class SpaceToDepth(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
         b = self.block
-        return (n, None if h is None else h // b, None if w is None else w // b,
-                None if c is None else c * b * b)
+        return (
+            n,
+            None if h is None else h // b,
+            None if w is None else w // b,
+            None if c is None else c * b * b,
+        )
 
     def get_config(self):
         return {**super().get_config(), "block": self.block}
@@ -63,8 +67,12 @@ class DepthToSpace(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
         b = self.block
-        return (n, None if h is None else h * b, None if w is None else w * b,
-                None if c is None else c // (b * b))
+        return (
+            n,
+            None if h is None else h * b,
+            None if w is None else w * b,
+            None if c is None else c // (b * b),
+        )
 
     def get_config(self):
         return {**super().get_config(), "block": self.block}

@@ -44,14 +44,24 @@ class RDNConfig(YamlConfig):
     kernel_size: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("channels", "stamp_size", "num_blocks", "layers_per_block", "growth",
-                     "features", "downscale", "upsample_features", "kernel_size"):
+        for name in (
+            "channels",
+            "stamp_size",
+            "num_blocks",
+            "layers_per_block",
+            "growth",
+            "features",
+            "downscale",
+            "upsample_features",
+            "kernel_size",
+        ):
             if int(getattr(self, name)) < 1:
                 raise TfdeblendError(f"RDN {name} must be >= 1, not {getattr(self, name)}")
         if self.stamp_size % self.downscale:
             raise TfdeblendError(
                 f"stamp size {self.stamp_size} is not a multiple of the RDN downscale "
-                f"factor {self.downscale}")
+                f"factor {self.downscale}"
+            )
 
 
 @dataclasses.dataclass
@@ -92,18 +102,31 @@ class ClassifierConfig(YamlConfig):
 #: preset name -> (RDN options, classifier options); channels and stamp size come from the data.
 PRESETS: dict[str, tuple[dict, dict]] = {
     "paper": (
-        dict(num_blocks=16, layers_per_block=8, growth=64, features=64, downscale=1,
-             upsample_features=64),
+        dict(
+            num_blocks=16,
+            layers_per_block=8,
+            growth=64,
+            features=64,
+            downscale=1,
+            upsample_features=64,
+        ),
         dict(filters=(64, 128, 256, 512, 512), dense_units=4096, dropout=0.5),
     ),
     "cpu": (
-        dict(num_blocks=4, layers_per_block=4, growth=32, features=64, downscale=4,
-             upsample_features=16),
+        dict(
+            num_blocks=4,
+            layers_per_block=4,
+            growth=32,
+            features=64,
+            downscale=4,
+            upsample_features=16,
+        ),
         dict(filters=(16, 32, 64, 128, 128), dense_units=256, dropout=0.5),
     ),
     "tiny": (
-        dict(num_blocks=1, layers_per_block=2, growth=8, features=8, downscale=4,
-             upsample_features=4),
+        dict(
+            num_blocks=1, layers_per_block=2, growth=8, features=8, downscale=4, upsample_features=4
+        ),
         dict(filters=(4, 4, 8, 8, 8), dense_units=16, dropout=0.0),
     ),
 }

@@ -24,10 +24,12 @@ from tfdeblend.models.layers import DepthToSpace, SpaceToDepth
 from tfdeblend.models.presets import RDNConfig
 
 
-def _conv(filters: int, kernel: int, name: str, activation: str | None = None,
-          dtype: str | None = None) -> layers.Conv2D:
-    return layers.Conv2D(filters, kernel, padding="same", activation=activation, name=name,
-                         dtype=dtype)
+def _conv(
+    filters: int, kernel: int, name: str, activation: str | None = None, dtype: str | None = None
+) -> layers.Conv2D:
+    return layers.Conv2D(
+        filters, kernel, padding="same", activation=activation, name=name, dtype=dtype
+    )
 
 
 def residual_dense_block(x, config: RDNConfig, index: int):
@@ -35,11 +37,15 @@ def residual_dense_block(x, config: RDNConfig, index: int):
     k = config.kernel_size
     features = [x]
     for layer in range(config.layers_per_block):
-        inputs = features[0] if layer == 0 else layers.Concatenate(
-            name=f"rdb{index}_concat{layer}")(features)
+        inputs = (
+            features[0]
+            if layer == 0
+            else layers.Concatenate(name=f"rdb{index}_concat{layer}")(features)
+        )
         features.append(_conv(config.growth, k, f"rdb{index}_conv{layer}", "relu")(inputs))
     fused = _conv(config.features, 1, f"rdb{index}_local_fusion")(
-        layers.Concatenate(name=f"rdb{index}_concat")(features))
+        layers.Concatenate(name=f"rdb{index}_concat")(features)
+    )
     return layers.Add(name=f"rdb{index}_local_residual")([x, fused])
 
 
@@ -67,8 +73,11 @@ def build_rdn(config: RDNConfig) -> keras.Model:
         f = residual_dense_block(f, config, d)
         block_outputs.append(f)
     # Global feature fusion and global residual learning.
-    fused = (layers.Concatenate(name="global_concat")(block_outputs)
-             if len(block_outputs) > 1 else block_outputs[0])
+    fused = (
+        layers.Concatenate(name="global_concat")(block_outputs)
+        if len(block_outputs) > 1
+        else block_outputs[0]
+    )
     fused = _conv(g0, 1, "global_fusion_1x1")(fused)
     fused = _conv(g0, k, "global_fusion_3x3")(fused)
     dense_features = layers.Add(name="global_residual")([f_minus1, fused])
@@ -101,7 +110,7 @@ def rdn_param_count(config: RDNConfig) -> int:
     shallow = conv(k, c_in, g0) + conv(k, g0, g0)
     block = sum(conv(k, g0 + c * g, g) for c in range(config.layers_per_block))
     block += conv(1, g0 + config.layers_per_block * g, g0)
-    fusion = (conv(1, config.num_blocks * g0, g0) if config.num_blocks > 1 else conv(1, g0, g0))
+    fusion = conv(1, config.num_blocks * g0, g0) if config.num_blocks > 1 else conv(1, g0, g0)
     fusion += conv(k, g0, g0)
     upsample = conv(k, g0, config.upsample_features * r * r)
     upsample += conv(k, config.upsample_features, config.channels)

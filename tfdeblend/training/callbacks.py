@@ -56,8 +56,9 @@ def _to_rgb(images: np.ndarray) -> np.ndarray:
 class SampleImages(keras.callbacks.Callback):
     """Log a few inputs, predictions and targets to TensorBoard at each epoch end."""
 
-    def __init__(self, log_dir: str | os.PathLike, inputs: np.ndarray,
-                 targets: np.ndarray | None = None):
+    def __init__(
+        self, log_dir: str | os.PathLike, inputs: np.ndarray, targets: np.ndarray | None = None
+    ):
         super().__init__()
         self.log_dir = str(Path(log_dir) / "images")
         self.inputs = np.asarray(inputs, dtype="float32")
@@ -81,9 +82,13 @@ class SampleImages(keras.callbacks.Callback):
             self._writer = None
 
 
-def make_callbacks(run_dir: str | os.PathLike, config: Any = None,
-                   sample_images: tuple[np.ndarray, np.ndarray | None] | np.ndarray | None = None,
-                   checkpoints: bool = True, tensorboard: bool = True) -> list:
+def make_callbacks(
+    run_dir: str | os.PathLike,
+    config: Any = None,
+    sample_images: tuple[np.ndarray, np.ndarray | None] | np.ndarray | None = None,
+    checkpoints: bool = True,
+    tensorboard: bool = True,
+) -> list:
     """The callbacks of one training run writing into ``run_dir``.
 
     Args:
@@ -104,13 +109,17 @@ def make_callbacks(run_dir: str | os.PathLike, config: Any = None,
     callbacks: list = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"))]
     if checkpoints:
         (run_dir / "checkpoints").mkdir(exist_ok=True)
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            str(run_dir / "checkpoints" / "epoch-{epoch:03d}.keras"), save_freq="epoch"))
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                str(run_dir / "checkpoints" / "epoch-{epoch:03d}.keras"), save_freq="epoch"
+            )
+        )
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
         if sample_images is not None:
-            inputs, targets = (sample_images if isinstance(sample_images, tuple)
-                               else (sample_images, None))
+            inputs, targets = (
+                sample_images if isinstance(sample_images, tuple) else (sample_images, None)
+            )
             callbacks.append(SampleImages(run_dir / "logs", inputs, targets))
     callbacks.append(JsonHistory(run_dir / "history.json"))
     return callbacks

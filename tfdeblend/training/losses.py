@@ -47,8 +47,9 @@ def l1_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return _per_example_l1(first, y_pred)
 
 
-def symmetric_l1_loss(y_true: tf.Tensor, y_pred: tf.Tensor,
-                      ratio: float = SYMMETRIC_RATIO) -> tf.Tensor:
+def symmetric_l1_loss(
+    y_true: tf.Tensor, y_pred: tf.Tensor, ratio: float = SYMMETRIC_RATIO
+) -> tf.Tensor:
     """Permutation-invariant L1 when the two brightest galaxies are close in brightness.
 
     Rule: let ``F1 >= F2`` be the summed fluxes of the two brightest (noiseless) targets. When

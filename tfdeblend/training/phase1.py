@@ -45,7 +45,9 @@ def model_config_for(net: str, preset: str, channels: int, stamp_size: int):
     raise TfdeblendError(f"net must be deblender or classifier, not {net!r}")
 
 
-def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    config: TrainConfig, total_steps: int | None = None
+) -> keras.optimizers.Optimizer:
     """Adam or SGD (momentum 0.9) with the configured learning-rate schedule."""
     schedule = config.lr_schedule
     if schedule == "auto":
@@ -58,24 +60,35 @@ def make_optimizer(config: TrainConfig, total_steps: int | None = None) -> keras
     return keras.optimizers.Adam(learning_rate=lr)
 
 
-def compile_phase1(model: keras.Model, net: str, config: TrainConfig,
-                   total_steps: int | None = None) -> keras.Model:
+def compile_phase1(
+    model: keras.Model, net: str, config: TrainConfig, total_steps: int | None = None
+) -> keras.Model:
     """Compile ``model`` for phase 1 (call inside ``strategy.scope()``)."""
     optimizer = make_optimizer(config, total_steps)
     if net == "deblender":
-        model.compile(optimizer=optimizer, loss=get_deblender_loss(config.loss),
-                      jit_compile=config.jit_compile)
+        model.compile(
+            optimizer=optimizer,
+            loss=get_deblender_loss(config.loss),
+            jit_compile=config.jit_compile,
+        )
     else:
         model.compile(
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=config.jit_compile)
+            jit_compile=config.jit_compile,
+        )
     return model
 
 
-def build_phase1_model(net: str, config: TrainConfig, channels: int, stamp_size: int,
-                       total_steps: int | None = None, model_config: Any = None):
+def build_phase1_model(
+    net: str,
+    config: TrainConfig,
+    channels: int,
+    stamp_size: int,
+    total_steps: int | None = None,
+    model_config: Any = None,
+):
     """Build and compile the preset model of ``net``; returns ``(model, model_config)``.
 
     Call inside ``strategy.scope()``. With ``config.mixed_precision`` the layers compute in
@@ -86,8 +99,7 @@ def build_phase1_model(net: str, config: TrainConfig, channels: int, stamp_size:
     if config.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     try:
-        model = (build_rdn(model_config) if net == "deblender"
-                 else build_classifier(model_config))
+        model = build_rdn(model_config) if net == "deblender" else build_classifier(model_config)
     finally:
         keras.config.set_dtype_policy(previous)
     compile_phase1(model, net, config, total_steps)
@@ -111,10 +123,16 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> bool:
     return False
 
 
-def train_phase1(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, net: str,
-                 config: TrainConfig | None = None, strategy: str | tf.distribute.Strategy =
-                 "default", overwrite: bool = False, verbose: int | str = "auto",
-                 model_config: Any = None) -> dict[str, list]:
+def train_phase1(
+    dataset_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    net: str,
+    config: TrainConfig | None = None,
+    strategy: str | tf.distribute.Strategy = "default",
+    overwrite: bool = False,
+    verbose: int | str = "auto",
+    model_config: Any = None,
+) -> dict[str, list]:
     """Train one network alone and write a run directory.
 
     Rerunning the same call on a run directory whose ``backup/`` exists (an interrupted run)
@@ -166,15 +184,27 @@ def train_phase1(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, net
     resume = _prepare_out_dir(work, overwrite and chief) if chief else False
     keras.utils.set_random_seed(config.seed)
 
-    train_ds = make_dataset(dataset_dir, net, batch, shuffle=True,
-                            repeat=config.steps_per_epoch is not None, seed=config.seed,
-                            validation_fraction=config.validation_fraction, subset="train",
-                            drop_remainder=drop)
+    train_ds = make_dataset(
+        dataset_dir,
+        net,
+        batch,
+        shuffle=True,
+        repeat=config.steps_per_epoch is not None,
+        seed=config.seed,
+        validation_fraction=config.validation_fraction,
+        subset="train",
+        drop_remainder=drop,
+    )
     val_ds = None
     if n_val > 0:
-        val_ds = make_dataset(dataset_dir, net, min(batch, n_val), seed=config.seed,
-                              validation_fraction=config.validation_fraction,
-                              subset="validation")
+        val_ds = make_dataset(
+            dataset_dir,
+            net,
+            min(batch, n_val),
+            seed=config.seed,
+            validation_fraction=config.validation_fraction,
+            subset="validation",
+        )
     sample = None
     if net == "deblender" and chief:
         x, y = next(iter((val_ds or train_ds).take(1)))
@@ -182,16 +212,22 @@ def train_phase1(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, net
 
     with strategy.scope():
         model, model_config = build_phase1_model(
-            net, config, len(bands), stamp_size, config.epochs * steps, model_config)
+            net, config, len(bands), stamp_size, config.epochs * steps, model_config
+        )
     callbacks = make_callbacks(work, config, sample_images=sample)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     if resume and chief:
         print(f"Resuming the interrupted run in {out} from its backup.", file=sys.stderr)
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                  steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,
-                  verbose=verbose)
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
     finally:
         if not chief:
             shutil.rmtree(work, ignore_errors=True)
@@ -199,5 +235,3 @@ def train_phase1(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, net
     if chief:
         save_run(out, {net: model}, config, {net: model_config}, manifest)
     return history
-
-

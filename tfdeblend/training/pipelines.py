@@ -18,8 +18,10 @@ from tfdeblend.normalize import normalize
 
 NETS: tuple[str, ...] = ("deblender", "classifier")
 #: dataset kinds that must not be used to train each network in phase 1
-_WRONG_KIND: dict[str, tuple[str, ...]] = {"deblender": ("classifier",),
-                                            "classifier": ("deblender",)}
+_WRONG_KIND: dict[str, tuple[str, ...]] = {
+    "deblender": ("classifier",),
+    "classifier": ("deblender",),
+}
 
 
 def deblender_example(record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
@@ -47,8 +49,13 @@ def classifier_example(record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tens
     return x, tf.cast(record["n_gal"], tf.int32)
 
 
-def check_manifest(manifest: dict[str, Any], net: str, bands: tuple[str, ...] | None = None,
-                   stamp_size: int | None = None, where: str = "dataset") -> None:
+def check_manifest(
+    manifest: dict[str, Any],
+    net: str,
+    bands: tuple[str, ...] | None = None,
+    stamp_size: int | None = None,
+    where: str = "dataset",
+) -> None:
     """Refuse a dataset that does not fit the network (kind, bands, stamp size).
 
     Raises:
@@ -61,11 +68,15 @@ def check_manifest(manifest: dict[str, Any], net: str, bands: tuple[str, ...] | 
         raise DataError(f"{where} is a {kind!r} dataset; the {net} needs a {net!r} dataset")
     data_bands = tuple(manifest.get("bands", ()))
     if bands is not None and data_bands != tuple(bands):
-        raise DataError(f"{where} has bands {','.join(data_bands)} but the model was trained on "
-                        f"{','.join(bands)}")
+        raise DataError(
+            f"{where} has bands {','.join(data_bands)} but the model was trained on "
+            f"{','.join(bands)}"
+        )
     if stamp_size is not None and int(manifest.get("stamp_size", -1)) != int(stamp_size):
-        raise DataError(f"{where} has stamp size {manifest.get('stamp_size')} but the model "
-                        f"expects {stamp_size}")
+        raise DataError(
+            f"{where} has stamp size {manifest.get('stamp_size')} but the model "
+            f"expects {stamp_size}"
+        )
     if net == "deblender" and int(manifest.get("max_sources", 0)) < 1:
         raise DataError(f"{where} has no isolated galaxies (max_sources < 1)")
 
@@ -78,9 +89,16 @@ def split_sizes(count: int, validation_fraction: float) -> tuple[int, int]:
     return count - n_val, n_val
 
 
-def prepare(records: tf.data.Dataset, net: str, batch_size: int | None = None,
-            shuffle: bool = False, repeat: bool = False, seed: int | None = None,
-            shuffle_buffer: int = 1024, drop_remainder: bool = False) -> tf.data.Dataset:
+def prepare(
+    records: tf.data.Dataset,
+    net: str,
+    batch_size: int | None = None,
+    shuffle: bool = False,
+    repeat: bool = False,
+    seed: int | None = None,
+    shuffle_buffer: int = 1024,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """Turn an unbatched dataset of record dicts into ``(x, y)`` batches for ``net``.
 
     Works on any ``tf.data.Dataset`` with the record schema (e.g. built in memory), so tests
@@ -102,11 +120,19 @@ def prepare(records: tf.data.Dataset, net: str, batch_size: int | None = None,
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def make_dataset(dataset_dir: str | os.PathLike, net: str, batch_size: int | None = None,
-                 shuffle: bool = False, repeat: bool = False, seed: int | None = None,
-                 validation_fraction: float = 0.0, subset: str = "all",
-                 bands: tuple[str, ...] | None = None, stamp_size: int | None = None,
-                 drop_remainder: bool = False) -> tf.data.Dataset:
+def make_dataset(
+    dataset_dir: str | os.PathLike,
+    net: str,
+    batch_size: int | None = None,
+    shuffle: bool = False,
+    repeat: bool = False,
+    seed: int | None = None,
+    validation_fraction: float = 0.0,
+    subset: str = "all",
+    bands: tuple[str, ...] | None = None,
+    stamp_size: int | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """Read a dataset directory as ``(x, y)`` batches for ``net`` (see :func:`prepare`).
 
     Args:
@@ -136,5 +162,12 @@ def make_dataset(dataset_dir: str | os.PathLike, net: str, batch_size: int | Non
         if n_val == 0:
             raise DataError("no validation records: validation fraction is 0")
         records = records.take(n_val)
-    return prepare(records, net, batch_size, shuffle=shuffle and subset != "validation",
-                   repeat=repeat, seed=seed, drop_remainder=drop_remainder)
+    return prepare(
+        records,
+        net,
+        batch_size,
+        shuffle=shuffle and subset != "validation",
+        repeat=repeat,
+        seed=seed,
+        drop_remainder=drop_remainder,
+    )

@@ -67,9 +67,14 @@ def save_keras_atomic(model: keras.Model, path: str | os.PathLike) -> None:
         raise
 
 
-def save_run(run_dir: str | os.PathLike, models: dict[str, keras.Model], config: Any,
-             model_configs: dict[str, Any], dataset_manifest: dict[str, Any] | None = None,
-             extra: dict[str, Any] | None = None) -> Path:
+def save_run(
+    run_dir: str | os.PathLike,
+    models: dict[str, keras.Model],
+    config: Any,
+    model_configs: dict[str, Any],
+    dataset_manifest: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``config.yaml`` and ``<name>.keras`` for each model into ``run_dir``.
 
     Args:
@@ -90,8 +95,9 @@ def save_run(run_dir: str | os.PathLike, models: dict[str, keras.Model], config:
         raise ModelError(f"unknown model name(s) {unknown}; use {MODEL_NAMES}")
     manifest = dict(dataset_manifest or {})
     train = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-    model_dicts = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v))
-                   for k, v in model_configs.items()}
+    model_dicts = {
+        k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in model_configs.items()
+    }
     first = next(iter(model_dicts.values()), {})
     doc = {
         "kind": RUN_KIND,
@@ -125,8 +131,10 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise ModelError(f"run directory {run_dir} does not exist")
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise ModelError(f"{run_dir} is not a tfdeblend run directory (no config.yaml); "
-                         "train one with tfdeblend train")
+        raise ModelError(
+            f"{run_dir} is not a tfdeblend run directory (no config.yaml); "
+            "train one with tfdeblend train"
+        )
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -149,9 +157,13 @@ def load_run(run_dir: str | os.PathLike, load_models: bool = True) -> RunInfo:
 
     run_dir = Path(run_dir)
     doc = read_run_config(run_dir)
-    info = RunInfo(path=run_dir, bands=tuple(doc.get("bands") or ()),
-                   stamp_size=int(doc.get("stamp_size") or 0), preset=str(doc.get("preset")),
-                   config=doc)
+    info = RunInfo(
+        path=run_dir,
+        bands=tuple(doc.get("bands") or ()),
+        stamp_size=int(doc.get("stamp_size") or 0),
+        preset=str(doc.get("preset")),
+        config=doc,
+    )
     if load_models:
         for name in MODEL_NAMES:
             path = run_dir / f"{name}.keras"

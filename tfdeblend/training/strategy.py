@@ -36,7 +36,8 @@ def get_strategy(name: str | tf.distribute.Strategy = "default") -> tf.distribut
         if len(devices) > 1 and all("CPU" in d.upper() for d in devices):
             # NCCL is GPU-only; reduce through one device.
             return tf.distribute.MirroredStrategy(
-                devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+                devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+            )
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi-worker":
         text = os.environ.get("TF_CONFIG")
@@ -44,7 +45,8 @@ def get_strategy(name: str | tf.distribute.Strategy = "default") -> tf.distribut
             raise TfdeblendError(
                 "--strategy multi-worker needs the TF_CONFIG environment variable "
                 '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
-                '"task": {"type": "worker", "index": 0}})')
+                '"task": {"type": "worker", "index": 0}})'
+            )
         try:
             tf_config = json.loads(text)
             tf_config["cluster"]
