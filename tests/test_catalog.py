@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from astropy.table import Table
 from click.testing import CliRunner
+from tfdeblend.cli.main import cli
 
 from tfdeblend import catalog
-from tfdeblend.cli.main import cli
 from tfdeblend.errors import CatalogError, TfdeblendError
 
 
