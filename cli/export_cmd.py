@@ -1,9 +1,59 @@
-"""`tfdeblend export` (placeholder: replaced by the module's owner)."""
+"""``tfdeblend export``: write trained networks as a TF Serving SavedModel."""
+
+from __future__ import annotations
 
 import click
 
 
 @click.command(name="export")
-def export() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("tfdeblend export is not implemented yet")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(),
+    help="Model base directory NAME; the export goes to NAME/<version>.",
+)
+@click.option(
+    "--deblender",
+    "deblender_run",
+    type=click.Path(file_okay=False),
+    help="Take the deblender from this run directory.",
+)
+@click.option(
+    "--classifier",
+    "classifier_run",
+    type=click.Path(file_okay=False),
+    help="Take the classifier from this run directory.",
+)
+@click.option(
+    "--version", type=click.IntRange(min=1), help="Integer version (default: the next free one)."
+)
+@click.option(
+    "--max-iterations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most galaxies peeled per blend (default 6).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing NAME/<version>.")
+def export(run_dir, out_dir, deblender_run, classifier_run, version, max_iterations, overwrite):
+    """Export RUN_DIR's deblender and classifier as a SavedModel for TF Serving.
+
+    RUN_DIR is a phase-2 run directory (deblender.keras + classifier.keras); --deblender and
+    --classifier take either network from another run instead (RUN_DIR may then be omitted).
+    """
+    from tfdeblend.errors import TfdeblendError
+    from tfdeblend.export import export_model
+
+    if run_dir is None and (deblender_run is None or classifier_run is None):
+        raise TfdeblendError("give RUN_DIR, or both --deblender and --classifier")
+    path = export_model(
+        run_dir,
+        out_dir,
+        version=version,
+        deblender_run=deblender_run,
+        classifier_run=classifier_run,
+        max_iterations=max_iterations,
+        overwrite=overwrite,
+    )
+    click.echo(f"Exported {path} (signatures serving_default, deblend_one, count)")

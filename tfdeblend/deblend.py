@@ -271,3 +271,118 @@ def peel_numpy(peeler: Peeler, images: np.ndarray, batch_size: int = 32) -> dict
         out = peeler.peel(tf.constant(images[start : start + batch_size]))
         parts.append({key: value.numpy() for key, value in out.items()})
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def run_file(
+    input_path,
+    output_path,
+    model=None,
+    batch_size: int = 32,
+    preview_dir=None,
+    preview_count: int = 16,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Deblend every stamp of a FITS file with a SavedModel; write the results FITS file.
+
+    The input is read batch by batch (memmap) and the output streamed, so memory stays bounded
+    by one batch whatever the file size. See :mod:`tfdeblend.fitsio` for both file layouts.
+
+    Args:
+        input_path: blends FITS file, ``(N, C, H, W)`` or ``(C, H, W)`` with a ``BANDS`` header.
+        output_path: results FITS file (``COMPONENTS``, ``RESIDUAL``, ``CATALOG``, ``BLENDS``).
+        model: a :class:`tfdeblend.export.DeblendModel`, a model directory, or ``None`` for
+            :func:`tfdeblend.export.default_model_dir`.
+        batch_size: blends per graph call.
+        preview_dir: write PNG panels (input, components, residual, counts) of the first
+            ``preview_count`` blends there.
+        preview_count: how many previews at most.
+        overwrite: replace an existing output file (and previews).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        Summary dict: ``n_blends``, ``quality`` (count per quality name), ``n_components``
+        (total), ``output``, ``previews`` (list of PNG paths), ``seconds``.
+
+    Raises:
+        TfdeblendError: bad input, missing model, existing output without ``overwrite``.
+    """
+    import time
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from tfdeblend.errors import TfdeblendError
+    from tfdeblend.export import DeblendModel, load_model
+    from tfdeblend.fitsio import ResultWriter, open_blends
+    from tfdeblend.utils import check_output_path
+
+    if int(batch_size) < 1:
+        raise TfdeblendError(f"batch size must be positive, not {batch_size}")
+    output_path = check_output_path(output_path, overwrite)
+    if Path(input_path).resolve() == output_path.resolve():
+        raise TfdeblendError("the output file must differ from the input file")
+    if preview_dir is not None:
+        preview_dir = Path(preview_dir)
+        if preview_dir.exists() and any(preview_dir.iterdir()) and not overwrite:
+            raise TfdeblendError(
+                f"preview directory {preview_dir} is not empty; pass --overwrite to write into it"
+            )
+    if not isinstance(model, DeblendModel):
+        model = load_model(model)
+    started = time.perf_counter()
+    kept: dict[str, list] = {
+        "blend": [],
+        "components": [],
+        "residual": [],
+        "counts": [],
+        "quality": [],
+        "n_components": [],
+    }
+    quality_total = {name: 0 for name in QUALITY_NAMES.values()}
+    n_components_total = 0
+    with open_blends(input_path, bands=model.bands, stamp_size=model.stamp_size) as blends:
+        info = {
+            "model": model.name,
+            "version": model.version,
+            "bunit": blends.bunit,
+            "input": Path(input_path).name,
+        }
+        with (
+            ResultWriter(
+                output_path,
+                blends.n,
+                model.max_iterations,
+                model.bands,
+                model.stamp_size,
+                info,
+                overwrite=overwrite,
+            ) as writer,
+            tqdm(total=blends.n, unit="blend", desc="deblending", disable=not progress) as bar,
+        ):
+            for start in range(0, blends.n, batch_size):
+                chunk = np.transpose(blends.read(start, start + batch_size), (0, 2, 3, 1))
+                result = model.deblend(chunk, batch_size=batch_size)
+                writer.write_batch(result)
+                for q in result["quality"]:
+                    quality_total[QUALITY_NAMES[int(q)]] += 1
+                n_components_total += int(result["n_components"].sum())
+                room = preview_count - len(kept["blend"]) if preview_dir is not None else 0
+                if room > 0:
+                    kept["blend"].extend(chunk[:room])
+                    for key in ("components", "residual", "counts", "quality", "n_components"):
+                        kept[key].extend(result[key][:room])
+                bar.update(len(chunk))
+    previews = []
+    if preview_dir is not None and kept["blend"]:
+        from tfdeblend.preview import save_previews
+
+        previews = save_previews(preview_dir, kept, model.bands)
+    return {
+        "n_blends": blends.n,
+        "quality": quality_total,
+        "n_components": n_components_total,
+        "output": str(output_path),
+        "previews": [str(p) for p in previews],
+        "seconds": time.perf_counter() - started,
+    }

@@ -1,0 +1,462 @@
+"""SavedModel export in the TF Serving layout, and loading it back.
+
+A *model directory* is what TF Serving serves::
+
+    NAME/<integer version>/saved_model.pb
+                          variables/
+                          assets.extra/tfdeblend.yaml      bands, stamp size, configs, versions
+                          assets.extra/deblender.keras     the trained networks (Keras 3 format)
+                          assets.extra/classifier.keras
+
+Signatures (all take ``images``: float32 ``[batch, H, W, bands]``, channels last, in any linear
+flux unit; every output is in the input's units):
+
+- ``serving_default``: the whole iterative peel (:class:`tfdeblend.deblend.Peeler`):
+  ``components [batch, K, H, W, bands]``, ``residual [batch, H, W, bands]``,
+  ``counts [batch, K + 1]`` int32 (``-1`` where a step was not run), ``quality [batch]`` int32
+  (2 high, 1 medium, 0 low), ``n_components [batch]`` int32.
+- ``deblend_one``: one RDN pass, ``component [batch, H, W, bands]``.
+- ``count``: the classifier, ``count [batch]`` int32 and ``probabilities [batch, 4]``.
+
+Example:
+    >>> from tfdeblend.export import export_model, load_model  # doctest: +SKIP
+    >>> path = export_model("runs/joint", "saved_models/mine")  # doctest: +SKIP
+    >>> model = load_model("saved_models/mine")  # the highest version  # doctest: +SKIP
+    >>> out = model.deblend(images)  # images (N, 80, 80, 3)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+import tfdeblend
+from tfdeblend.errors import ModelError, TfdeblendError
+from tfdeblend.utils import atomic_dir
+
+#: Environment variable naming the default model directory.
+MODEL_ENV = "TFDEBLEND_MODEL"
+#: File (inside ``assets.extra``) that marks a tfdeblend SavedModel.
+METADATA_NAME = "tfdeblend.yaml"
+SIGNATURES = ("serving_default", "deblend_one", "count")
+
+
+@dataclasses.dataclass
+class ModelBundle:
+    """The two trained networks and what they were trained on.
+
+    Attributes:
+        deblender: RDN Keras model, ``(None, H, W, C)`` -> same.
+        classifier: classifier Keras model, ``(None, H, W, C)`` -> ``(None, 4)`` logits.
+        bands: band names, in channel order.
+        stamp_size: side of the stamps, pixels.
+        configs: YAML-able dict of configurations (``deblender``, ``classifier``, ``train``...).
+        keras_files: ``{"deblender": path, "classifier": path}`` of ``.keras`` files to copy
+            into ``assets.extra`` (when absent the models are saved afresh).
+    """
+
+    deblender: Any
+    classifier: Any
+    bands: tuple[str, ...] = ("g", "r", "i")
+    stamp_size: int = 80
+    configs: dict = dataclasses.field(default_factory=dict)
+    keras_files: dict = dataclasses.field(default_factory=dict)
+
+
+def default_model_dir() -> Path:
+    """The model ``tfdeblend run`` uses by default.
+
+    ``$TFDEBLEND_MODEL`` when set, else the model shipped in the repository,
+    ``<repo>/saved_models/tfdeblend_cpu``.
+
+    Raises:
+        ModelError: the directory does not exist.
+    """
+    env = os.environ.get(MODEL_ENV)
+    path = (
+        Path(env)
+        if env
+        else Path(tfdeblend.__file__).resolve().parents[1] / "saved_models" / ("tfdeblend_cpu")
+    )
+    if not path.exists():
+        where = f"${MODEL_ENV}" if env else "the repository"
+        raise ModelError(
+            f"default model {path} (from {where}) does not exist; pass --model MODEL_DIR "
+            "or export one with `tfdeblend export`"
+        )
+    return path
+
+
+def _bundle_from_runs(run_dir, deblender_run, classifier_run) -> ModelBundle:
+    from tfdeblend.training.rundir import load_run
+
+    runs = {}
+    for role, path in (("deblender", deblender_run), ("classifier", classifier_run)):
+        source = path if path is not None else run_dir
+        if source is None:
+            raise TfdeblendError(f"no run directory given for the {role}")
+        info = load_run(source)
+        model = getattr(info, role, None)
+        if model is None:
+            raise ModelError(f"run directory {source} holds no {role}.keras")
+        runs[role] = (Path(source), info, model)
+    (d_dir, d_info, deblender), (c_dir, c_info, classifier) = runs["deblender"], runs["classifier"]
+    if tuple(d_info.bands) != tuple(c_info.bands):
+        raise ModelError(
+            f"the deblender ({','.join(d_info.bands)}) and the classifier "
+            f"({','.join(c_info.bands)}) were trained on different bands"
+        )
+    if int(d_info.stamp_size) != int(c_info.stamp_size):
+        raise ModelError(
+            f"the deblender ({d_info.stamp_size} px) and the classifier ({c_info.stamp_size} px) "
+            "were trained on different stamp sizes"
+        )
+
+    def plain(config):
+        if config is None:
+            return None
+        return config.to_dict() if hasattr(config, "to_dict") else config
+
+    configs = {
+        "deblender_run": str(d_dir.resolve()),
+        "classifier_run": str(c_dir.resolve()),
+        "deblender": d_info.model_config("deblender") if hasattr(d_info, "model_config") else None,
+        "classifier": (
+            c_info.model_config("classifier") if hasattr(c_info, "model_config") else None
+        ),
+        "deblender_train": plain(d_info.config),
+        "classifier_train": plain(c_info.config),
+    }
+    return ModelBundle(
+        deblender=deblender,
+        classifier=classifier,
+        bands=tuple(d_info.bands),
+        stamp_size=int(d_info.stamp_size),
+        configs=configs,
+        keras_files={
+            "deblender": d_dir / "deblender.keras",
+            "classifier": c_dir / "classifier.keras",
+        },
+    )
+
+
+def _check_model_shapes(bundle: ModelBundle) -> None:
+    expected = (bundle.stamp_size, bundle.stamp_size, len(bundle.bands))
+    for role in ("deblender", "classifier"):
+        shape = tuple(getattr(bundle, role).inputs[0].shape[1:])
+        if shape != expected:
+            raise ModelError(
+                f"the {role} takes images of shape {shape}, not {expected} "
+                f"({bundle.stamp_size} px, bands {','.join(bundle.bands)})"
+            )
+    logits = tuple(bundle.classifier.outputs[0].shape[1:])
+    if logits != (4,):
+        raise ModelError(f"the classifier returns shape {logits}, not (4,) logits")
+
+
+def next_version(out_dir: str | os.PathLike) -> int:
+    """Next free integer version under ``out_dir`` (1 for a new directory)."""
+    out_dir = Path(out_dir)
+    versions = (
+        [int(p.name) for p in out_dir.iterdir() if p.name.isdigit()] if out_dir.is_dir() else []
+    )
+    return max(versions, default=0) + 1
+
+
+def build_serving_module(bundle: ModelBundle, max_iterations: int):
+    """A :class:`tf.Module` with the three serving functions (see the module docstring)."""
+    import tensorflow as tf
+
+    from tfdeblend.deblend import Peeler
+
+    peeler = Peeler(bundle.deblender, bundle.classifier, max_iterations=max_iterations)
+    spec = tf.TensorSpec(
+        [None, bundle.stamp_size, bundle.stamp_size, len(bundle.bands)], tf.float32, name="images"
+    )
+
+    @tf.function(input_signature=[spec])
+    def serving_default(images):
+        return peeler.peel(images)
+
+    @tf.function(input_signature=[spec])
+    def deblend_one(images):
+        return {"component": peeler.deblend_one(images)}
+
+    @tf.function(input_signature=[spec])
+    def count(images):
+        return peeler.count(images)
+
+    module = tf.Module(name="tfdeblend")
+    module.peeler = peeler
+    module.serving_default = serving_default
+    module.deblend_one = deblend_one
+    module.count = count
+    return module
+
+
+def export_model(
+    run_dir_or_models,
+    out_dir: str | os.PathLike,
+    version: int | None = None,
+    deblender_run: str | os.PathLike | None = None,
+    classifier_run: str | os.PathLike | None = None,
+    max_iterations: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export a deblender + classifier pair as a TF Serving SavedModel.
+
+    Args:
+        run_dir_or_models: a phase-2 run directory (holding ``deblender.keras`` and
+            ``classifier.keras``), a :class:`ModelBundle`, or ``None`` when both
+            ``deblender_run`` and ``classifier_run`` are given.
+        out_dir: the model base directory (``NAME``); the export goes to ``NAME/<version>``.
+        version: integer version; default the next free one (1 for a new directory).
+        deblender_run: take the deblender from this run directory instead.
+        classifier_run: take the classifier from this run directory instead.
+        max_iterations: most components peeled per blend (``K``); default 6.
+        overwrite: replace an existing ``NAME/<version>``.
+
+    Returns:
+        The version directory written.
+
+    Raises:
+        ModelError: missing or mismatched networks. TfdeblendError: the version exists.
+    """
+    from tfdeblend.deblend import DEFAULT_MAX_ITERATIONS
+
+    max_iterations = int(max_iterations or DEFAULT_MAX_ITERATIONS)
+    if isinstance(run_dir_or_models, ModelBundle):
+        bundle = run_dir_or_models
+    else:
+        bundle = _bundle_from_runs(run_dir_or_models, deblender_run, classifier_run)
+    _check_model_shapes(bundle)
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TfdeblendError(f"{out_dir} exists and is not a directory")
+    if version is None:
+        version = next_version(out_dir)
+    if int(version) < 1:
+        raise TfdeblendError(f"version must be a positive integer, not {version}")
+    target = out_dir / str(int(version))
+    if target.exists() and not overwrite:
+        raise TfdeblendError(f"{target} already exists; pass --overwrite to replace it")
+
+    import tensorflow as tf
+
+    module = build_serving_module(bundle, max_iterations)
+    with atomic_dir(target) as tmp:
+        tf.saved_model.save(
+            module,
+            str(tmp),
+            signatures={
+                "serving_default": module.serving_default,
+                "deblend_one": module.deblend_one,
+                "count": module.count,
+            },
+        )
+        extra = tmp / "assets.extra"
+        extra.mkdir()
+        for role in ("deblender", "classifier"):
+            source = bundle.keras_files.get(role)
+            if source is not None and Path(source).exists():
+                shutil.copy2(source, extra / f"{role}.keras")
+            else:
+                getattr(bundle, role).save(extra / f"{role}.keras")
+        metadata = {
+            "format": "tfdeblend-savedmodel",
+            "name": out_dir.name,
+            "version": int(version),
+            "bands": list(bundle.bands),
+            "stamp_size": int(bundle.stamp_size),
+            "max_iterations": max_iterations,
+            "tfdeblend_version": tfdeblend.__version__,
+            "tensorflow_version": tf.__version__,
+            "signatures": list(SIGNATURES),
+            "configs": _plain(bundle.configs),
+        }
+        (extra / METADATA_NAME).write_text(yaml.safe_dump(metadata, sort_keys=False))
+    return target
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def resolve_version_dir(model_dir: str | os.PathLike) -> Path:
+    """The version directory of ``model_dir`` (itself, or its highest integer version).
+
+    Raises:
+        ModelError: missing directory, or not a tfdeblend SavedModel.
+    """
+    path = Path(model_dir)
+    if not path.exists():
+        raise ModelError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise ModelError(f"model directory {path} is not a directory")
+    if not (path / "saved_model.pb").exists():
+        versions = sorted(
+            (
+                int(p.name)
+                for p in path.iterdir()
+                if p.name.isdigit() and (p / "saved_model.pb").exists()
+            ),
+        )
+        if not versions:
+            raise ModelError(
+                f"{path} is not a model directory: no saved_model.pb and no <version>/saved_model.pb "
+                "inside (export one with `tfdeblend export`)"
+            )
+        path = path / str(versions[-1])
+    if not (path / "assets.extra" / METADATA_NAME).exists():
+        raise ModelError(
+            f"{path} is a SavedModel but not a tfdeblend model (no assets.extra/{METADATA_NAME})"
+        )
+    return path
+
+
+class DeblendModel:
+    """A loaded tfdeblend SavedModel.
+
+    Attributes:
+        path: the version directory.
+        name: the model name (the base directory's name).
+        version: integer version.
+        bands: band names, channel order.
+        stamp_size: side of the stamps, pixels.
+        max_iterations: ``K``.
+        metadata: the whole ``tfdeblend.yaml`` dict.
+    """
+
+    def __init__(self, path: Path, metadata: dict, saved_model) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.name = str(metadata.get("name") or path.parent.name)
+        self.version = int(metadata.get("version") or (path.name if path.name.isdigit() else 0))
+        self.bands = tuple(metadata["bands"])
+        self.stamp_size = int(metadata["stamp_size"])
+        self.max_iterations = int(metadata["max_iterations"])
+        self._saved = saved_model
+        self._signatures = {name: saved_model.signatures[name] for name in SIGNATURES}
+
+    def __repr__(self) -> str:
+        return (
+            f"DeblendModel(name={self.name!r}, version={self.version}, "
+            f"bands={','.join(self.bands)}, stamp_size={self.stamp_size})"
+        )
+
+    def check_images(self, images: np.ndarray) -> np.ndarray:
+        """Check a channels-last batch ``(N, H, W, C)`` against the model; float32 copy."""
+        images = np.asarray(images, dtype=np.float32)
+        expected = (self.stamp_size, self.stamp_size, len(self.bands))
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise TfdeblendError(
+                f"images have shape {images.shape}; the model expects (N, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}) channels last (bands {','.join(self.bands)})"
+            )
+        return images
+
+    def _run(self, signature: str, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        images = self.check_images(images)
+        function = self._signatures[signature]
+        parts = []
+        for start in range(0, len(images), batch_size):
+            out = function(images=tf.constant(images[start : start + batch_size]))
+            parts.append({key: value.numpy() for key, value in out.items()})
+        if not parts:
+            out = function(images=tf.constant(images))
+            return {key: value.numpy() for key, value in out.items()}
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+    def deblend(self, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Iterative peel of ``images`` ``(N, H, W, C)`` (any linear unit).
+
+        Returns:
+            ``components (N, K, H, W, C)``, ``residual (N, H, W, C)``, ``counts (N, K + 1)``,
+            ``quality (N,)``, ``n_components (N,)`` as numpy arrays, input units.
+        """
+        return self._run("serving_default", images, batch_size)
+
+    def deblend_one(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """One RDN pass: the brightest galaxy of each image ``(N, H, W, C)``, input units."""
+        return self._run("deblend_one", images, batch_size)["component"]
+
+    def count(self, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Classifier count (``count (N,)``) and ``probabilities (N, 4)``."""
+        return self._run("count", images, batch_size)
+
+
+def load_model(model_dir: str | os.PathLike | None = None) -> DeblendModel:
+    """Load a model exported by :func:`export_model`.
+
+    Args:
+        model_dir: the base directory (the highest version is used) or a version directory;
+            ``None`` for :func:`default_model_dir`.
+
+    Raises:
+        ModelError: missing, foreign or unreadable model directory.
+    """
+    path = resolve_version_dir(model_dir if model_dir is not None else default_model_dir())
+    try:
+        metadata = yaml.safe_load((path / "assets.extra" / METADATA_NAME).read_text())
+        for key in ("bands", "stamp_size", "max_iterations"):
+            metadata[key]  # noqa: B018
+    except (yaml.YAMLError, KeyError, TypeError) as err:
+        raise ModelError(f"{path}/assets.extra/{METADATA_NAME} is corrupt: {err}") from err
+    import tensorflow as tf
+
+    try:
+        saved = tf.saved_model.load(str(path))
+    except Exception as err:  # noqa: BLE001  (any load failure is the model's fault)
+        raise ModelError(
+            f"cannot load the SavedModel in {path}: {str(err).splitlines()[0]}"
+        ) from err
+    missing = [name for name in SIGNATURES if name not in saved.signatures]
+    if missing:
+        raise ModelError(f"{path} lacks the signature(s) {', '.join(missing)}")
+    return DeblendModel(path, metadata, saved)
+
+
+def rest_request_body(
+    fits_path: str | os.PathLike,
+    signature_name: str = "serving_default",
+    first: int | None = None,
+    bands: tuple[str, ...] | None = None,
+) -> dict:
+    """A TF Serving REST ``:predict`` body (row format) for the stamps of a FITS file.
+
+    Args:
+        fits_path: blends FITS file, ``(N, C, H, W)`` or ``(C, H, W)`` (see :mod:`tfdeblend.fitsio`).
+        signature_name: ``serving_default``, ``deblend_one`` or ``count``.
+        first: only the first ``first`` stamps.
+        bands: the model's bands, to check the file's ``BANDS`` header against.
+
+    Returns:
+        ``{"signature_name": ..., "instances": [stamp (H, W, C) as nested lists, ...]}``;
+        ``json.dumps`` it and POST it to ``/v1/models/NAME:predict``.
+    """
+    from tfdeblend.fitsio import read_blends
+
+    images, _, _ = read_blends(fits_path, bands=bands)
+    if first is not None:
+        images = images[:first]
+    instances = np.transpose(images, (0, 2, 3, 1)).astype(np.float32)
+    return {"signature_name": signature_name, "instances": instances.tolist()}

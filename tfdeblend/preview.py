@@ -1,0 +1,103 @@
+"""PNG previews of deblended blends, like Fig. 3 of Wang et al. (2021).
+
+One PNG per blend: the input, each peeled component, the residual (Lupton asinh RGB composites
+with the same stretch for every panel of a blend), and the classifier count before each step with
+the quality label in the title. Images are channels last ``(H, W, C)`` in any linear unit; with
+3 bands the reddest band is red (``i, r, g`` -> R, G, B); with other numbers of bands the last,
+middle and first bands are used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+QUALITY_NAMES = {2: "high", 1: "medium", 0: "low"}
+
+
+def lupton_rgb(image: np.ndarray, stretch: float, q: float = 8.0) -> np.ndarray:
+    """Lupton et al. (2004) RGB of a channels-last image ``(H, W, C)``; uint8 ``(H, W, 3)``."""
+    from astropy.visualization import make_lupton_rgb
+
+    c = image.shape[-1]
+    red, green, blue = image[..., c - 1], image[..., c // 2], image[..., 0]
+    return make_lupton_rgb(red, green, blue, stretch=stretch, Q=q)
+
+
+def save_preview(
+    path: str | os.PathLike,
+    blend: np.ndarray,
+    components: np.ndarray,
+    residual: np.ndarray,
+    counts: np.ndarray,
+    quality: int,
+    n_components: int,
+    bands: tuple[str, ...] = ("g", "r", "i"),
+    title: str = "",
+) -> Path:
+    """Write one blend's panel PNG.
+
+    Args:
+        path: PNG file.
+        blend: ``(H, W, C)`` input.
+        components: ``(K, H, W, C)`` peeled galaxies (only the first ``n_components`` are drawn).
+        residual: ``(H, W, C)``.
+        counts: ``(K + 1,)`` classifier counts, ``-1`` for steps not run.
+        quality: 2 high, 1 medium, 0 low.
+        n_components: number of real components.
+        bands: band names (for the caption).
+        title: prefix of the figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("input", blend)]
+    panels += [(f"component {j + 1}", components[j]) for j in range(int(n_components))]
+    panels.append(("residual", residual))
+    peak = float(np.abs(blend).max()) or 1.0
+    stretch = 0.05 * peak
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6), squeeze=False)
+    for ax, (name, image) in zip(axes[0], panels):
+        ax.imshow(lupton_rgb(image, stretch), origin="lower")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    steps = [str(int(c)) for c in counts if c >= 0]
+    fig.suptitle(
+        f"{title}counts per step: {' -> '.join(steps) or '-'}; quality "
+        f"{QUALITY_NAMES.get(int(quality), '?')}; bands {','.join(bands)}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def save_previews(
+    directory: str | os.PathLike, results: dict, bands: tuple[str, ...], first_id: int = 0
+) -> list[Path]:
+    """One PNG per blend in ``results`` (lists or arrays keyed like the peel output + ``blend``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(len(results["blend"])):
+        paths.append(
+            save_preview(
+                directory / f"blend_{first_id + i:05d}.png",
+                results["blend"][i],
+                results["components"][i],
+                results["residual"][i],
+                results["counts"][i],
+                results["quality"][i],
+                results["n_components"][i],
+                bands,
+                title=f"blend {first_id + i}: ",
+            )
+        )
+    return paths
