@@ -270,3 +270,27 @@ def test_cli_reports_unwritable_directory(tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot write to")
     assert "Traceback" not in result.output
+
+
+def test_statistics_without_area_metadata_use_the_bounding_box(cat01):
+    table = cat01.copy()
+    del table.meta["AREA"]
+    stats = catalog.catalog_statistics(table)
+    assert stats["area_deg2"] == pytest.approx(0.1, rel=0.01)
+    assert stats["density"] == pytest.approx(catalog.catalog_statistics(cat01)["density"], rel=0.01)
+    with pytest.raises(CatalogError, match="no galaxy"):
+        catalog.catalog_statistics(table, max_mag=10.0)
+
+
+@pytest.mark.parametrize("name", ["cat.ecsv", "cat.txt"])
+def test_text_formats_roundtrip(tmp_path, name):
+    table = catalog.synthesize_catalog(area_deg2=0.001, seed=8)
+    back = catalog.read_catalog(catalog.write_catalog(table, tmp_path / name))
+    assert len(back) == len(table)
+    assert np.array_equal(back["galtileid"], table["galtileid"])
+    assert np.allclose(back["i_ab"], table["i_ab"])
+
+
+def test_huge_area_is_refused():
+    with pytest.raises(TfdeblendError, match="too large"):
+        catalog.synthesize_catalog(area_deg2=1000.0)

@@ -297,8 +297,10 @@ def synthesize_catalog(area_deg2: float = 0.1, seed: int = 0, max_mag: float = F
         raise TfdeblendError(f"area and max_mag must be numbers: {err}") from None
     if not np.isfinite(area_deg2) or area_deg2 <= 0:
         raise TfdeblendError(f"catalog area must be positive, got {area_deg2} deg^2")
-    if area_deg2 > 100:
-        raise TfdeblendError(f"catalog area {area_deg2} deg^2 is too large (at most 100)")
+    if area_deg2 > 10:
+        raise TfdeblendError(
+            f"catalog area {area_deg2} deg^2 is too large (at most 10, ~4.6 million galaxies)"
+        )
     if not BRIGHT_MAG < max_mag <= FAINT_MAG:
         raise TfdeblendError(f"max_mag must be in ({BRIGHT_MAG}, {FAINT_MAG}], got {max_mag}")
 
