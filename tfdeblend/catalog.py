@@ -283,7 +283,8 @@ def synthesize_catalog(area_deg2: float = 0.1, seed: int = 0, max_mag: float = F
         deg^2, ``meta['SEED']`` and ``meta['SYNTHVER']``.
 
     Raises:
-        TfdeblendError: ``area_deg2`` is not positive or ``max_mag`` out of range.
+        TfdeblendError: ``area_deg2`` is not positive or above 10 deg^2, or ``max_mag`` is out
+            of range.
 
     Example:
         >>> cat = synthesize_catalog(area_deg2=0.001, seed=1)
