@@ -7,8 +7,10 @@ sample images) and ``history.json`` (per-epoch metrics, kept across resumptions)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,11 @@ class JsonHistory(keras.callbacks.Callback):
             self.history.setdefault(key, []).append(float(np.asarray(value)))
         with atomic_file(self.path) as tmp:
             tmp.write_text(json.dumps(self.history, indent=1))
+
+
+def tensorboard_available() -> bool:
+    """True when the ``tensorboard`` package (needed by ``tf.summary``) is installed."""
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _to_rgb(images: np.ndarray) -> np.ndarray:
@@ -114,6 +121,12 @@ def make_callbacks(
                 str(run_dir / "checkpoints" / "epoch-{epoch:03d}.keras"), save_freq="epoch"
             )
         )
+    if tensorboard and not tensorboard_available():
+        warnings.warn(
+            "TensorBoard is not installed (pip install tensorboard): no logs/ written",
+            stacklevel=2,
+        )
+        tensorboard = False
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False))
         if sample_images is not None:

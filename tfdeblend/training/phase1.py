@@ -13,6 +13,7 @@ each replica's loss by the number of replicas in sync (``keras.losses.Loss`` und
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -189,14 +190,15 @@ def train_phase1(
         net,
         batch,
         shuffle=True,
-        repeat=config.steps_per_epoch is not None,
+        repeat=True,
         seed=config.seed,
         validation_fraction=config.validation_fraction,
         subset="train",
         drop_remainder=drop,
     )
-    val_ds = None
+    val_ds, val_steps = None, None
     if n_val > 0:
+        val_steps = math.ceil(n_val / min(batch, n_val))
         val_ds = make_dataset(
             dataset_dir,
             net,
@@ -224,7 +226,8 @@ def train_phase1(
             train_ds,
             validation_data=val_ds,
             epochs=config.epochs,
-            steps_per_epoch=config.steps_per_epoch,
+            steps_per_epoch=steps,
+            validation_steps=val_steps,
             callbacks=callbacks,
             verbose=verbose,
         )

@@ -112,7 +112,7 @@ def prepare(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     if batch_size:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
@@ -154,7 +154,7 @@ def make_dataset(
     check_manifest(manifest, net, bands, stamp_size, where=str(dataset_dir))
     if subset not in ("train", "validation", "all"):
         raise DataError(f"subset must be train, validation or all, not {subset!r}")
-    records = read_dataset(dataset_dir)
+    records = read_dataset(dataset_dir, verify=subset != "validation")
     n_train, n_val = split_sizes(int(manifest["count"]), validation_fraction)
     if subset == "train":
         records = records.skip(n_val)
