@@ -486,6 +486,16 @@ def _num(v: float, fmt: str = ".3f") -> str:
     return "n/a" if v is None or not np.isfinite(v) else format(v, fmt)
 
 
+def _side_row(lines, methods, names, label, getter, fmt=_num, paper=""):
+    vals = []
+    for n in names:
+        try:
+            vals.append(fmt(getter(methods[n])))
+        except (KeyError, TypeError):
+            vals.append("n/a")
+    lines.append(f"| {label} | " + " | ".join(vals) + f" | {paper} |")
+
+
 def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple[str, str]]]) -> str:
     """The ``report.md`` text for a metrics dict."""
     m = results["model"]
@@ -540,14 +550,8 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
                   "| metric | " + " | ".join(names) + " | paper (SExtractor) |",
                   "|---|" + "---|" * (len(names) + 1)]
 
-        def row(label, getter, fmt=_num, paper=""):
-            vals = []
-            for n in names:
-                try:
-                    vals.append(fmt(getter(methods[n])))
-                except (KeyError, TypeError):
-                    vals.append("n/a")
-            lines.append(f"| {label} | " + " | ".join(vals) + f" | {paper} |")
+        def row(label, getter, fmt=_num, paper="", _lines=lines, _methods=methods, _names=names):
+            _side_row(_lines, _methods, _names, label, getter, fmt, paper)
 
         row("recall", lambda s: s["detection"]["recall"])
         row("precision", lambda s: s["detection"]["precision"])
