@@ -1,0 +1,200 @@
+"""SavedModel export in the TF Serving layout (tfdeblend.export, ``tfdeblend export``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from inference_helpers import blend_images, exported_model, tiny_runs, write_blends_fits
+from tfdeblend.cli.main import cli
+
+from tfdeblend.errors import ModelError, TfdeblendError
+from tfdeblend.export import (
+    default_model_dir,
+    export_model,
+    load_model,
+    next_version,
+    rest_request_body,
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir(request, tmp_path_factory):
+    return exported_model(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def images(request):
+    return blend_images(request, 6)
+
+
+def test_layout_and_metadata(model_dir):
+    version = model_dir / "1"
+    assert (version / "saved_model.pb").is_file()
+    assert (version / "variables").is_dir()
+    meta = yaml.safe_load((version / "assets.extra" / "tfdeblend.yaml").read_text())
+    assert meta["bands"] == ["g", "r", "i"]
+    assert meta["stamp_size"] == 80
+    assert meta["max_iterations"] == 4
+    assert meta["version"] == 1 and meta["name"] == "tiny"
+    assert meta["signatures"] == ["serving_default", "deblend_one", "count"]
+    assert meta["configs"]["deblender"]["num_blocks"] >= 1
+    for name in ("deblender.keras", "classifier.keras"):
+        assert (version / "assets.extra" / name).stat().st_size > 0
+    assert next_version(model_dir) == 2
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_plain_tensorflow_loads_and_serves_every_signature(model_dir, images, tmp_path):
+    """TF Serving's view: a fresh interpreter with TensorFlow only (no tfdeblend import)."""
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, tensorflow as tf
+        m = tf.saved_model.load({str(model_dir / "1")!r})
+        x = tf.constant(np.load({str(tmp_path / "images.npy")!r}))
+        out = {{}}
+        for name in ("serving_default", "deblend_one", "count"):
+            fn = m.signatures[name]
+            for key, value in fn(images=x).items():
+                out[name + "/" + key] = value.numpy()
+        assert not any(k.startswith("tfdeblend") for k in sys.modules), "tfdeblend was imported"
+        np.savez({str(tmp_path / "out.npz")!r}, **out)
+        """
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = dict(np.load(tmp_path / "out.npz"))
+    n = len(images)
+    assert out["serving_default/components"].shape == (n, 4, 80, 80, 3)
+    assert out["serving_default/residual"].shape == (n, 80, 80, 3)
+    assert out["serving_default/counts"].shape == (n, 5)
+    assert out["serving_default/counts"].dtype == np.int32
+    assert out["serving_default/quality"].dtype == np.int32
+    assert out["deblend_one/component"].shape == (n, 80, 80, 3)
+    assert out["count/probabilities"].shape == (n, 4)
+    total = out["serving_default/components"].sum(axis=1) + out["serving_default/residual"]
+    scale = np.abs(images).max()
+    np.testing.assert_allclose(total / scale, images / scale, atol=1e-5)
+    # the same numbers as the in-process loader and as the Keras networks themselves
+    model = load_model(model_dir)
+    mine = model.deblend(images, batch_size=4)
+    for key in ("components", "residual", "counts", "quality"):
+        np.testing.assert_allclose(mine[key], out[f"serving_default/{key}"], rtol=1e-4, atol=1e-2)
+    np.testing.assert_array_equal(model.count(images)["count"], out["count/count"])
+    first = out["serving_default/counts"][:, 0]
+    np.testing.assert_array_equal(first, out["count/count"])
+
+
+def test_keras_files_and_networks_agree(model_dir, images):
+    import keras
+
+    import tfdeblend.models.layers  # noqa: F401
+    from tfdeblend.normalize import normalize
+
+    model = load_model(model_dir / "1")
+    rdn = keras.saving.load_model(
+        model.path / "assets.extra" / "deblender.keras", compile=False, safe_mode=True
+    )
+    x, scale = normalize(images)
+    expected = np.asarray(rdn(x, training=False)) * np.asarray(scale)
+    np.testing.assert_allclose(model.deblend_one(images), expected, rtol=1e-4, atol=1e-2)
+
+
+def test_versions_and_overwrite(request, tmp_path_factory, tmp_path):
+    deblender_run, classifier_run = tiny_runs(request, tmp_path_factory)
+    base = tmp_path / "m"
+    first = export_model(None, base, deblender_run=deblender_run, classifier_run=classifier_run)
+    second = export_model(None, base, deblender_run=deblender_run, classifier_run=classifier_run)
+    assert (first.name, second.name) == ("1", "2")
+    assert load_model(base).version == 2  # the base dir serves the highest version
+    assert load_model(first).version == 1
+    with pytest.raises(TfdeblendError, match="already exists"):
+        export_model(
+            None, base, version=1, deblender_run=deblender_run, classifier_run=classifier_run
+        )
+
+
+def test_load_model_errors(tmp_path, model_dir):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="not a model directory"):
+        load_model(tmp_path / "empty")
+    # a SavedModel that is not ours
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x * 2}, input_signature=[tf.TensorSpec([None])])
+    tf.saved_model.save(module, str(tmp_path / "foreign" / "1"))
+    with pytest.raises(ModelError, match="not a tfdeblend model"):
+        load_model(tmp_path / "foreign")
+
+
+def test_default_model_dir(monkeypatch, model_dir, tmp_path):
+    monkeypatch.setenv("TFDEBLEND_MODEL", str(model_dir))
+    assert default_model_dir() == model_dir
+    assert load_model().bands == ("g", "r", "i")
+    monkeypatch.setenv("TFDEBLEND_MODEL", str(tmp_path / "missing"))
+    with pytest.raises(ModelError, match="does not exist"):
+        default_model_dir()
+
+
+def test_rest_body_is_accepted_by_the_signature(model_dir, images, tmp_path):
+    import tensorflow as tf
+
+    fits_path = write_blends_fits(tmp_path / "blends.fits", images[:2])
+    body = json.loads(json.dumps(rest_request_body(fits_path)))  # what goes over the wire
+    assert body["signature_name"] == "serving_default"
+    assert np.asarray(body["instances"]).shape == (2, 80, 80, 3)
+    saved = tf.saved_model.load(str(model_dir / "1"))
+    out = saved.signatures[body["signature_name"]](
+        images=tf.constant(body["instances"], tf.float32)
+    )
+    expected = load_model(model_dir).deblend(images[:2])
+    np.testing.assert_allclose(out["residual"].numpy(), expected["residual"], rtol=1e-5, atol=1e-2)
+    count_body = rest_request_body(fits_path, signature_name="count", first=1)
+    assert len(count_body["instances"]) == 1
+
+
+def test_cli_export(request, tmp_path_factory, tmp_path):
+    deblender_run, classifier_run = tiny_runs(request, tmp_path_factory)
+    runner = CliRunner()
+    out = tmp_path / "cli_model"
+    result = runner.invoke(
+        cli,
+        [
+            "export",
+            "--deblender",
+            str(deblender_run),
+            "--classifier",
+            str(classifier_run),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "1" / "saved_model.pb").is_file()
+    assert "Exported" in result.output
+    # again, with an explicit existing version: refused, nothing changed
+    result = runner.invoke(cli, ["export", str(deblender_run), "--out", str(out), "--version", "1"])
+    assert result.exit_code == 1
+    assert "already exists" in result.output and "Traceback" not in result.output
+    # a missing and a foreign run directory
+    result = runner.invoke(cli, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and result.output.startswith("Error:")
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "foreign").mkdir()
+    result = runner.invoke(cli, ["export", str(tmp_path / "foreign"), "--out", str(tmp_path / "y")])
+    assert result.exit_code == 1 and "not a tfdeblend run directory" in result.output
+    assert not (tmp_path / "y").exists()
