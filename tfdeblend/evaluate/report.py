@@ -609,6 +609,11 @@ def _plt():
     return plt
 
 
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def _save(fig, tmp: Path, name: str, key: str, blocks: list[tuple[str, str]]):
     suffix, caption = FIGURES[key]
     fname = f"{name}_{suffix}"
@@ -664,8 +669,8 @@ def _figures(tmp, name, ts, methods, quality, model, img, catalog, gallery_size,
         axes[0].set(xlabel="true flux (band sum)", ylabel="recovered flux",
                     title=f"galaxy {label}")
         axes[1].set(xlabel="(f_rec - f_true) / f_true (clipped to +-1)", ylabel="galaxies")
-        axes[0].legend(fontsize=7)
-        axes[1].legend(fontsize=7)
+        _legend(axes[0])
+        _legend(axes[1])
         fig.tight_layout()
         _save(fig, tmp, name, key, blocks)
         steps.update()
@@ -695,7 +700,7 @@ def _figures(tmp, name, ts, methods, quality, model, img, catalog, gallery_size,
             ax.scatter(a["meas_shape"]["mu11"][sel], a["meas_shape"]["mu20_minus_mu02"][sel], s=6,
                        label="tfdeblend", alpha=0.7)
         ax.set(xlabel="mu11 (px^2)", ylabel="mu20 - mu02 (px^2)", title=f"galaxy {label}")
-        ax.legend(fontsize=7)
+        _legend(ax)
     fig.tight_layout()
     _save(fig, tmp, name, "fig9", blocks)
     steps.update()
@@ -713,7 +718,7 @@ def _figures(tmp, name, ts, methods, quality, model, img, catalog, gallery_size,
                 if v.size:
                     ax.hist(v, bins=30, range=(0, top), histtype="step", label=lab)
         ax.set(xlabel="|mu2| (px^2)", ylabel="galaxies", title=f"galaxy {label}")
-        ax.legend(fontsize=7)
+        _legend(ax)
     fig.tight_layout()
     _save(fig, tmp, name, "fig10", blocks)
     steps.update()
@@ -739,7 +744,7 @@ def _figures(tmp, name, ts, methods, quality, model, img, catalog, gallery_size,
             xlabel = ("(f_rec - f_true) / f_true" if what == "flux"
                       else "mu11 recovered - true (px^2)")
             ax.set(xlabel=xlabel, ylabel="galaxies", title=f"galaxy {label}")
-            ax.legend(fontsize=7)
+            _legend(ax)
         fig.tight_layout()
         _save(fig, tmp, name, key, blocks)
         steps.update()

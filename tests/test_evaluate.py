@@ -1,0 +1,201 @@
+"""The evaluation report on small real BTK test sets with a real exported (tiny) model."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tfdeblend.errors import TfdeblendError
+from tfdeblend.evaluate import baselines as bl
+from tfdeblend.evaluate import report
+
+N_STAMPS = 8
+
+
+@pytest.fixture(scope="module")
+def eval_dirs(tmp_path_factory):
+    """A 2-galaxy and a 3-galaxy FITS test set rendered with BTK (8 stamps each)."""
+    from tfdeblend.data import write_fits_testset
+    from tfdeblend.simulate import SimConfig, simulate
+
+    root = tmp_path_factory.mktemp("eval_data")
+    dirs = []
+    for n_gal in (2, 3):
+        config = SimConfig(kind="test", count=N_STAMPS, n_gal=n_gal, seed=10 + n_gal)
+        out = root / f"test{n_gal}gal"
+        write_fits_testset(list(simulate(config, jobs=1)), out, config)
+        dirs.append(out)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A real exported SavedModel of the tiny preset (untrained weights, fixed seed)."""
+    import keras
+
+    from tfdeblend.export import ModelBundle, export_model
+    from tfdeblend.models.classifier import build_classifier
+    from tfdeblend.models.presets import get_classifier_config, get_rdn_config
+    from tfdeblend.models.rdn import build_rdn
+
+    keras.utils.set_random_seed(0)
+    bundle = ModelBundle(build_rdn(get_rdn_config("tiny")),
+                         build_classifier(get_classifier_config("tiny")))
+    out = tmp_path_factory.mktemp("eval_model") / "tiny"
+    export_model(bundle, out, max_iterations=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_report(eval_dirs, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_report") / "report"
+    chosen = ("sep", "source-extractor") if bl.source_extractor_binary() else ("sep",)
+    results = report.evaluate(eval_dirs, tiny_model_dir, out, baselines=chosen, batch_size=4,
+                              progress=False)
+    return out, results
+
+
+def test_report_writes_every_table_and_figure(full_report, eval_dirs):
+    out, results = full_report
+    names = [d.name for d in eval_dirs]
+    for name in names:
+        for suffix, _ in report.FIGURES.values():
+            png = out / f"{name}_{suffix}"
+            assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", png
+    text = (out / "report.md").read_text()
+    for heading in ("Table I", "Table II", "side by side", "by quality bin", "Figures"):
+        assert heading in text
+    for paper_number in ("77.3", "50.4", "36.9", "56.51", "59.29", "97.9"):
+        assert paper_number in text
+    for name in names:
+        assert f"({name}_fig6_flux_x.png)" in text
+    # no leftover temporary directory beside the report
+    assert [p.name for p in out.parent.iterdir()] == ["report"]
+
+
+def test_metrics_json_keys_and_consistency(full_report, eval_dirs, tiny_model_dir):
+    out, results = full_report
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved) >= {"model", "definitions", "paper", "baselines", "testsets", "figures"}
+    ts2 = saved["testsets"][eval_dirs[0].name]
+    ts3 = saved["testsets"][eval_dirs[1].name]
+    assert ts2["n_gal_counts"] == {"2": N_STAMPS} and ts3["n_gal_counts"] == {"3": N_STAMPS}
+    for ts in (ts2, ts3):
+        q = ts["table1_quality"]["all"]
+        assert q["high"] + q["medium"] + q["low"] == pytest.approx(1.0)
+        assert set(ts["methods"]) == {"tfdeblend", *results["baselines"]}
+        for method in ts["methods"].values():
+            assert set(method) >= {"detection", "x", "y"}
+            assert set(method["x"]) >= {"flux", "flux_band_sum", "moments", "found_fraction",
+                                        "flux_error_over_noise_limit", "flux_fit"}
+        # BTK's sky noise in the LSST 10-year g, r, i images (FACTS.md: ~158, 361, 430)
+        assert ts["sky_noise_std"]["g"] == pytest.approx(158, rel=0.1)
+        assert ts["sky_noise_std"]["i"] == pytest.approx(430, rel=0.1)
+    assert [row["deblend_index"] for row in ts3["table2_image_metrics"]["3"]] == [1, 2, 3]
+    # Table I is what the model itself says
+    from tfdeblend.data import load_testset
+    from tfdeblend.export import load_model
+
+    quality = load_model(tiny_model_dir).deblend(load_testset(eval_dirs[0])["blend"])["quality"]
+    assert ts2["table1_quality"]["2"]["high"] == pytest.approx(np.mean(quality == 2))
+    # sep finds nearly all the bright galaxies of these blends
+    assert ts2["methods"]["sep"]["x"]["found_fraction"] >= 0.75
+
+
+class TruthDeblender:
+    """A stand-in deblender that returns the true galaxies (plus a little noise), in *reverse*
+    brightness order, so that the report must match components to galaxies by position."""
+
+    name = "truth"
+    bands = ("g", "r", "i")
+    stamp_size = 80
+
+    def __init__(self, testset):
+        self.testset = testset
+        self.calls = 0
+
+    def deblend(self, images, batch_size=32):
+        ts = self.testset
+        index = [int(np.flatnonzero((ts["blend"] == im).all(axis=(1, 2, 3)))[0]) for im in images]
+        iso = np.asarray(ts["isolated"])[index]
+        n_gal = np.asarray(ts["n_gal"])[index]
+        comps = np.zeros_like(iso)
+        for r, n in enumerate(n_gal):
+            comps[r, :n] = iso[r, :n][::-1]
+        comps = comps + np.random.default_rng(self.calls).normal(0, 1e-3, comps.shape) * (
+            comps != 0)
+        self.calls += 1
+        return {"components": comps, "residual": images - comps.sum(axis=1),
+                "counts": np.zeros((len(images), 4), np.int32),
+                "quality": np.full(len(images), 2, np.int32), "n_components": n_gal}
+
+
+def test_truth_deblender_scores_perfectly(eval_dirs, tmp_path):
+    from tfdeblend.data import load_testset
+
+    ts = load_testset(eval_dirs[1])
+    results = report.evaluate_loaded({"t3": ts}, TruthDeblender(ts), tmp_path / "r",
+                                     baselines=(), batch_size=3, progress=False)
+    entry = results["testsets"]["t3"]
+    ours = entry["methods"]["tfdeblend"]
+    assert ours["detection"]["recall"] == 1.0 and ours["detection"]["precision"] == 1.0
+    assert entry["table1_quality"]["3"]["high"] == 1.0
+    for label in ("x", "y"):
+        assert ours[label]["found_fraction"] == 1.0
+        assert abs(ours[label]["flux_band_sum"]["bias"]) < 1e-4
+        assert abs(ours[label]["moments"]["mu11"]["bias"]) < 1e-3
+    for row in entry["table2_image_metrics"]["3"]:
+        assert row["psnr"]["n"] == N_STAMPS and row["psnr"]["median"] > 80
+        assert row["ssim"]["median"] > 0.999
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["baselines"] == []
+
+
+def test_mismatched_bands_or_stamp_size_is_a_clear_error(eval_dirs, tmp_path):
+    from tfdeblend.data import load_testset
+
+    ts = load_testset(eval_dirs[0])
+    model = TruthDeblender(ts)
+    wrong_bands = dict(ts, bands=np.array(["r", "i", "z"]))
+    with pytest.raises(TfdeblendError, match="bands r,i,z but the model expects g,r,i"):
+        report.evaluate_loaded({"a": wrong_bands}, model, tmp_path / "r", progress=False)
+    model.stamp_size = 64
+    with pytest.raises(TfdeblendError, match="expects 64x64"):
+        report.evaluate_loaded({"a": ts}, model, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_output_and_bad_options_are_refused(eval_dirs, tiny_model_dir, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(TfdeblendError, match="already exists"):
+        report.evaluate(eval_dirs[:1], tiny_model_dir, out, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(TfdeblendError, match="does not exist"):
+        report.evaluate([tmp_path / "nope"], tiny_model_dir, tmp_path / "r", progress=False)
+    with pytest.raises(TfdeblendError, match="unknown baseline"):
+        report.evaluate(eval_dirs[:1], tiny_model_dir, tmp_path / "r", baselines=("scarlet",),
+                        progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_evaluate(eval_dirs, tiny_model_dir, tmp_path):
+    from tfdeblend.cli.main import cli
+
+    runner = CliRunner()
+    out = tmp_path / "cli_report"
+    result = runner.invoke(cli, ["evaluate", str(eval_dirs[0]), "--out", str(out), "--model",
+                                 str(tiny_model_dir), "--baseline", "sep", "--batch-size", "4",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "quality high/medium/low" in result.output
+    assert (out / "report.md").is_file() and (out / "metrics.json").is_file()
+    # second run without --overwrite: one clear error line, no traceback
+    again = runner.invoke(cli, ["evaluate", str(eval_dirs[0]), "--out", str(out), "--model",
+                                str(tiny_model_dir), "--quiet"])
+    assert again.exit_code == 1
+    assert again.output.strip().startswith("Error:") and "Traceback" not in again.output
+    missing = runner.invoke(cli, ["evaluate", str(tmp_path / "none"), "--out",
+                                  str(tmp_path / "o"), "--model", str(tiny_model_dir)])
+    assert missing.exit_code == 1 and "Error:" in missing.output
