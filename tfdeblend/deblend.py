@@ -20,8 +20,10 @@ At every step ``t = 0, 1, ..., K`` and for every blend still *active*:
 Consequences worth knowing:
 
 - ``components.sum(axis=1) + residual == images`` up to float32 rounding, always.
-- A blend whose first count is 0 (e.g. an all-zero or blank stamp) has zero components, its
-  residual is the input, and its quality is *high* (the classifier's answer was consistent).
+- A blend whose first count is 0 (e.g. a blank stamp) has zero components, its residual is the
+  input, and its quality is *high* (the classifier's answer was consistent).
+- An image (blend or residual) that is exactly zero everywhere counts 0 whatever the classifier
+  says: there is nothing to deblend, so all-zero stamps always come out with no components.
 - ``counts`` has ``K + 1`` columns; steps that were not run hold ``-1``.
 
 Axis order: channels last, ``(N, H, W, C)`` blends and ``(N, K, H, W, C)`` components, in the
@@ -45,6 +47,12 @@ REPEAT_LIMIT: int = 3
 
 def _as_float32(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.float32)
+
+
+def _counts_from_logits(logits: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+    """Argmax of the logits, except 0 for an image that is exactly zero everywhere."""
+    empty = tf.equal(tf.reduce_max(tf.abs(images), axis=[1, 2, 3]), 0.0)
+    return tf.where(empty, 0, tf.cast(tf.argmax(logits, axis=-1), tf.int32))
 
 
 class Peeler(tf.Module):
@@ -105,7 +113,7 @@ class Peeler(tf.Module):
         normalized, _ = normalize(images)
         logits = _as_float32(self.classifier(normalized, training=False))
         return {
-            "count": tf.cast(tf.argmax(logits, axis=-1), tf.int32),
+            "count": _counts_from_logits(logits, images),
             "probabilities": tf.nn.softmax(logits, axis=-1),
         }
 
@@ -149,7 +157,7 @@ class Peeler(tf.Module):
             sub = tf.gather_nd(residual, index)
             normalized, scale = normalize(sub)
             logits = _as_float32(self.classifier(normalized, training=False))
-            sub_count = tf.cast(tf.argmax(logits, axis=-1), tf.int32)
+            sub_count = _counts_from_logits(logits, sub)
             count = tf.tensor_scatter_nd_update(tf.fill([n], -1), index, sub_count)
 
             is_first = tf.equal(t, 0)

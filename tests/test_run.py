@@ -1,0 +1,205 @@
+"""``tfdeblend run`` and the FITS layer (tfdeblend.fitsio, tfdeblend.deblend.run_file)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from click.testing import CliRunner
+from inference_helpers import blend_images, exported_model, write_blends_fits
+from tfdeblend.cli.main import cli
+
+from tfdeblend.deblend import run_file
+from tfdeblend.errors import DataError
+from tfdeblend.fitsio import open_blends, read_blends
+
+
+@pytest.fixture(scope="module")
+def model_dir(request, tmp_path_factory):
+    return exported_model(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def images(request):
+    return blend_images(request, 5)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["run", *map(str, args), "--quiet"])
+
+
+def test_run_writes_every_hdu(model_dir, images, tmp_path):
+    blends = np.concatenate([images, np.zeros_like(images[:1])])  # + an all-zero stamp
+    src = write_blends_fits(tmp_path / "blends.fits", blends, PIXSCALE=0.2)
+    out = tmp_path / "out.fits"
+    result = invoke(
+        src,
+        "-o",
+        out,
+        "--model",
+        model_dir,
+        "--batch-size",
+        4,
+        "--preview",
+        tmp_path / "prev",
+        "--preview-count",
+        2,
+    )
+    assert result.exit_code == 0, result.output
+    assert "Deblended 6 blend(s)" in result.output
+    n = len(blends)
+    with fits.open(out) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "COMPONENTS", "RESIDUAL", "CATALOG", "BLENDS"]
+        head = hdul[0].header
+        assert head["MODEL"] == "tiny" and head["MODELVER"] == 1 and head["BANDS"] == "g,r,i"
+        assert head["BUNIT"] == "electron" and head["TFDBVER"]
+        comps, resid = hdul["COMPONENTS"].data, hdul["RESIDUAL"].data
+        assert comps.shape == (n, 4, 3, 80, 80) and comps.dtype.kind == "f"
+        assert resid.shape == (n, 3, 80, 80)
+        assert hdul["COMPONENTS"].header["BUNIT"] == "electron"
+        np.testing.assert_allclose(
+            comps.sum(axis=1) + resid, np.transpose(blends, (0, 3, 1, 2)), atol=0.05
+        )
+        table = hdul["BLENDS"].data
+        catalog = hdul["CATALOG"].data
+        np.testing.assert_array_equal(table["blend_id"], np.arange(n))
+        assert table["counts"].shape == (n, 5)
+        assert set(table["quality"]) <= {0, 1, 2}
+        assert len(catalog) == table["n_components"].sum()
+        for name in (
+            "blend_id",
+            "component",
+            "x",
+            "y",
+            "flux_g",
+            "flux_r",
+            "flux_i",
+            "mu20",
+            "mu02",
+            "mu11",
+            "quality",
+        ):
+            assert name in catalog.columns.names
+        # each catalog row measures its component
+        for row in catalog[:5]:
+            comp = comps[row["blend_id"], row["component"]]
+            np.testing.assert_allclose(row["flux_r"], comp[1].sum(), rtol=1e-4, atol=1.0)
+        # the all-zero stamp: no component, its residual is zero, first count 0
+        assert table["n_components"][-1] == 0 and table["counts"][-1][0] == 0
+        assert not comps[-1].any() and not resid[-1].any()
+    assert sorted(p.name for p in (tmp_path / "prev").iterdir()) == [
+        "blend_00000.png",
+        "blend_00001.png",
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_run_file_matches_the_model_and_streams_batches(model_dir, images, tmp_path):
+    from tfdeblend.export import load_model
+
+    model = load_model(model_dir)
+    src = write_blends_fits(tmp_path / "b.fits", images)
+    summary = run_file(src, tmp_path / "o.fits", model=model, batch_size=2, progress=False)
+    assert summary["n_blends"] == len(images)
+    assert sum(summary["quality"].values()) == len(images)
+    expected = model.deblend(images)
+    with fits.open(tmp_path / "o.fits") as hdul:
+        np.testing.assert_allclose(
+            hdul["RESIDUAL"].data, np.transpose(expected["residual"], (0, 3, 1, 2)), atol=1e-2
+        )
+        np.testing.assert_array_equal(hdul["BLENDS"].data["quality"], expected["quality"])
+
+
+def test_reading_single_stamps_extensions_and_band_selection(images, tmp_path):
+    # one stamp (C, H, W) in an image extension after an empty primary
+    hdr = fits.Header({"BANDS": "g,r,i"})
+    one = np.transpose(images[0], (2, 0, 1))
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(one, header=hdr)]).writeto(tmp_path / "1.fits")
+    data, header, bands = read_blends(tmp_path / "1.fits", bands=("g", "r", "i"), stamp_size=80)
+    assert data.shape == (1, 3, 80, 80) and bands == ("g", "r", "i")
+    np.testing.assert_array_equal(data[0], one)
+    # six bands in the file: the model's three are selected in the model's order
+    six = np.concatenate([images[:2]] * 2, axis=-1)
+    write_blends_fits(tmp_path / "6.fits", six, bands=("u", "g", "r", "i", "z", "y"))
+    data, _, bands = read_blends(tmp_path / "6.fits", bands=("i", "r", "g"))
+    np.testing.assert_array_equal(data, np.transpose(six[..., [3, 2, 1]], (0, 3, 1, 2)))
+    with open_blends(tmp_path / "6.fits") as blends:
+        assert len(blends) == 2 and blends.bands == ("u", "g", "r", "i", "z", "y")
+
+
+def _bad_inputs(tmp_path, images):
+    """name -> (path, expected message fragment)."""
+    cases = {}
+    p = tmp_path / "text.fits"
+    p.write_text("this is not a FITS file at all\n" * 200)
+    cases["not fits"] = (p, "not a readable FITS file")
+    p = tmp_path / "empty.fits"
+    p.write_bytes(b"")
+    cases["empty file"] = (p, "is empty")
+    p = tmp_path / "table.fits"
+    fits.HDUList(
+        [
+            fits.PrimaryHDU(),
+            fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.ones(3))]),
+        ]
+    ).writeto(p)
+    cases["no image"] = (p, "no image HDU")
+    p = tmp_path / "dims.fits"
+    fits.PrimaryHDU(np.zeros((80, 80), "f4"), header=fits.Header({"BANDS": "g"})).writeto(p)
+    cases["2-d image"] = (p, "2 dimension(s)")
+    cases["stamp size"] = (write_blends_fits(tmp_path / "s.fits", images[:, :64, :64]), "64x64")
+    cases["no bands"] = (write_blends_fits(tmp_path / "nb.fits", images, bands=None), "no BANDS")
+    cases["band mismatch"] = (
+        write_blends_fits(tmp_path / "bm.fits", images, bands=("g", "r", "z")),
+        "missing i",
+    )
+    cases["bands vs channels"] = (
+        write_blends_fits(tmp_path / "bc.fits", images[..., :2], bands=("g", "r", "i")),
+        "2 channel(s)",
+    )
+    bad = images.copy()
+    bad[1, 3, 4, 0] = np.nan
+    bad[2, 5, 5, 2] = np.inf
+    cases["nan/inf"] = (write_blends_fits(tmp_path / "nan.fits", bad), "2 NaN/inf pixel(s) in 2")
+    p = tmp_path / "zero.fits"
+    fits.PrimaryHDU(np.zeros((0, 3, 80, 80), "f4"), header=fits.Header({"BANDS": "g,r,i"})).writeto(
+        p
+    )
+    cases["no stamps"] = (p, "no stamps")
+    cases["missing"] = (tmp_path / "missing.fits", "does not exist")
+    return cases
+
+
+def test_bad_inputs_give_one_clear_line_and_no_output(model_dir, images, tmp_path):
+    for name, (path, fragment) in _bad_inputs(tmp_path, images).items():
+        out = tmp_path / f"out-{name.replace('/', '_').replace(' ', '_')}.fits"
+        result = invoke(path, "-o", out, "--model", model_dir)
+        assert result.exit_code == 1, (name, result.output)
+        assert result.output.startswith("Error: "), (name, result.output)
+        assert fragment in result.output, (name, result.output)
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+        assert not out.exists(), name
+        with pytest.raises(DataError):
+            read_blends(path, bands=("g", "r", "i"), stamp_size=80)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_model_and_output_errors(model_dir, images, tmp_path, monkeypatch):
+    src = write_blends_fits(tmp_path / "b.fits", images[:1])
+    out = tmp_path / "o.fits"
+    result = invoke(src, "-o", out, "--model", tmp_path / "nomodel")
+    assert result.exit_code == 1 and "does not exist" in result.output and not out.exists()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "readme.txt").write_text("hello")
+    result = invoke(src, "-o", out, "--model", tmp_path / "foreign")
+    assert result.exit_code == 1 and "not a model directory" in result.output
+    monkeypatch.setenv("TFDEBLEND_MODEL", str(tmp_path / "nowhere"))
+    result = invoke(src, "-o", out)  # the default model
+    assert result.exit_code == 1 and "default model" in result.output and not out.exists()
+    monkeypatch.setenv("TFDEBLEND_MODEL", str(model_dir))
+    assert invoke(src, "-o", out).exit_code == 0
+    before = out.read_bytes()
+    result = invoke(src, "-o", out)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert out.read_bytes() == before
+    assert invoke(src, "-o", out, "--overwrite").exit_code == 0
