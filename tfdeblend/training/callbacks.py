@@ -33,11 +33,17 @@ class JsonHistory(keras.callbacks.Callback):
         self.history: dict[str, list] = {}
 
     def on_train_begin(self, logs=None):
-        start = int(getattr(self.model, "_initial_epoch", 0) or 0)
         self.history = {}
-        if start and self.path.exists():
+        self._started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._started:
+            return
+        self._started = True
+        # The first epoch run is the initial epoch (> 0 when BackupAndRestore resumed).
+        if epoch and self.path.exists():
             old = json.loads(self.path.read_text())
-            keep = [i for i, e in enumerate(old.get("epoch", [])) if e < start]
+            keep = [i for i, e in enumerate(old.get("epoch", [])) if e < epoch]
             self.history = {k: [v[i] for i in keep] for k, v in old.items()}
 
     def on_epoch_end(self, epoch, logs=None):
@@ -108,12 +114,16 @@ def make_callbacks(
         tensorboard: write TensorBoard logs to ``logs/``.
 
     Returns:
-        ``[BackupAndRestore, ModelCheckpoint, TensorBoard, SampleImages, JsonHistory]`` (those
+        ``[JsonHistory, BackupAndRestore, ModelCheckpoint, TensorBoard, SampleImages]`` (those
         enabled). Progress output is the ``verbose`` argument of ``fit``.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    callbacks: list = [keras.callbacks.BackupAndRestore(str(run_dir / "backup"))]
+    # JsonHistory first: an epoch is in history.json before the backup says it is done.
+    callbacks: list = [
+        JsonHistory(run_dir / "history.json"),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+    ]
     if checkpoints:
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         callbacks.append(
@@ -134,5 +144,4 @@ def make_callbacks(
                 sample_images if isinstance(sample_images, tuple) else (sample_images, None)
             )
             callbacks.append(SampleImages(run_dir / "logs", inputs, targets))
-    callbacks.append(JsonHistory(run_dir / "history.json"))
     return callbacks

@@ -234,7 +234,7 @@ def train_phase1(
     finally:
         if not chief:
             shutil.rmtree(work, ignore_errors=True)
-    history = callbacks[-1].history
+    history = callbacks[0].history
     if chief:
         save_run(out, {net: model}, config, {net: model_config}, manifest)
     return history

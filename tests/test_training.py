@@ -1,0 +1,414 @@
+"""Tests of phase-1 training: pipelines, losses, run directories, the loop, resuming, the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from click.testing import CliRunner
+
+from tfdeblend.errors import DataError, ModelError, TfdeblendError
+from tfdeblend.training.config import TrainConfig, paper_train_config
+from tfdeblend.training.losses import SymmetricL1Loss, l1_loss, symmetric_l1_loss
+from tfdeblend.training.pipelines import (
+    check_manifest,
+    classifier_example,
+    deblender_example,
+    make_dataset,
+    prepare,
+)
+from tfdeblend.training.rundir import load_run, save_run
+from tfdeblend.training.strategy import get_strategy
+
+
+def blob(size, x0, y0, flux, sigma=2.0, bands=3):
+    yy, xx = np.mgrid[:size, :size]
+    g = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2))
+    g = g / g.sum() * flux
+    return np.stack([g * (1 + 0.1 * b) for b in range(bands)], -1).astype("float32")
+
+
+def record(size=16, fluxes=(100.0, 40.0), max_sources=3, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    iso = np.zeros((max_sources, size, size, 3), "float32")
+    for i, f in enumerate(fluxes):
+        iso[i] = blob(size, 5 + 4 * i, 8, f)
+    blend = iso.sum(0) + noise * rng.normal(size=(size, size, 3)).astype("float32")
+    return {"blend": blend, "isolated": iso, "n_gal": np.int64(len(fluxes))}
+
+
+# ---------------------------------------------------------------- pipelines
+
+
+def test_deblender_example_scales_targets_by_the_blend():
+    rec = record(noise=0.5)
+    x, y = deblender_example({k: tf.constant(v) for k, v in rec.items()})
+    scale = np.abs(rec["blend"]).max()
+    assert x.shape == (16, 16, 3) and y.shape == (2, 16, 16, 3)
+    assert np.isclose(np.abs(x.numpy()).max(), 1.0)
+    np.testing.assert_allclose(y.numpy()[0], rec["isolated"][0] / scale, rtol=1e-6)
+    np.testing.assert_allclose(y.numpy()[1], rec["isolated"][1] / scale, rtol=1e-6)
+    # flux is preserved through the scale: sum(y * s) = true flux
+    np.testing.assert_allclose((y.numpy()[0] * scale).sum(), rec["isolated"][0].sum(), rtol=1e-5)
+
+
+def test_deblender_example_pads_a_single_source():
+    rec = record(fluxes=(100.0,), max_sources=1)
+    ds = prepare(tf.data.Dataset.from_tensors(rec), "deblender", batch_size=1)
+    x, y = next(iter(ds))
+    assert y.shape == (1, 2, 16, 16, 3)
+    assert np.all(y.numpy()[0, 1] == 0)
+
+
+def test_classifier_example():
+    rec = record(fluxes=(10.0, 5.0, 1.0))
+    x, n = classifier_example({k: tf.constant(v) for k, v in rec.items()})
+    assert n.dtype == tf.int32 and int(n) == 3
+    assert np.isclose(np.abs(x.numpy()).max(), 1.0)
+
+
+def test_check_manifest_mismatches():
+    manifest = {"kind": "deblender", "bands": ["g", "r", "i"], "stamp_size": 80, "max_sources": 2}
+    check_manifest(manifest, "deblender", ("g", "r", "i"), 80)
+    with pytest.raises(DataError, match="'deblender' dataset; the classifier needs"):
+        check_manifest(manifest, "classifier")
+    with pytest.raises(DataError, match="bands g,r,i but the model was trained on r,i"):
+        check_manifest(manifest, "deblender", ("r", "i"))
+    with pytest.raises(DataError, match="stamp size 80 but the model expects 64"):
+        check_manifest(manifest, "deblender", stamp_size=64)
+
+
+def test_make_dataset_real_data_split(deblender_data_dir):
+    from tfdeblend.data import load_manifest
+
+    count = load_manifest(deblender_data_dir)["count"]
+    train = list(
+        make_dataset(deblender_data_dir, "deblender", validation_fraction=0.25, subset="train")
+    )
+    val = list(
+        make_dataset(deblender_data_dir, "deblender", validation_fraction=0.25, subset="validation")
+    )
+    assert len(train) + len(val) == count and len(val) == count // 4
+    x, y = train[0]
+    assert x.shape == (80, 80, 3) and y.shape == (2, 80, 80, 3)
+    assert np.isclose(np.abs(x.numpy()).max(), 1.0)
+    # the brightest target is brighter than the second
+    assert y.numpy()[0].sum() >= y.numpy()[1].sum() > 0
+    with pytest.raises(DataError, match="stamp size"):
+        make_dataset(deblender_data_dir, "deblender", stamp_size=64)
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_l1_loss_per_example():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(3, 2, 4, 4, 2)).astype("float32")
+    p = rng.normal(size=(3, 4, 4, 2)).astype("float32")
+    expected = np.abs(y[:, 0] - p).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(l1_loss(y, p).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(l1_loss(y[:, 0], p).numpy(), expected, rtol=1e-6)
+
+
+def test_symmetric_loss_rule():
+    a, b = blob(16, 5, 8, 100.0), blob(16, 11, 8, 90.0)
+    faint = blob(16, 11, 8, 30.0)
+    close = np.stack([a, b])[None]  # second has 90% of the brightest's flux
+    far = np.stack([a, faint])[None]  # 30%
+    # predicting the second galaxy: free when the two are close, penalized otherwise
+    assert symmetric_l1_loss(close, b[None]).numpy()[0] == 0.0
+    assert l1_loss(close, b[None]).numpy()[0] > 0
+    assert symmetric_l1_loss(far, faint[None]).numpy()[0] == pytest.approx(
+        l1_loss(far, faint[None]).numpy()[0]
+    )
+    assert symmetric_l1_loss(far, faint[None]).numpy()[0] > 0
+    # predicting the brightest is always free
+    assert symmetric_l1_loss(close, a[None]).numpy()[0] == 0.0
+    # Keras wrapper averages over the batch
+    batch = np.concatenate([close, far])
+    pred = np.stack([b, faint])
+    per = symmetric_l1_loss(batch, pred).numpy()
+    assert float(SymmetricL1Loss()(batch, pred)) == pytest.approx(per.mean(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- strategy, config
+
+
+def test_get_strategy_errors(monkeypatch):
+    assert get_strategy("default").num_replicas_in_sync == 1
+    assert get_strategy("mirrored").num_replicas_in_sync >= 1
+    with pytest.raises(TfdeblendError, match="unknown strategy"):
+        get_strategy("tpu")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(TfdeblendError, match="needs the TF_CONFIG"):
+        get_strategy("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(TfdeblendError, match="TF_CONFIG is not valid"):
+        get_strategy("multi-worker")
+
+
+def test_train_config_layers(tmp_path):
+    from tfdeblend.cli.train_cmd import build_train_config
+
+    config = build_train_config(1, "classifier")
+    assert config == paper_train_config(1, "classifier")
+    assert (config.optimizer, config.learning_rate, config.batch_size) == ("sgd", 0.1, 200)
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: 16\nepochs: 3\nloss: symmetric\n")
+    config = build_train_config(1, "deblender", str(path), epochs=5, seed=None)
+    assert (config.batch_size, config.epochs, config.loss, config.learning_rate) == (
+        16,
+        5,
+        "symmetric",
+        1e-4,
+    )
+    path.write_text("batchsize: 16\n")
+    with pytest.raises(TfdeblendError, match="unknown TrainConfig option"):
+        build_train_config(1, "deblender", str(path))
+    path.write_text("net: classifier\n")
+    with pytest.raises(TfdeblendError, match="sets net='classifier'"):
+        build_train_config(1, "deblender", str(path))
+    with pytest.raises(TfdeblendError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def test_save_and_load_run(tmp_path):
+    from tfdeblend.models.presets import get_rdn_config
+    from tfdeblend.models.rdn import build_rdn
+
+    config = get_rdn_config("tiny", 2, 32)
+    model = build_rdn(config)
+    manifest = {"kind": "deblender", "bands": ["r", "i"], "stamp_size": 32, "count": 5}
+    train = paper_train_config(1).replace(preset="tiny")
+    save_run(tmp_path / "run", {"deblender": model}, train, {"deblender": config}, manifest)
+    info = load_run(tmp_path / "run")
+    assert info.bands == ("r", "i") and info.stamp_size == 32 and info.preset == "tiny"
+    assert info.classifier is None
+    assert info.model_config("deblender") == config.to_dict()
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 2)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(info.deblender(x)), np.asarray(model(x)))
+    assert TrainConfig.from_dict(info.config["train"]) == train
+
+
+def test_load_run_errors(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_run(tmp_path / "missing")
+    with pytest.raises(ModelError, match="no config.yaml"):
+        load_run(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"kind": "something else"}))
+    with pytest.raises(ModelError, match="foreign"):
+        load_run(tmp_path)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_training_lowers_the_loss_on_real_data(deblender_data_dir, tmp_path):
+    from fixtures_models import train_tiny
+
+    history = train_tiny(
+        deblender_data_dir, tmp_path / "run", "deblender", epochs=4, steps=3, learning_rate=2e-3
+    )
+    assert history["epoch"] == [0, 1, 2, 3]
+    assert history["loss"][-1] < 0.9 * history["loss"][0]
+    assert history["val_loss"][-1] < history["val_loss"][0]
+    run = tmp_path / "run"
+    for name in ("config.yaml", "deblender.keras", "history.json", "checkpoints/epoch-004.keras"):
+        assert (run / name).exists(), name
+    assert not (run / "backup").exists()  # removed after a completed run
+    assert json.loads((run / "history.json").read_text())["loss"] == history["loss"]
+    info = load_run(run)
+    assert info.deblender.output_shape == (None, 80, 80, 3)
+
+
+def test_tiny_fixtures(tiny_deblender_run, tiny_classifier_run):
+    assert load_run(tiny_deblender_run).deblender is not None
+    info = load_run(tiny_classifier_run)
+    assert info.classifier.output_shape == (None, 4)
+    assert info.config["train"]["optimizer"] == "sgd"
+
+
+def test_wrong_dataset_kind_fails_before_training(deblender_data_dir, tmp_path):
+    from tfdeblend.training.phase1 import train_phase1
+
+    with pytest.raises(DataError, match="the classifier needs a 'classifier' dataset"):
+        train_phase1(
+            deblender_data_dir,
+            tmp_path / "run",
+            "classifier",
+            paper_train_config(1, "classifier").replace(preset="tiny"),
+        )
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_refused(tiny_deblender_run, deblender_data_dir):
+    from tfdeblend.training.phase1 import train_phase1
+
+    with pytest.raises(TfdeblendError, match="already exists; pass --overwrite"):
+        train_phase1(
+            deblender_data_dir,
+            tiny_deblender_run,
+            "deblender",
+            paper_train_config(1).replace(preset="tiny"),
+        )
+
+
+def test_mixed_precision_model():
+    import keras
+
+    from tfdeblend.training.phase1 import build_phase1_model
+
+    config = paper_train_config(1).replace(preset="tiny", mixed_precision=True)
+    model, _ = build_phase1_model("deblender", config, 3, 80)
+    assert keras.config.dtype_policy().name == "float32"  # global policy restored
+    assert model.get_layer("rdb0_conv0").compute_dtype == "float16"
+    assert model.output.dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def _train_cmd(data, out):
+    return [
+        sys.executable,
+        "-m",
+        "tfdeblend.cli.main",
+        "train",
+        "--phase",
+        "1",
+        "--net",
+        "deblender",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--epochs",
+        "6",
+        "--steps-per-epoch",
+        "3",
+        "--batch-size",
+        "4",
+        "--validation-fraction",
+        "0",
+    ]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes(deblender_data_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(
+        _train_cmd(deblender_data_dir, out),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    metadata = out / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metadata.exists():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(metadata.read_text())["epoch"]
+    assert 1 <= done < 6
+    assert not (out / "config.yaml").exists()  # nothing final was written
+    second = subprocess.run(
+        _train_cmd(deblender_data_dir, out), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Resuming" in second.stderr
+    assert "Epoch 1/6" not in second.stdout and "Epoch 6/6" in second.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert history["epoch"] == list(range(6))
+    assert load_run(out).deblender is not None
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["data", "--out", "o"], "--phase 1 needs --net"),
+        (["--phase", "2", "data", "--out", "o"], "needs --deblender RUN_DIR and --classifier"),
+        (
+            [
+                "--phase",
+                "2",
+                "--net",
+                "deblender",
+                "data",
+                "--out",
+                "o",
+                "--deblender",
+                "a",
+                "--classifier",
+                "b",
+            ],
+            "--net is a phase-1 option",
+        ),
+        (["--net", "deblender", "{missing}", "--out", "o"], "does not exist"),
+        (
+            ["--net", "deblender", "data", "--out", "o", "--config", "{missing}.yaml"],
+            "does not exist",
+        ),
+    ],
+)
+def test_cli_bad_inputs(args, message, tmp_path):
+    from tfdeblend.cli.main import cli
+
+    args = [a.replace("{missing}", str(tmp_path / "missing")) for a in args]
+    result = CliRunner().invoke(cli, ["train", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_mismatch_and_existing_out(deblender_data_dir, tiny_deblender_run, tmp_path):
+    from tfdeblend.cli.main import cli
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--net",
+            "classifier",
+            str(deblender_data_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--preset",
+            "tiny",
+        ],
+    )
+    assert result.exit_code == 1 and "Error:" in result.output and "classifier" in result.output
+    assert not (tmp_path / "o").exists()
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--net",
+            "deblender",
+            str(deblender_data_dir),
+            "--out",
+            str(tiny_deblender_run),
+            "--preset",
+            "tiny",
+        ],
+    )
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--net", "deblender", str(deblender_data_dir), "--out", "o", "--batch-size", "0"],
+    )
+    assert result.exit_code == 2  # click usage error
