@@ -1,0 +1,462 @@
+"""Simulated LSST blends with BlendingToolKit (BTK) and GalSim.
+
+This module draws the training and test stamps of the paper: CatSim galaxies with i < 25.3,
+rendered by BTK's :class:`btk.draw_blends.CatsimGenerator` at LSST 10-year depth with BTK's PSF
+and Poisson noise (sky subtracted), on 120x120 pixel stamps cropped to the central 80x80.
+
+Only the requested bands are drawn: the BTK survey is copied with ``available_filters`` cut down
+to those bands (BTK otherwise draws all six LSST bands; see ``docs/benchmarks.md``).
+
+Every example is a pure function of ``(config, catalog, example index)``: its random numbers
+come from ``numpy.random.SeedSequence([seed, index])``. A dataset can therefore be written in
+any number of shards, by any number of processes, and always holds the same bytes.
+
+Records are returned as numpy arrays, channels last (see ``docs/architecture.md``); units are
+electrons per pixel. Writing them to disk is :mod:`tfdeblend.data`'s job.
+
+Example:
+    >>> from tfdeblend.simulate import SimConfig
+    >>> SimConfig(kind="test", n_gal=3, count=10).max_sources
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from tfdeblend import measure
+from tfdeblend.config import (
+    DEFAULT_BANDS,
+    LSST_PIXEL_SCALE,
+    MAX_COUNT,
+    MAX_MAG,
+    RAW_STAMP_SIZE,
+    STAMP_SIZE,
+    YamlConfig,
+    parse_bands,
+)
+from tfdeblend.errors import CatalogError, TfdeblendError
+
+#: Dataset kinds: 2-galaxy blends, 0..3-galaxy classifier images, N-galaxy test blends.
+KINDS: tuple[str, ...] = ("deblender", "classifier", "test")
+#: Most galaxies a ``test`` blend may hold.
+MAX_TEST_GALAXIES: int = 5
+#: Number of examples per kind for each preset. ``paper``: Wang et al. 2021 (the paper's
+#: classifier test used 8000 images; its deblender test 1000 blends of 2 or 3 galaxies).
+#: ``cpu``: sizes this project's 2-core machine simulates in a few minutes each
+#: (measured: see docs/simulate.md).
+PRESETS: dict[str, dict[str, int]] = {
+    "paper": {"deblender": 50_000, "classifier": 400_000, "test": 1000},
+    "cpu": {"deblender": 8000, "classifier": 8000, "test": 1000},
+}
+#: BTK's default largest centre shift (a tenth of the 24 arcsec stamp), arcsec.
+DEFAULT_MAX_SHIFT: float = 2.4
+#: CatSim columns needed besides the ``<band>_ab`` magnitudes.
+CATSIM_COLUMNS: tuple[str, ...] = (
+    "ra",
+    "dec",
+    "fluxnorm_bulge",
+    "fluxnorm_disk",
+    "fluxnorm_agn",
+    "a_b",
+    "b_b",
+    "a_d",
+    "b_d",
+    "pa_bulge",
+    "pa_disk",
+)
+#: Record fields (numpy arrays), channels last. See docs/architecture.md.
+RECORD_FIELDS: tuple[str, ...] = (
+    "blend",
+    "blend_noiseless",
+    "isolated",
+    "n_gal",
+    "noisy",
+    "x",
+    "y",
+    "flux",
+    "mu20",
+    "mu02",
+    "mu11",
+)
+
+
+@dataclasses.dataclass
+class SimConfig(YamlConfig):
+    """What to simulate. Validated on construction (raises :class:`TfdeblendError`).
+
+    Attributes:
+        kind: ``deblender`` (2-galaxy blends), ``classifier`` (0..3 galaxies, balanced classes,
+            half of them noiseless) or ``test`` (exactly ``n_gal`` galaxies).
+        count: number of examples; ``None`` takes the preset's size for ``kind``.
+        n_gal: galaxies per ``test`` blend (1..MAX_TEST_GALAXIES, default 2); must be ``None``
+            for the other kinds.
+        bands: LSST bands drawn, in channel order.
+        seed: random seed; example ``k`` uses ``SeedSequence([seed, k])``.
+        preset: ``paper`` or ``cpu`` (only used to fill ``count``).
+        raw_stamp_size: side of the stamp BTK draws, pixels.
+        stamp_size: side of the central crop kept, pixels.
+        max_mag: faintest i-band AB magnitude sampled.
+        max_shift: largest shift of a galaxy centre from the stamp centre along x and y, arcsec.
+            Must keep every centre well inside the crop.
+        survey: BTK/surveycodex survey name.
+        pixel_scale: arcsec per pixel (informational; taken from the survey).
+        catalog: path of the CatSim catalog, or ``None`` for the default catalog.
+    """
+
+    kind: str = "deblender"
+    count: int | None = None
+    n_gal: int | None = None
+    bands: tuple[str, ...] = DEFAULT_BANDS
+    seed: int = 0
+    preset: str = "cpu"
+    raw_stamp_size: int = RAW_STAMP_SIZE
+    stamp_size: int = STAMP_SIZE
+    max_mag: float = MAX_MAG
+    max_shift: float = DEFAULT_MAX_SHIFT
+    survey: str = "LSST"
+    pixel_scale: float = LSST_PIXEL_SCALE
+    catalog: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise TfdeblendError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.preset not in PRESETS:
+            raise TfdeblendError(
+                f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
+            )
+        self.bands = parse_bands(self.bands)
+        if self.count is None:
+            self.count = PRESETS[self.preset][self.kind]
+        if isinstance(self.count, bool) or not isinstance(self.count, (int, np.integer)):
+            raise TfdeblendError(f"count must be a whole number, got {self.count!r}")
+        self.count = int(self.count)
+        if self.count <= 0:
+            raise TfdeblendError(f"count must be positive, got {self.count}")
+        if self.kind == "test":
+            if self.n_gal is None:
+                self.n_gal = 2
+            if not 1 <= int(self.n_gal) <= MAX_TEST_GALAXIES:
+                raise TfdeblendError(
+                    f"n_gal must be between 1 and {MAX_TEST_GALAXIES} for a test set, "
+                    f"got {self.n_gal}"
+                )
+            self.n_gal = int(self.n_gal)
+        elif self.n_gal is not None:
+            raise TfdeblendError(
+                f"--n-gal applies only to kind 'test' ({self.kind} sets have "
+                f"{'2' if self.kind == 'deblender' else '0..3'} galaxies)"
+            )
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise TfdeblendError(f"seed must be a non-negative whole number, got {self.seed!r}")
+        self.seed = int(self.seed)
+        if not 0 < self.stamp_size <= self.raw_stamp_size:
+            raise TfdeblendError(
+                f"stamp_size ({self.stamp_size}) must be positive and at most "
+                f"raw_stamp_size ({self.raw_stamp_size})"
+            )
+        # keep every centre at least 5 pixels inside the crop
+        limit = (self.stamp_size / 2 - 5) * self.pixel_scale
+        if not 0 <= self.max_shift <= limit:
+            raise TfdeblendError(
+                f"max_shift must be between 0 and {limit:.1f} arcsec so that every galaxy "
+                f"lies inside the {self.stamp_size}x{self.stamp_size} crop, got {self.max_shift}"
+            )
+
+    @property
+    def max_sources(self) -> int:
+        """Galaxies per record slot ``S`` (zero padded)."""
+        if self.kind == "deblender":
+            return 2
+        if self.kind == "classifier":
+            return MAX_COUNT
+        return int(self.n_gal)
+
+    def plan(self, index: int) -> tuple[int, bool]:
+        """Number of galaxies and whether the image is noisy for example ``index``.
+
+        Classifier sets cycle through the classes 0..3 and alternate noisy/noiseless blocks of
+        four, so every class is balanced and half of each class is noiseless (also within any
+        shard of at least eight examples).
+        """
+        if self.kind == "deblender":
+            return 2, True
+        if self.kind == "test":
+            return int(self.n_gal), True
+        return index % (MAX_COUNT + 1), (index // (MAX_COUNT + 1)) % 2 == 0
+
+
+def validate_catalog(table: Any, config: SimConfig) -> Any:
+    """Check a CatSim table for ``config`` and return its rows with ``i_ab <= max_mag``.
+
+    Args:
+        table: astropy Table with CatSim columns.
+        config: the simulation config (bands, max_mag, max_sources).
+
+    Returns:
+        The eligible rows, keeping only the columns BTK needs.
+
+    Raises:
+        CatalogError: missing columns or too few galaxies brighter than ``max_mag``.
+    """
+    needed = list(CATSIM_COLUMNS) + sorted({f"{b}_ab" for b in config.bands} | {"i_ab"})
+    missing = [c for c in needed if c not in table.colnames]
+    if missing:
+        raise CatalogError(f"catalog is missing column(s): {', '.join(missing)}")
+    mags = np.asarray(table["i_ab"], dtype=float)
+    eligible = table[needed][np.isfinite(mags) & (mags <= config.max_mag)]
+    if len(eligible) < config.max_sources:
+        raise CatalogError(
+            f"catalog has {len(eligible)} galaxies with i <= {config.max_mag}; "
+            f"{config.kind} blends need at least {config.max_sources}"
+        )
+    return eligible
+
+
+def load_catalog(config: SimConfig) -> Any:
+    """Read the catalog named in ``config`` (or the default one) as an astropy Table."""
+    from tfdeblend import catalog as catalog_module
+
+    if config.catalog is None:
+        return catalog_module.load_default_catalog()
+    return catalog_module.read_catalog(config.catalog)
+
+
+def make_survey(name: str, bands: Iterable[str]) -> Any:
+    """A BTK survey restricted to ``bands`` (in that order), with BTK's default PSF."""
+    import btk
+
+    try:
+        survey = btk.survey.get_surveys(name)
+    except Exception as err:  # surveycodex raises a bare ValueError
+        raise TfdeblendError(f"unknown survey {name!r}: {err}") from err
+    bands = list(bands)
+    missing = [b for b in bands if b not in survey.available_filters]
+    if missing:
+        raise TfdeblendError(f"survey {name} has no band(s) {', '.join(missing)}")
+    survey.available_filters = bands
+    return survey
+
+
+class BlendRenderer:
+    """Draws the example with a given index; one per process.
+
+    Args:
+        config: what to simulate.
+        table: the eligible catalog rows (see :func:`validate_catalog`).
+    """
+
+    def __init__(self, config: SimConfig, table: Any) -> None:
+        import btk
+
+        self.config = config
+        self.table = table
+        self.survey = make_survey(config.survey, config.bands)
+        raw_arcsec = config.raw_stamp_size * config.pixel_scale
+        sampling = btk.sampling_functions.DefaultSampling(
+            stamp_size=raw_arcsec,
+            max_number=max(config.max_sources, 1),
+            min_number=0,
+            max_shift=config.max_shift,
+            seed=config.seed,
+            max_mag=config.max_mag,
+        )
+        self.generator = btk.draw_blends.CatsimGenerator(
+            btk.catalog.CatsimCatalog(table),
+            sampling,
+            self.survey,
+            batch_size=1,
+            njobs=1,
+            add_noise="all",
+            seed=config.seed,
+        )
+        self.psf = self.generator._get_psf_from_survey(self.survey)
+        start = (config.raw_stamp_size - config.stamp_size) // 2
+        self.crop = slice(start, start + config.stamp_size)
+
+    def render(self, index: int) -> dict[str, np.ndarray]:
+        """Draw example ``index``: a dict of the :data:`RECORD_FIELDS`, channels last."""
+        cfg = self.config
+        n_gal, noisy = cfg.plan(index)
+        seq = np.random.SeedSequence([cfg.seed, int(index)])
+        sample_seq, noise_seq = seq.spawn(2)
+        rng = np.random.default_rng(sample_seq)
+        rows = rng.choice(len(self.table), size=n_gal, replace=False)
+        blend = self.table[np.sort(rows)]
+        blend["ra"] = rng.uniform(-cfg.max_shift, cfg.max_shift, n_gal)
+        blend["dec"] = rng.uniform(-cfg.max_shift, cfg.max_shift, n_gal)
+        blend["btk_rotation"] = np.zeros(n_gal)
+
+        n_bands = len(cfg.bands)
+        size = cfg.stamp_size
+        self.generator.add_noise = "all" if noisy else "none"
+        band_seqs = noise_seq.spawn(n_bands)
+        noisy_image = np.zeros((size, size, n_bands), np.float64)
+        isolated = np.zeros((max(n_gal, 1), size, size, n_bands), np.float64)
+        for channel, band in enumerate(cfg.bands):
+            filt = self.survey.get_filter(band)
+            image, iso = self.generator.render_blend(
+                blend, self.psf[channel], filt, self.survey, band_seqs[channel]
+            )
+            noisy_image[..., channel] = image[self.crop, self.crop]
+            isolated[:n_gal, ..., channel] = iso[:n_gal, self.crop, self.crop]
+        isolated = isolated[:n_gal]
+        order = np.argsort(-measure.brightness(isolated), kind="stable")
+        isolated = isolated[order]
+        noiseless = isolated.sum(axis=0) if n_gal else np.zeros_like(noisy_image)
+        return make_record(
+            blend=noisy_image if noisy else noiseless,
+            isolated=isolated,
+            noisy=noisy,
+            max_sources=cfg.max_sources,
+        )
+
+
+def make_record(
+    blend: np.ndarray, isolated: np.ndarray, noisy: bool, max_sources: int
+) -> dict[str, np.ndarray]:
+    """Build one record from a blend ``(H, W, C)`` and its isolated galaxies ``(n, H, W, C)``.
+
+    The isolated galaxies must already be brightest first. Truth (centroids, fluxes, second
+    moments) is measured with :mod:`tfdeblend.measure`; slots beyond ``n`` are zero (images) or
+    ``nan`` (catalog values).
+    """
+    n_gal = isolated.shape[0]
+    height, width, n_bands = blend.shape
+    padded = np.zeros((max_sources, height, width, n_bands), np.float32)
+    padded[:n_gal] = isolated
+    record: dict[str, np.ndarray] = {
+        "blend": blend.astype(np.float32),
+        "blend_noiseless": padded[:n_gal].sum(axis=0, dtype=np.float32)
+        if n_gal
+        else np.zeros((height, width, n_bands), np.float32),
+        "isolated": padded,
+        "n_gal": np.int64(n_gal),
+        "noisy": np.int64(bool(noisy)),
+    }
+    moments = measure.moments(isolated)
+    for key in ("x", "y", "mu20", "mu02", "mu11"):
+        values = np.full(max_sources, np.nan, np.float32)
+        values[:n_gal] = moments[key]
+        record[key] = values
+    flux = np.full((max_sources, n_bands), np.nan, np.float32)
+    flux[:n_gal] = measure.fluxes(isolated)
+    record["flux"] = flux
+    return record
+
+
+# ----------------------------------------------------------------------------- parallel drawing
+
+_WORKER: BlendRenderer | None = None
+
+
+def _init_worker(config_dict: dict, table: Any) -> None:
+    global _WORKER
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER = BlendRenderer(SimConfig.from_dict(config_dict), table)
+
+
+def _render_in_worker(index: int) -> dict[str, np.ndarray]:
+    assert _WORKER is not None
+    return _WORKER.render(index)
+
+
+def default_jobs() -> int:
+    """All the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class _Stream:
+    """Iterator over rendered examples; owns the worker pool (if any), closed at the end."""
+
+    def __init__(self, iterator: Iterator[dict[str, np.ndarray]], pool: Any = None) -> None:
+        self._iterator = iterator
+        self._pool = pool
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        try:
+            return next(self._iterator)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the workers."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def simulate(
+    config: SimConfig,
+    indices: Iterable[int] | None = None,
+    table: Any = None,
+    jobs: int | None = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Draw examples, in the order of ``indices``.
+
+    The catalog is checked and the worker processes are started right away (before any
+    TensorFlow import by the caller, so that they can be forked); the examples are drawn as the
+    returned iterator is consumed. Call its ``close()`` to stop early.
+
+    Args:
+        config: what to simulate.
+        indices: example indices (default ``range(config.count)``).
+        table: a CatSim astropy Table (default: the catalog named in ``config``).
+        jobs: worker processes (``None``: all cores). Results do not depend on it.
+
+    Returns:
+        Iterator of records: dicts of numpy arrays (see :data:`RECORD_FIELDS`), channels last,
+        electrons.
+
+    Raises:
+        CatalogError: the catalog lacks columns or galaxies.
+    """
+    indices = list(range(config.count) if indices is None else indices)
+    if table is None:
+        table = load_catalog(config)
+    table = validate_catalog(table, config)
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise TfdeblendError(f"jobs must be at least 1, got {jobs}")
+    jobs = min(jobs, max(len(indices), 1))
+    if jobs == 1:
+        renderer = BlendRenderer(config, table)
+        return _Stream(renderer.render(index) for index in indices)
+    # fork is cheap; once TensorFlow is imported, start clean processes instead (then a script
+    # calling this needs the usual ``if __name__ == "__main__":`` guard)
+    method = "spawn" if "tensorflow" in sys.modules else "fork"
+    context = multiprocessing.get_context(method)
+    chunk = max(1, min(16, len(indices) // (4 * jobs)))
+    pool = context.Pool(jobs, _init_worker, (config.to_dict(), table))
+    return _Stream(pool.imap(_render_in_worker, indices, chunksize=chunk), pool)
+
+
+def simulate_arrays(
+    config: SimConfig, table: Any = None, jobs: int | None = 1
+) -> dict[str, np.ndarray]:
+    """Draw all ``config.count`` examples and stack them into arrays ``(N, ...)``.
+
+    Meant for small sets (everything is held in memory). Adds ``bands`` (list of str).
+    """
+    records = list(simulate(config, table=table, jobs=jobs))
+    arrays = {key: np.stack([r[key] for r in records]) for key in RECORD_FIELDS}
+    arrays["bands"] = np.array(config.bands)
+    return arrays
