@@ -341,6 +341,8 @@ def make_record(
         "n_gal": np.int64(n_gal),
         "noisy": np.int64(bool(noisy)),
     }
+    if not noisy:  # the image seen is exactly the noiseless blend
+        record["blend"] = record["blend_noiseless"].copy()
     moments = measure.moments(isolated)
     for key in ("x", "y", "mu20", "mu02", "mu11"):
         values = np.full(max_sources, np.nan, np.float32)
