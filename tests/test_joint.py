@@ -141,18 +141,46 @@ def test_losses_equal_eq3_and_eq4_by_hand():
     assert logs["classifier_loss"] == pytest.approx(hand["classifier_loss"], rel=1e-4)
 
 
-def test_symmetric_loss_takes_the_closer_truth():
+def test_symmetric_loss_takes_the_closer_truth_of_equally_bright_galaxies():
     model = joint(loss="symmetric", learning_rate=0.0, classifier_learning_rate=0.0)
+    plain = joint(learning_rate=0.0, classifier_learning_rate=0.0)
     x, truths = galaxies(3)
-    swapped = truths[:, ::-1]
-    a = float(model.train_step((x, truths))["l1"])
-    for metric in model.metrics:
-        metric.reset_state()
-    b = float(model.train_step((x, swapped))["l1"])
+    t1, t2 = truths[:, 0], truths[:, 1]
+    ratio = t1.sum(axis=(1, 2, 3)) / t2.sum(axis=(1, 2, 3))
+    equal = np.stack([t1, t2 * ratio[:, None, None, None]], axis=1)  # same flux per blend
+    x_equal = equal.sum(axis=1)
+    s = np.abs(x_equal).max(axis=(1, 2, 3), keepdims=True)
+    d1n = model.deblender(x_equal / s).numpy()
+    l1 = [np.abs(d1n - equal[:, k] / s).mean(axis=(1, 2, 3)) for k in (0, 1)]
+    logs = model.train_step((x_equal, equal))
+    assert float(logs["l1"]) == pytest.approx(np.minimum(*l1).mean(), rel=1e-5)
+    assert np.minimum(*l1).mean() < l1[0].mean()  # the test batch can tell the two apart
+    # Very different brightness (ratio < 0.8): the plain L1 to the brightest.
+    faint = np.stack([t1, 0.1 * t2], axis=1)
+    for m in model.metrics:
+        m.reset_state()
+    a = float(model.train_step((faint.sum(axis=1), faint))["l1"])
+    b = float(plain.train_step((faint.sum(axis=1), faint))["l1"])
     assert a == pytest.approx(b, rel=1e-6)
-    plain = float(joint(learning_rate=0.0, classifier_learning_rate=0.0)
-                  .train_step((x, truths))["l1"])
-    assert a <= plain + 1e-7
+
+
+def test_fit_on_a_dataset_of_unknown_length_counts_each_batch_once():
+    # A static batch size and an unknown length (TFRecord shards after skip/filter) make Keras
+    # call the step once more at the end of each epoch; it must change nothing.
+    model = joint(learning_rate=1e-3, classifier_learning_rate=1e-3)
+    x, truths = galaxies(9, n=6)
+    data = (tf.data.Dataset.from_tensor_slices((x, truths)).filter(lambda a, b: True)
+            .batch(BATCH, drop_remainder=True))
+    assert data.element_spec[0].shape[0] == BATCH
+    frozen = joint(learning_rate=0.0, classifier_learning_rate=0.0)
+    hand = by_hand(frozen, x[:BATCH], truths[:BATCH])
+    history = model.fit(data, epochs=2, verbose=0).history
+    assert int(model.rdn_optimizer.iterations) == 2
+    assert int(model.classifier_optimizer.iterations) == 2
+    for name in ("ce_rdn", "classifier_loss", "l1"):
+        assert history[name][0] == pytest.approx(hand[name], rel=1e-4), name
+    logs = frozen.evaluate(data, verbose=0, return_dict=True)
+    assert logs["classifier_loss"] == pytest.approx(hand["classifier_loss"], rel=1e-4)
 
 
 def test_each_loss_updates_only_its_network_with_an_adam_step_of_its_gradient():
@@ -297,7 +325,9 @@ MIRRORED_SCRIPT = textwrap.dedent(
                  for v in opt.variables]
         return model.get_weights(), {k: v[-1] for k, v in logs.items()}, slots
 
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    from tfdeblend.training.strategy import get_strategy
+
+    mirrored = get_strategy("mirrored")
     w1, logs1, m1 = run(tf.distribute.get_strategy())
     w2, logs2, m2 = run(mirrored)
     w0 = [w for ws in initial for w in ws]
@@ -328,3 +358,87 @@ def test_mirrored_strategy_step_equals_single_device_step():
     assert out["max_moment_rel_diff"] < 1e-3  # gradients summed over replicas, not averaged
     for name, value in out["logs_single"].items():
         assert out["logs_mirrored"][name] == pytest.approx(value, rel=1e-4), name
+
+
+# ----------------------------------------------------------------------------- train_phase2
+
+
+def test_check_phase2_dataset_names_the_mismatch():
+    from tfdeblend.errors import DataError
+    from tfdeblend.training.joint import check_phase2_dataset
+
+    good = {"kind": "deblender", "bands": ["g", "r", "i"], "stamp_size": 80, "max_sources": 2}
+    check_phase2_dataset(good, ("g", "r", "i"), 80)
+    check_phase2_dataset({**good, "kind": "test", "config": {"n_gal": 2}}, ("g", "r", "i"), 80)
+    cases = [
+        ({**good, "kind": "classifier"}, "2-galaxy blends"),
+        ({**good, "kind": "test", "config": {"n_gal": 3}}, "3-galaxy"),
+        ({**good, "bands": ["r", "i"]}, "bands r,i"),
+        ({**good, "stamp_size": 64}, "stamp size 64"),
+    ]
+    for manifest, message in cases:
+        with pytest.raises(DataError, match=message):
+            check_phase2_dataset(manifest, ("g", "r", "i"), 80)
+
+
+def phase2_config(**changes):
+    from tfdeblend.training.config import paper_train_config
+
+    return paper_train_config(2).replace(
+        preset="tiny", batch_size=4, epochs=2, validation_fraction=0.25, learning_rate=1e-3,
+        classifier_learning_rate=1e-3, **changes,
+    )
+
+
+def test_train_phase2_writes_a_run_with_both_fine_tuned_networks(
+    deblender_data_dir, tiny_deblender_run, tiny_classifier_run, tmp_path
+):
+    from tfdeblend.training.joint import train_phase2
+    from tfdeblend.training.rundir import load_run
+
+    out = tmp_path / "joint"
+    history = train_phase2(deblender_data_dir, tiny_deblender_run, tiny_classifier_run, out,
+                           phase2_config())
+    assert history["epoch"] == [0, 1]
+    for key in ("rdn_loss", "l1", "ce_rdn", "classifier_loss", "classifier_accuracy",
+                "val_rdn_loss", "val_classifier_loss"):
+        assert len(history[key]) == 2 and all(np.isfinite(history[key])), key
+    run = load_run(out)
+    assert run.deblender is not None and run.classifier is not None
+    before_deb = load_run(tiny_deblender_run).deblender
+    before_clf = load_run(tiny_classifier_run).classifier
+    assert run.bands == load_run(tiny_deblender_run).bands
+    assert run.config["train"]["phase"] == 2 and run.config["train"]["net"] == "joint"
+    assert run.config["phase1"]["deblender_run"] == str(tiny_deblender_run.resolve())
+    assert run.model_config("deblender") == load_run(tiny_deblender_run).model_config("deblender")
+    for new, old in ((run.deblender, before_deb), (run.classifier, before_clf)):
+        assert any(not np.array_equal(a, b) for a, b in zip(new.get_weights(), old.get_weights()))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "epoch-001.keras", "epoch-002.keras"]
+    # The per-epoch checkpoint is a whole JointModel that loads in safe mode.
+    restored = keras.saving.load_model(out / "checkpoints" / "epoch-002.keras", compile=False)
+    assert isinstance(restored, JointModel)
+    for a, b in zip(restored.deblender.get_weights(), run.deblender.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TfdeblendError, match="already exists"):
+        train_phase2(deblender_data_dir, tiny_deblender_run, tiny_classifier_run, out,
+                     phase2_config())
+
+
+def test_train_phase2_refuses_mismatched_inputs(
+    deblender_data_dir, classifier_data_dir, tiny_deblender_run, tiny_classifier_run, tmp_path
+):
+    from tfdeblend.errors import ModelError
+    from tfdeblend.training.joint import train_phase2
+
+    out = tmp_path / "joint"
+    with pytest.raises(TfdeblendError, match="2-galaxy blends"):
+        train_phase2(classifier_data_dir, tiny_deblender_run, tiny_classifier_run, out,
+                     phase2_config())
+    with pytest.raises(ModelError, match="no deblender.keras"):
+        train_phase2(deblender_data_dir, tiny_classifier_run, tiny_classifier_run, out,
+                     phase2_config())
+    with pytest.raises(ModelError, match="does not exist"):
+        train_phase2(deblender_data_dir, tmp_path / "nowhere", tiny_classifier_run, out,
+                     phase2_config())
+    assert not out.exists()  # nothing half written

@@ -40,47 +40,29 @@ Example:
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from tfdeblend.errors import TfdeblendError
+from tfdeblend.errors import DataError, ModelError, TfdeblendError
 from tfdeblend.normalize import normalize
+from tfdeblend.training.callbacks import JsonHistory, make_callbacks
+from tfdeblend.training.config import TrainConfig, paper_train_config
+from tfdeblend.training.losses import l1_loss, symmetric_l1_loss
+from tfdeblend.training.pipelines import check_manifest, make_dataset, split_sizes
+from tfdeblend.training.rundir import RunInfo, load_run, save_run
+from tfdeblend.training.strategy import get_strategy, is_chief
 
 #: Labels of the seven classifier images in Eq. 4, in the order they are stacked.
 CLASSIFIER_IMAGES: tuple[str, ...] = ("x", "d1", "d2", "r1", "r2", "t1", "t2")
 #: Number of galaxies in each of :data:`CLASSIFIER_IMAGES`.
 CLASSIFIER_LABELS: tuple[int, ...] = (2, 1, 1, 1, 0, 1, 1)
-
-
-def per_example_l1(prediction: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    """Mean absolute difference per example.
-
-    Args:
-        prediction: (B, H, W, C) normalized network output.
-        target: (B, H, W, C) target divided by the same scale.
-
-    Returns:
-        (B,) mean over H, W and C of ``|prediction - target|``.
-    """
-    return tf.reduce_mean(tf.abs(prediction - target), axis=[1, 2, 3])
-
-
-def per_example_symmetric_l1(
-    prediction: tf.Tensor, target1: tf.Tensor, target2: tf.Tensor
-) -> tf.Tensor:
-    """Permutation-invariant L1: the smaller of the L1 losses to either truth, per example.
-
-    Args:
-        prediction: (B, H, W, C) normalized network output.
-        target1: (B, H, W, C) brightest truth divided by the input's scale.
-        target2: (B, H, W, C) second truth divided by the same scale.
-
-    Returns:
-        (B,) ``min(L1(prediction, target1), L1(prediction, target2))``.
-    """
-    return tf.minimum(per_example_l1(prediction, target1), per_example_l1(prediction, target2))
 
 
 def per_example_ce(logits: tf.Tensor, labels: tf.Tensor | int) -> tf.Tensor:
@@ -115,7 +97,9 @@ class JointModel(keras.Model):
         classifier_learning_rate: Adam rate of the classifier (paper: 1e-6).
         ce_weight: lambda, weight of the classifier cross-entropy in the RDN loss (paper: 1e-4).
         single_weight: alpha, weight of the 1-galaxy images in the classifier loss (paper: 0.2).
-        loss: ``"l1"`` (the paper's) or ``"symmetric"`` (min over the two truths).
+        loss: ``"l1"`` (the paper's) or ``"symmetric"``
+            (:func:`~tfdeblend.training.losses.symmetric_l1_loss`: the smaller L1 to either truth
+            when the two are close in brightness).
         **kwargs: passed to :class:`keras.Model` (e.g. ``name``).
 
     Attributes:
@@ -270,10 +254,11 @@ class JointModel(keras.Model):
         normalized, scale = normalize(blend)
         d1_normalized = self.deblender(normalized, training=training)
         d1 = d1_normalized * scale
+        targets = tf.stack([t1, t2], axis=1) / scale[:, None]
         if self.loss_kind == "symmetric":
-            l1 = per_example_symmetric_l1(d1_normalized, t1 / scale, t2 / scale)
+            l1 = symmetric_l1_loss(targets, d1_normalized)
         else:
-            l1 = per_example_l1(d1_normalized, t1 / scale)
+            l1 = l1_loss(targets, d1_normalized)
         ce = per_example_ce(self.classifier(normalize(d1)[0], training=False), 1)
         return {"l1": l1, "ce_rdn": ce, "rdn_loss": l1 + self.ce_weight * ce, "d1": d1}
 
@@ -324,9 +309,14 @@ class JointModel(keras.Model):
         clf_vars = self.classifier.trainable_variables
         clf_grads = classifier_tape.gradient(classifier_loss, clf_vars)
 
-        self.rdn_optimizer.apply_gradients(zip(rdn_grads, rdn_vars))
-        self.classifier_optimizer.apply_gradients(zip(clf_grads, clf_vars))
-        return self._update_metrics(rdn, clf)
+        # The control dependency ties every state change (including the optimizers' iteration
+        # counters and the metrics' counts, which with a static batch size do not depend on
+        # the data) to this batch: when a dataset of unknown length runs out, Keras calls the
+        # step once more and it must then change nothing.
+        with tf.control_dependencies([rdn_loss, classifier_loss]):
+            self.rdn_optimizer.apply_gradients(zip(rdn_grads, rdn_vars))
+            self.classifier_optimizer.apply_gradients(zip(clf_grads, clf_vars))
+            return self._update_metrics(rdn, clf)
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         """The losses of :meth:`train_step` in inference mode, without updates."""
@@ -337,7 +327,8 @@ class JointModel(keras.Model):
         d2 = self.deblend_once(r1, training=False)
         images = {"x": x, "d1": d1, "d2": d2, "r1": r1, "r2": r1 - d2, "t1": t1, "t2": t2}
         clf = self.classifier_losses(images)
-        return self._update_metrics(rdn, clf)
+        with tf.control_dependencies([rdn["rdn_loss"], clf["classifier_loss"]]):
+            return self._update_metrics(rdn, clf)
 
     def _update_metrics(self, rdn: dict, clf: dict) -> dict[str, tf.Tensor]:
         # Per-example values, so that the replicas' sums and counts add up to the global mean.
@@ -347,3 +338,149 @@ class JointModel(keras.Model):
         self.classifier_loss_tracker.update_state(clf["classifier_loss"])
         self.classifier_accuracy.update_state(clf["labels"], clf["logits"])
         return {m.name: m.result() for m in self.metrics}
+
+
+# ---------------------------------------------------------------------- phase 2 driver
+
+
+def check_phase2_dataset(
+    manifest: dict[str, Any], bands: tuple[str, ...], stamp_size: int, where: str = "dataset"
+) -> None:
+    """Refuse a dataset that is not made of 2-galaxy blends matching the phase-1 models.
+
+    Accepted: a ``deblender`` dataset (2-galaxy blends) or a ``test`` dataset with ``n_gal: 2``.
+
+    Raises:
+        DataError: wrong kind, bands or stamp size (one line naming the mismatch).
+    """
+    kind = manifest.get("kind")
+    n_gal = (manifest.get("config") or {}).get("n_gal")
+    if not (kind == "deblender" or (kind == "test" and n_gal == 2)):
+        what = f"a {kind!r} dataset" + (f" of {n_gal}-galaxy blends" if kind == "test" else "")
+        raise DataError(
+            f"phase 2 trains on 2-galaxy blends (a 'deblender' dataset); {where} is {what}"
+        )
+    check_manifest(manifest, "deblender", bands, stamp_size, where=where)
+
+
+def _load_phase1(run_dir: str | os.PathLike, name: str, load_models: bool) -> RunInfo:
+    info = load_run(run_dir, load_models=load_models)
+    if load_models and getattr(info, name) is None:
+        raise ModelError(f"{run_dir} holds no {name}.keras (train it with --net {name})")
+    if not load_models and not (Path(run_dir) / f"{name}.keras").is_file():
+        raise ModelError(f"{run_dir} holds no {name}.keras (train it with --net {name})")
+    return info
+
+
+def train_phase2(
+    dataset_dir: str | os.PathLike,
+    deblender_run: str | os.PathLike,
+    classifier_run: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    strategy: str | tf.distribute.Strategy = "default",
+    overwrite: bool = False,
+    verbose: int | str = "auto",
+) -> dict[str, list]:
+    """Phase 2: fine-tune a phase-1 deblender and classifier together and write a run directory.
+
+    The run directory holds ``deblender.keras`` and ``classifier.keras`` (the fine-tuned
+    networks), ``config.yaml`` (with the phase-1 runs it started from), ``checkpoints/`` (the
+    JointModel after every epoch), ``backup/``, ``logs/`` and ``history.json``. Rerunning the
+    same call on an interrupted run directory resumes from its last completed epoch.
+
+    Args:
+        dataset_dir: 2-galaxy blends (``tfdeblend simulate --kind deblender``).
+        deblender_run: phase-1 run directory holding ``deblender.keras``.
+        classifier_run: phase-1 run directory holding ``classifier.keras`` (may be the same).
+        out_dir: the phase-2 run directory to write.
+        config: hyperparameters (default: the paper's, ``paper_train_config(2)``: Adam, lr 1e-5
+            and 1e-6, batch 8, 10 epochs, lambda 1e-4, alpha 0.2).
+        strategy: ``default``, ``mirrored``, ``multi-worker`` or a strategy instance.
+        overwrite: replace an existing run directory.
+        verbose: Keras ``fit`` verbosity (``"auto"``: progress bar on a terminal, one line per
+            epoch otherwise).
+
+    Returns:
+        The per-epoch history ``{"epoch": [...], "rdn_loss": [...], "l1": [...], "ce_rdn":
+        [...], "classifier_loss": [...], "classifier_accuracy": [...], "val_...": [...]}``.
+
+    Raises:
+        TfdeblendError: missing or mismatched runs, a dataset that is not 2-galaxy blends or does
+            not match their bands/stamp size, an existing output, a bad configuration.
+    """
+    from tfdeblend.data import load_manifest
+    from tfdeblend.training.phase1 import _prepare_out_dir
+
+    config = config or paper_train_config(2)
+    if config.phase != 2 or config.net != "joint":
+        config = config.replace(phase=2, net="joint")
+    deb_info = _load_phase1(deblender_run, "deblender", load_models=False)
+    clf_info = _load_phase1(classifier_run, "classifier", load_models=False)
+    if deb_info.bands != clf_info.bands or deb_info.stamp_size != clf_info.stamp_size:
+        raise ModelError(
+            f"the deblender run ({','.join(deb_info.bands)}, {deb_info.stamp_size} px) and the "
+            f"classifier run ({','.join(clf_info.bands)}, {clf_info.stamp_size} px) differ"
+        )
+    bands, stamp_size = deb_info.bands, deb_info.stamp_size
+    manifest = dict(load_manifest(dataset_dir))
+    manifest.setdefault("path", str(Path(dataset_dir).resolve()))
+    check_phase2_dataset(manifest, bands, stamp_size, where=str(dataset_dir))
+    n_train, n_val = split_sizes(int(manifest["count"]), config.validation_fraction)
+    if n_train < 1:
+        raise DataError(f"{dataset_dir} has no training records")
+    batch = config.batch_size
+    drop = n_train >= batch
+    steps = config.steps_per_epoch
+
+    strategy = get_strategy(strategy)
+    chief = is_chief(strategy)
+    out = Path(out_dir)
+    work = out if chief else Path(tempfile.mkdtemp(prefix="tfdeblend-worker-"))
+    resume = _prepare_out_dir(work, overwrite and chief) if chief else False
+    keras.utils.set_random_seed(config.seed)
+
+    common = dict(bands=bands, stamp_size=stamp_size, seed=config.seed,
+                  validation_fraction=config.validation_fraction)
+    train_ds = make_dataset(dataset_dir, "deblender", batch, shuffle=True,
+                            repeat=steps is not None, subset="train", drop_remainder=drop,
+                            **common)
+    val_ds = None
+    if n_val > 0:
+        val_ds = make_dataset(dataset_dir, "deblender", min(batch, n_val), subset="validation",
+                              **common)
+
+    with strategy.scope():
+        deblender = _load_phase1(deblender_run, "deblender", load_models=True).deblender
+        classifier = _load_phase1(classifier_run, "classifier", load_models=True).classifier
+        model = JointModel(
+            deblender, classifier,
+            learning_rate=config.learning_rate,
+            classifier_learning_rate=config.classifier_learning_rate,
+            ce_weight=config.ce_weight,
+            single_weight=config.single_weight,
+            loss=config.loss,
+        )
+        model.compile(jit_compile=config.jit_compile)
+    callbacks = make_callbacks(work, config)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    if resume and chief:
+        print(f"Resuming the interrupted run in {out} from its backup.", file=sys.stderr)
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+    finally:
+        if not chief:
+            shutil.rmtree(work, ignore_errors=True)
+    history = next(c for c in callbacks if isinstance(c, JsonHistory)).history
+    if chief:
+        model_configs = {
+            "deblender": deb_info.model_config("deblender") or {},
+            "classifier": clf_info.model_config("classifier") or {},
+        }
+        phase1 = {"deblender_run": str(Path(deblender_run).resolve()),
+                  "classifier_run": str(Path(classifier_run).resolve())}
+        save_run(out, {"deblender": model.deblender, "classifier": model.classifier}, config,
+                 model_configs, manifest, extra={"phase1": phase1})
+    return history
