@@ -1,0 +1,117 @@
+"""The BTK deblender adapter (tfdeblend.btk_adapter) on a real BTK batch."""
+
+from __future__ import annotations
+
+import btk
+import numpy as np
+import pytest
+from btk.match import PixelHungarianMatcher
+from btk.metrics.detection import Precision, Recall
+from btk.metrics.reconstruction import MSE
+from inference_helpers import exported_model
+
+from tfdeblend.btk_adapter import RDNDeblender
+from tfdeblend.errors import ModelError
+from tfdeblend.export import load_model
+
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def blend_batch():
+    """Four real 2-galaxy LSST blends, 120x120 pixels, drawn in g, r, i and z (one band more)."""
+    from tfdeblend.catalog import load_default_catalog
+
+    table = load_default_catalog()
+    table = table[table["i_ab"] < 24.0]
+    survey = btk.survey.get_surveys("LSST")
+    survey.available_filters = ["z", "g", "r", "i"]  # an extra band, and not the model's order
+    sampling = btk.sampling_functions.DefaultSampling(
+        max_number=2, min_number=2, stamp_size=24.0, max_shift=2.0, seed=3, max_mag=24.0
+    )
+    generator = btk.draw_blends.CatsimGenerator(
+        btk.catalog.CatsimCatalog(table), sampling, survey, batch_size=BATCH, njobs=1, seed=3
+    )
+    return next(generator)
+
+
+@pytest.fixture(scope="module")
+def model(request, tmp_path_factory):
+    return load_model(exported_model(request, tmp_path_factory))
+
+
+def test_batch_call_shapes_catalog_and_btk_metrics(blend_batch, model):
+    assert blend_batch.image_size == 120
+    deblender = RDNDeblender(max_n_sources=3, model=model, batch_size=2)
+    result = deblender(blend_batch)
+    assert result.deblended_images.shape == (BATCH, 3, 4, 120, 120)
+    images = result.deblended_images
+    # outside the central 80x80 crop and in the z band (not the model's) everything is zero
+    assert not images[..., :20, :].any() and not images[..., 100:, :].any()
+    assert not images[..., :, :20].any() and not images[..., :, 100:].any()
+    assert not images[:, :, 0].any()
+
+    # the same numbers as the model on the cropped g, r, i stamps
+    crop = blend_batch.blend_images[:, [1, 2, 3], 20:100, 20:100]
+    expected = model.deblend(np.transpose(crop, (0, 2, 3, 1)))
+    for i in range(BATCH):
+        n = min(int(expected["n_components"][i]), 3)
+        assert len(result.catalog_list[i]) == n
+        for j in range(n):
+            np.testing.assert_allclose(
+                images[i, j, 1:, 20:100, 20:100],
+                np.transpose(expected["components"][i, j], (2, 0, 1)),
+                rtol=1e-4,
+                atol=1e-5 * np.abs(crop[i]).max(),
+            )
+        cat = result.catalog_list[i]
+        # ra/dec in arcsec from the stamp centre, 0.2 arcsec per pixel
+        np.testing.assert_allclose(cat["ra"], (cat["x_peak"] - 59.5) * 0.2)
+        np.testing.assert_allclose(cat["dec"], (cat["y_peak"] - 59.5) * 0.2)
+        assert ((cat["x_peak"] >= 20) & (cat["x_peak"] < 100)).all()
+        assert result.extra_data[i]["quality"] in (0, 1, 2)
+
+    # one blend at a time gives the same as the batch
+    single = deblender.deblend(1, blend_batch)
+    tol = 1e-5 * np.abs(crop[1]).max()
+    np.testing.assert_allclose(single.deblended_images, images[1], rtol=1e-4, atol=tol)
+
+    # BTK's matcher and metrics run on the result
+    true_catalogs = blend_batch.catalog_list
+    matching = PixelHungarianMatcher(pixel_max_sep=5.0)(true_catalogs, result.catalog_list)
+    n_matches = np.array([len(m) for m in matching.true_matches])
+    precision = Precision(BATCH)(n_matches, matching.n_true, matching.n_pred)
+    recall = Recall(BATCH)(n_matches, matching.n_true, matching.n_pred)
+    assert matching.n_true.tolist() == [2] * BATCH
+    assert matching.n_pred.tolist() == [len(c) for c in result.catalog_list]
+    assert 0.0 <= recall <= 1.0
+    assert np.isnan(precision) or 0.0 <= precision <= 1.0
+    iso = matching.match_true_arrays(blend_batch.isolated_images)[:, :, 2]  # r band
+    pred = matching.match_pred_arrays(images)[:, :, 2]
+    mse = MSE(BATCH)(iso, pred)
+    # BTK's MSE (an RMS over matched pairs whose images both have a positive sum) by hand
+    errors = []
+    for i in range(BATCH):
+        n = min((iso[i].sum(axis=(-1, -2)) > 0).sum(), (pred[i].sum(axis=(-1, -2)) > 0).sum())
+        errors += [np.sqrt(((iso[i, j] - pred[i, j]) ** 2).mean()) for j in range(n)]
+    if errors:
+        np.testing.assert_allclose(mse, np.mean(errors), rtol=1e-6)
+    else:
+        assert np.isnan(mse)
+
+
+def test_missing_bands_are_refused(blend_batch, model):
+    survey = btk.survey.get_surveys("LSST")
+    survey.available_filters = ["g", "r"]
+    two = btk.blend_batch.BlendBatch(
+        blend_batch.batch_size,
+        blend_batch.max_n_sources,
+        blend_batch.stamp_size,
+        survey,
+        blend_batch.blend_images[:, 1:3],
+        blend_batch.isolated_images[:, :, 1:3],
+        blend_batch.catalog_list,
+        blend_batch.psf[1:3],
+    )
+    with pytest.raises(ModelError, match="the model needs g,r,i"):
+        RDNDeblender(max_n_sources=3, model=model)(two)
