@@ -34,7 +34,7 @@ from tfdeblend.training.config import TrainConfig
 from tfdeblend.training.losses import get_deblender_loss
 from tfdeblend.training.pipelines import check_manifest, make_dataset, split_sizes
 from tfdeblend.training.rundir import save_run
-from tfdeblend.training.strategy import get_strategy, is_chief
+from tfdeblend.training.strategy import get_strategy, is_chief, prepare_fit
 
 
 def model_config_for(net: str, preset: str, channels: int, stamp_size: int):
@@ -217,6 +217,7 @@ def train_phase1(
             net, config, len(bands), stamp_size, config.epochs * steps, model_config
         )
     callbacks = make_callbacks(work, config, sample_images=sample)
+    prepare_fit(model, strategy, train_ds)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     if resume and chief:

@@ -68,3 +68,50 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     cluster = resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def prepare_fit(model, strategy: tf.distribute.Strategy, dataset: tf.data.Dataset) -> None:
+    """Work around Keras 3.15 ``fit`` failing under ``MultiWorkerMirroredStrategy``.
+
+    Keras's ``_maybe_symbolic_build`` reduces the first *distributed* batch with
+    ``strategy.reduce``, which raises "Attempt to convert a value (PerReplica...)" with
+    multi-worker collectives. Building the model, optimizer and metrics from one ordinary batch
+    first (inside the scope) gives the same variables, after which that step is skipped.
+    Keras also reduces the scalar per-step logs with ``strategy.reduce("MEAN", v, axis=0)``,
+    which fails on scalars; :func:`_patch_keras_multi_worker_mean` reduces them with
+    ``axis=None`` (the mean over replicas) instead. A no-op for other strategies. Call after
+    ``compile`` and before ``fit``.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    _patch_keras_multi_worker_mean()
+    batch = next(iter(dataset.take(1)))
+    with strategy.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def _patch_keras_multi_worker_mean() -> None:
+    """Reduce scalar logs over multi-worker replicas with ``axis=None`` (Keras 3.15 bug)."""
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
+    if getattr(keras_trainer, "_tfdeblend_patched", False):
+        return
+    original = keras_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+
+            def mean(value):
+                if isinstance(value, tf.distribute.DistributedValues) or tf.is_tensor(value):
+                    axis = None if value.shape.rank == 0 else 0
+                    return strategy.reduce("MEAN", value, axis=axis)
+                return value
+
+            return tf.nest.map_structure(mean, values)
+        return original(values, strategy, reduction)
+
+    keras_trainer.reduce_per_replica = reduce_per_replica
+    keras_trainer._tfdeblend_patched = True
