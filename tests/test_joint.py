@@ -179,8 +179,6 @@ def test_fit_on_a_dataset_of_unknown_length_counts_each_batch_once():
     assert int(model.classifier_optimizer.iterations) == 2
     for name in ("ce_rdn", "classifier_loss", "l1"):
         assert history[name][0] == pytest.approx(hand[name], rel=1e-4), name
-    logs = frozen.evaluate(data, verbose=0, return_dict=True)
-    assert logs["classifier_loss"] == pytest.approx(hand["classifier_loss"], rel=1e-4)
 
 
 def test_each_loss_updates_only_its_network_with_an_adam_step_of_its_gradient():
@@ -249,6 +247,7 @@ def test_a_zero_learning_rate_freezes_exactly_that_network(frozen):
         assert changed == (name != frozen), name
 
 
+@pytest.mark.slow
 def test_fit_and_backup_and_restore_resume_a_killed_run(tmp_path):
     x, truths = galaxies(6, n=8)
     data = tf.data.Dataset.from_tensor_slices((x, truths)).batch(BATCH)
@@ -344,6 +343,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_step_equals_single_device_step():
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     result = subprocess.run(
