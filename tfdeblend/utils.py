@@ -12,6 +12,13 @@ from pathlib import Path
 from tfdeblend.errors import TfdeblendError
 
 
+def _umask() -> int:
+    """The process umask (read without changing it for longer than a moment)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse an existing output unless ``overwrite``; check that its folder is writable.
 
@@ -53,6 +60,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -68,6 +77,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o777 & ~_umask())
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp_path, path)
