@@ -187,7 +187,8 @@ def test_cli_export(request, tmp_path_factory, tmp_path):
     assert (out / "1" / "saved_model.pb").is_file()
     assert "Exported" in result.output
     # again, with an explicit existing version: refused, nothing changed
-    result = runner.invoke(cli, ["export", str(deblender_run), "--out", str(out), "--version", "1"])
+    args = ["--deblender", str(deblender_run), "--classifier", str(classifier_run)]
+    result = runner.invoke(cli, ["export", *args, "--out", str(out), "--version", "1"])
     assert result.exit_code == 1
     assert "already exists" in result.output and "Traceback" not in result.output
     # a missing and a foreign run directory
