@@ -358,7 +358,7 @@ def test_killed_run_resumes(deblender_data_dir, tmp_path):
             ],
             "--net is a phase-1 option",
         ),
-        (["--net", "deblender", "{missing}", "--out", "o"], "does not exist"),
+        (["--net", "deblender", "{missing}", "--out", "o"], "is not a tfdeblend dataset"),
         (
             ["--net", "deblender", "data", "--out", "o", "--config", "{missing}.yaml"],
             "does not exist",
