@@ -133,6 +133,7 @@ def train_phase1(
     overwrite: bool = False,
     verbose: int | str = "auto",
     model_config: Any = None,
+    callbacks: list | None = None,
 ) -> dict[str, list]:
     """Train one network alone and write a run directory.
 
@@ -150,6 +151,7 @@ def train_phase1(
         verbose: Keras ``fit`` verbosity (``"auto"``: progress bar on a terminal, one line per
             epoch otherwise).
         model_config: architecture configuration overriding the preset.
+        callbacks: extra Keras callbacks (after the run's own ones).
 
     Returns:
         The per-epoch history ``{"epoch": [...], "loss": [...], ...}`` (also in
@@ -216,7 +218,8 @@ def train_phase1(
         model, model_config = build_phase1_model(
             net, config, len(bands), stamp_size, config.epochs * steps, model_config
         )
-    callbacks = make_callbacks(work, config, sample_images=sample)
+    extra_callbacks = list(callbacks or [])
+    callbacks = make_callbacks(work, config, sample_images=sample) + extra_callbacks
     prepare_fit(model, strategy, train_ds)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
