@@ -25,8 +25,8 @@ CANDIDATES = {
     "rdn-f2 D4 C4 G32 G0=64": lambda: build_rdn(RDNConfig(downscale=2)),
     "rdn-paper (f1 D16 C8 G64)": lambda: build_rdn(get_rdn_config("paper")),
     "vgg-tiny": lambda: build_classifier(get_classifier_config("tiny")),
-    "vgg-cpu (16-32-64-128-128, 256)": lambda: build_classifier(get_classifier_config("cpu")),
-    "vgg-paper (64..512, 4096)": lambda: build_classifier(get_classifier_config("paper")),
+    "vgg-cpu (16-32-64-128-128 dense 256)": lambda: build_classifier(get_classifier_config("cpu")),
+    "vgg-paper (64-512 dense 4096)": lambda: build_classifier(get_classifier_config("paper")),
 }
 
 
