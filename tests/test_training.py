@@ -412,3 +412,35 @@ def test_cli_mismatch_and_existing_out(deblender_data_dir, tiny_deblender_run, t
         ["train", "--net", "deblender", str(deblender_data_dir), "--out", "o", "--batch-size", "0"],
     )
     assert result.exit_code == 2  # click usage error
+
+
+def test_cli_phase2_wiring(deblender_data_dir, tiny_deblender_run, tiny_classifier_run, tmp_path):
+    from tfdeblend.cli.main import cli
+
+    out = tmp_path / "joint"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--phase",
+            "2",
+            str(deblender_data_dir),
+            "--deblender",
+            str(tiny_deblender_run),
+            "--classifier",
+            str(tiny_classifier_run),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Wrote" in result.output
+    info = load_run(out)
+    assert info.deblender is not None and info.classifier is not None
+    assert info.config["train"]["phase"] == 2 and info.config["train"]["batch_size"] == 4
