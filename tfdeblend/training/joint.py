@@ -57,7 +57,7 @@ from tfdeblend.training.config import TrainConfig, paper_train_config
 from tfdeblend.training.losses import l1_loss, symmetric_l1_loss
 from tfdeblend.training.pipelines import check_manifest, make_dataset, split_sizes
 from tfdeblend.training.rundir import RunInfo, load_run, save_run
-from tfdeblend.training.strategy import get_strategy, is_chief
+from tfdeblend.training.strategy import get_strategy, is_chief, prepare_fit
 
 #: Labels of the seven classifier images in Eq. 4, in the order they are stacked.
 CLASSIFIER_IMAGES: tuple[str, ...] = ("x", "d1", "d2", "r1", "r2", "t1", "t2")
@@ -410,7 +410,7 @@ def train_phase2(
             not match their bands/stamp size, an existing output, a bad configuration.
     """
     from tfdeblend.data import load_manifest
-    from tfdeblend.training.phase1 import _prepare_out_dir
+    from tfdeblend.training.phase1 import prepare_out_dir
 
     config = config or paper_train_config(2)
     if config.phase != 2 or config.net != "joint":
@@ -423,6 +423,8 @@ def train_phase2(
             f"classifier run ({','.join(clf_info.bands)}, {clf_info.stamp_size} px) differ"
         )
     bands, stamp_size = deb_info.bands, deb_info.stamp_size
+    # the networks' size comes from phase 1: record it, not the CLI's default preset
+    config = config.replace(preset=deb_info.config.get("preset") or config.preset)
     manifest = dict(load_manifest(dataset_dir))
     manifest.setdefault("path", str(Path(dataset_dir).resolve()))
     check_phase2_dataset(manifest, bands, stamp_size, where=str(dataset_dir))
@@ -437,7 +439,7 @@ def train_phase2(
     chief = is_chief(strategy)
     out = Path(out_dir)
     work = out if chief else Path(tempfile.mkdtemp(prefix="tfdeblend-worker-"))
-    resume = _prepare_out_dir(work, overwrite and chief) if chief else False
+    resume = prepare_out_dir(work, overwrite and chief) if chief else False
     keras.utils.set_random_seed(config.seed)
 
     common = dict(bands=bands, stamp_size=stamp_size, seed=config.seed,
@@ -462,6 +464,7 @@ def train_phase2(
             loss=config.loss,
         )
         model.compile(jit_compile=config.jit_compile)
+    prepare_fit(model, strategy, train_ds)
     callbacks = make_callbacks(work, config)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2

@@ -107,7 +107,7 @@ def build_phase1_model(
     return model, model_config
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> bool:
+def prepare_out_dir(out: Path, overwrite: bool) -> bool:
     """Create/refuse/clear the run directory; return True when resuming from ``backup/``."""
     if out.exists() and not out.is_dir():
         raise TfdeblendError(f"{out} exists and is not a directory")
@@ -184,7 +184,7 @@ def train_phase1(
     chief = is_chief(strategy)
     out = Path(out_dir)
     work = out if chief else Path(tempfile.mkdtemp(prefix="tfdeblend-worker-"))
-    resume = _prepare_out_dir(work, overwrite and chief) if chief else False
+    resume = prepare_out_dir(work, overwrite and chief) if chief else False
     keras.utils.set_random_seed(config.seed)
 
     train_ds = make_dataset(
