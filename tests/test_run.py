@@ -167,6 +167,9 @@ def _bad_inputs(tmp_path, images):
     )
     cases["no stamps"] = (p, "no stamps")
     cases["missing"] = (tmp_path / "missing.fits", "does not exist")
+    p = tmp_path / "truncated.fits"
+    p.write_bytes(write_blends_fits(tmp_path / "whole.fits", images).read_bytes()[:5000])
+    cases["truncated"] = (p, "is truncated")
     return cases
 
 

@@ -34,11 +34,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 
 import tfdeblend
 from tfdeblend import measure
@@ -156,9 +158,14 @@ def open_blends(
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty")
     try:
-        hdul = fits.open(path, memmap=True, mode="readonly")
-        hdul.verify("silentfix")
-        len(hdul)  # forces reading every header
+        with warnings.catch_warnings():
+            # astropy only warns about a short file, then fails on the first read of the data
+            warnings.filterwarnings("error", "File may have been truncated", AstropyUserWarning)
+            hdul = fits.open(path, memmap=True, mode="readonly")
+            hdul.verify("silentfix")
+            len(hdul)  # forces reading every header
+    except AstropyUserWarning as err:
+        raise DataError(f"{path} is truncated ({str(err).splitlines()[0]})") from err
     except (OSError, ValueError, TypeError) as err:
         raise DataError(f"{path} is not a readable FITS file ({str(err).splitlines()[0]})") from err
     try:
