@@ -57,8 +57,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tfdeblend-bench-"))
     if args.blends:
         src = Path(args.blends)
-        images_chw, _, bands = read_blends(src, bands=model.bands, stamp_size=model.stamp_size)
-        images = np.transpose(images_chw[: args.n], (0, 2, 3, 1))
+        images, _, bands = read_blends(
+            src, bands=model.bands, stamp_size=model.stamp_size, channels_last=True
+        )
+        images = images[: args.n]
     else:
         print(f"rendering {args.n} 2-galaxy stamps with BTK ...")
         images, bands = _stamps(args.n, args.seed)

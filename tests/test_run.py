@@ -123,8 +123,11 @@ def test_reading_single_stamps_extensions_and_band_selection(images, tmp_path):
     write_blends_fits(tmp_path / "6.fits", six, bands=("u", "g", "r", "i", "z", "y"))
     data, _, bands = read_blends(tmp_path / "6.fits", bands=("i", "r", "g"))
     np.testing.assert_array_equal(data, np.transpose(six[..., [3, 2, 1]], (0, 3, 1, 2)))
+    data, _, _ = read_blends(tmp_path / "6.fits", bands=("i", "r", "g"), channels_last=True)
+    np.testing.assert_array_equal(data, six[..., [3, 2, 1]])
     with open_blends(tmp_path / "6.fits") as blends:
         assert len(blends) == 2 and blends.bands == ("u", "g", "r", "i", "z", "y")
+        np.testing.assert_array_equal(blends.read(1, 2, channels_last=True), six[1:2])
 
 
 def _bad_inputs(tmp_path, images):

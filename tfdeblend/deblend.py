@@ -369,7 +369,7 @@ def run_file(
             tqdm(total=blends.n, unit="blend", desc="deblending", disable=not progress) as bar,
         ):
             for start in range(0, blends.n, batch_size):
-                chunk = np.transpose(blends.read(start, start + batch_size), (0, 2, 3, 1))
+                chunk = blends.read(start, start + batch_size, channels_last=True)
                 result = model.deblend(chunk, batch_size=batch_size)
                 writer.write_batch(result)
                 for q in result["quality"]:

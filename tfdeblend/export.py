@@ -455,8 +455,7 @@ def rest_request_body(
     """
     from tfdeblend.fitsio import read_blends
 
-    images, _, _ = read_blends(fits_path, bands=bands)
+    images, _, _ = read_blends(fits_path, bands=bands, channels_last=True)
     if first is not None:
         images = images[:first]
-    instances = np.transpose(images, (0, 2, 3, 1)).astype(np.float32)
-    return {"signature_name": signature_name, "instances": instances.tolist()}
+    return {"signature_name": signature_name, "instances": images.tolist()}

@@ -95,8 +95,16 @@ class BlendFile:
         self._data = None
         self._hdul.close()
 
-    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Stamps ``start:stop`` as float32 ``(n, C, H, W)``, the selected bands only."""
+    def read(
+        self, start: int = 0, stop: int | None = None, channels_last: bool = False
+    ) -> np.ndarray:
+        """Stamps ``start:stop`` as float32, the selected bands only.
+
+        Args:
+            start, stop: stamp range.
+            channels_last: return ``(n, H, W, C)`` (what the networks take) instead of the
+                file's ``(n, C, H, W)``.
+        """
         stop = self.n if stop is None else min(stop, self.n)
         data = self._data[None] if self._single else self._data[start:stop]
         data = np.asarray(data, dtype=np.float32)
@@ -104,6 +112,8 @@ class BlendFile:
             data = data[start:stop]
         if self._channels is not None:
             data = data[:, self._channels]
+        if channels_last:
+            data = np.transpose(data, (0, 2, 3, 1))
         return np.ascontiguousarray(data)
 
     def check_finite(self) -> None:
@@ -230,14 +240,16 @@ def read_blends(
     path: str | os.PathLike,
     bands: tuple[str, ...] | list[str] | str | None = None,
     stamp_size: int | None = None,
+    channels_last: bool = False,
 ) -> tuple[np.ndarray, fits.Header, tuple[str, ...]]:
     """Read a whole (small) FITS file of stamps.
 
     Returns:
-        ``(images (N, C, H, W) float32, header, bands)``, channels first, input units.
+        ``(images (N, C, H, W) float32, header, bands)`` in input units; the images are
+        ``(N, H, W, C)`` with ``channels_last``.
     """
     with open_blends(path, bands=bands, stamp_size=stamp_size) as blends:
-        return blends.read(), blends.header.copy(), blends.bands
+        return blends.read(channels_last=channels_last), blends.header.copy(), blends.bands
 
 
 def component_catalog(
