@@ -51,7 +51,7 @@ import keras
 import tensorflow as tf
 
 from tfdeblend.errors import DataError, ModelError, TfdeblendError
-from tfdeblend.normalize import normalize
+from tfdeblend.normalize import denormalize, normalize
 from tfdeblend.training.callbacks import JsonHistory, make_callbacks
 from tfdeblend.training.config import TrainConfig, paper_train_config
 from tfdeblend.training.losses import l1_loss, symmetric_l1_loss
@@ -200,7 +200,7 @@ class JointModel(keras.Model):
     # ------------------------------------------------------------------ the two passes
 
     def deblend_once(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """One RDN pass in flux units: ``RDN(normalize(images)) * scale``.
+        """One RDN pass in flux units: ``denormalize(RDN(normalize(images)))``.
 
         Args:
             images: (B, H, W, C) blend or residual, any linear flux unit.
@@ -210,7 +210,7 @@ class JointModel(keras.Model):
             (B, H, W, C) brightest galaxy, in the input's units.
         """
         normalized, scale = normalize(images)
-        return self.deblender(normalized, training=training) * scale
+        return denormalize(self.deblender(normalized, training=training), scale)
 
     def peel(self, blend: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
         """Two deblending passes: ``d1, r1 = x - d1, d2, r2 = r1 - d2`` (flux units, (B, H, W, C))."""
@@ -253,8 +253,9 @@ class JointModel(keras.Model):
         """
         normalized, scale = normalize(blend)
         d1_normalized = self.deblender(normalized, training=training)
-        d1 = d1_normalized * scale
-        targets = tf.stack([t1, t2], axis=1) / scale[:, None]
+        d1 = denormalize(d1_normalized, scale)
+        # the targets are divided by the blend's scale, as in training/pipelines.py
+        targets = normalize(tf.stack([t1, t2], axis=1), scale[:, None])[0]
         if self.loss_kind == "symmetric":
             l1 = symmetric_l1_loss(targets, d1_normalized)
         else:
