@@ -30,6 +30,8 @@ LSST_PIXEL_SCALE: float = 0.2
 MAX_MAG: float = 25.3
 #: Most galaxies a classifier can count (classes 0..MAX_COUNT).
 MAX_COUNT: int = 3
+#: Quality labels of the iterative peel (the paper's Table I), by their integer code.
+QUALITY_NAMES: dict[int, str] = {2: "high", 1: "medium", 0: "low"}
 
 
 @dataclasses.dataclass

@@ -35,10 +35,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfdeblend.config import QUALITY_NAMES
 from tfdeblend.normalize import denormalize, normalize
 
-#: Quality labels of the paper (Table I).
-QUALITY_NAMES: dict[int, str] = {2: "high", 1: "medium", 0: "low"}
 #: Default most components peeled from one blend (the max-iterations guard).
 DEFAULT_MAX_ITERATIONS: int = 6
 #: Same non-zero count this many times in a row -> stop with quality low.

@@ -44,11 +44,10 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 import tfdeblend
 from tfdeblend import measure
-from tfdeblend.config import parse_bands
+from tfdeblend.config import QUALITY_NAMES, parse_bands
 from tfdeblend.errors import DataError, TfdeblendError
 from tfdeblend.utils import atomic_file, check_output_path
 
-QUALITY_NAMES = {2: "high", 1: "medium", 0: "low"}
 #: Stamps scanned at a time when checking for NaN/inf pixels.
 SCAN_CHUNK = 256
 

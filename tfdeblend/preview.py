@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-QUALITY_NAMES = {2: "high", 1: "medium", 0: "low"}
+from tfdeblend.config import QUALITY_NAMES
 
 
 def lupton_rgb(image: np.ndarray, stretch: float, q: float = 8.0) -> np.ndarray:

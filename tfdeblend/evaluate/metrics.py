@@ -35,6 +35,8 @@ import numpy as np
 from scipy import stats
 from skimage.metrics import structural_similarity
 
+from tfdeblend.config import QUALITY_NAMES
+
 #: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian sigma
 MAD_TO_SIGMA = 1.4826
 
@@ -241,12 +243,8 @@ def quality_fractions(quality: np.ndarray) -> dict[str, float]:
     """Fractions of stamps labelled high (2), medium (1) and low (0) quality."""
     quality = np.asarray(quality).ravel()
     n = max(quality.size, 1)
-    return {
-        "high": float(np.sum(quality == 2) / n),
-        "medium": float(np.sum(quality == 1) / n),
-        "low": float(np.sum(quality == 0) / n),
-        "n": int(quality.size),
-    }
+    fractions = {name: float(np.sum(quality == q) / n) for q, name in QUALITY_NAMES.items()}
+    return {**fractions, "n": int(quality.size)}
 
 
 def detection_stats(match: np.ndarray, n_true: np.ndarray, n_pred: np.ndarray) -> dict[str, float]:

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tfdeblend import measure
+from tfdeblend.config import QUALITY_NAMES
 from tfdeblend.errors import TfdeblendError
 from tfdeblend.evaluate import baselines as bl
 from tfdeblend.evaluate import metrics as mt
@@ -63,7 +64,6 @@ FIGURES = {
     "fig14": ("fig14_failures_baselines.png", "Fig. 14: baselines' missed galaxies"),
 }
 
-QUALITY_LABELS = {2: "high", 1: "medium", 0: "low"}
 GALAXIES = {"x": 0, "y": 1}
 
 
@@ -235,7 +235,7 @@ def _quality_breakdown(analysis: dict[str, Any], quality: np.ndarray) -> dict[st
             continue
         arr = analysis["arrays"][label]
         out[label] = {}
-        for q, qname in QUALITY_LABELS.items():
+        for q, qname in QUALITY_NAMES.items():
             sel = quality == q
             out[label][qname] = {
                 "n_stamps": int(sel.sum()),
@@ -648,7 +648,7 @@ def _figures(tmp, name, ts, methods, quality, model, img, catalog, gallery_size,
         if label in ours:
             a = ours[label]
             t, m = a["true_flux"].sum(-1), a["meas_flux"].sum(-1)
-            for q, qname in QUALITY_LABELS.items():
+            for q, qname in QUALITY_NAMES.items():
                 sel = a["found"] & (quality == q)
                 axes[0].scatter(t[sel], m[sel], s=6, c=colors[q], label=qname)
                 rel = a["rel_sum"][sel]
@@ -790,7 +790,7 @@ def _gallery_model(plt, ts, model, rows, quality, bands, stretch, batch_size):
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(cols[c], fontsize=8)
-        axes[r][0].set_ylabel(f"#{i} q={QUALITY_LABELS.get(int(quality[i]), '?')} "
+        axes[r][0].set_ylabel(f"#{i} q={QUALITY_NAMES.get(int(quality[i]), '?')} "
                               f"n={int(out['n_components'][r])}", fontsize=7)
     fig.tight_layout()
     return fig
