@@ -2,47 +2,13 @@
 
 Thin wrapper: the work is :func:`tfdeblend.training.phase1.train_phase1` and
 :func:`tfdeblend.training.joint.train_phase2`; the configuration is built by
-:func:`build_train_config` (paper defaults, then ``--config`` YAML, then flags).
+:func:`tfdeblend.training.config.build_train_config` (paper defaults, then ``--config`` YAML,
+then flags).
 """
 
 from __future__ import annotations
 
 import click
-
-
-def build_train_config(phase: int, net: str | None, config_path: str | None = None, **flags):
-    """The paper's hyperparameters for ``phase``/``net``, updated by a YAML file, then by flags.
-
-    ``None`` flags are ignored. Raises :class:`~tfdeblend.errors.TfdeblendError` on unknown or
-    invalid options.
-    """
-    from pathlib import Path
-
-    import yaml
-
-    from tfdeblend.errors import TfdeblendError
-    from tfdeblend.training.config import TrainConfig, paper_train_config
-
-    base = paper_train_config(phase, net or "deblender").to_dict()
-    if config_path is not None:
-        try:
-            data = yaml.safe_load(Path(config_path).read_text())
-        except FileNotFoundError as err:
-            raise TfdeblendError(f"config file {config_path} does not exist") from err
-        except yaml.YAMLError as err:
-            raise TfdeblendError(f"config file {config_path} is not valid YAML: {err}") from err
-        if data is not None and not isinstance(data, dict):
-            raise TfdeblendError(f"config file {config_path} must hold a mapping of options")
-        data = dict(data or {})
-        for key in ("phase", "net"):
-            if key in data and data[key] != base[key]:
-                raise TfdeblendError(
-                    f"config file {config_path} sets {key}={data[key]!r}, but the command "
-                    f"trains {key}={base[key]!r}"
-                )
-        base.update(data)
-    base.update({k: v for k, v in flags.items() if v is not None})
-    return TrainConfig.from_dict(base)
 
 
 @click.command(name="train")
@@ -156,6 +122,7 @@ def train(
           --out runs/joint
     """
     from tfdeblend.errors import TfdeblendError
+    from tfdeblend.training.config import build_train_config
 
     if phase == 1:
         if net is None:

@@ -154,7 +154,7 @@ def test_get_strategy_errors(monkeypatch):
 
 
 def test_train_config_layers(tmp_path):
-    from tfdeblend.cli.train_cmd import build_train_config
+    from tfdeblend.training.config import build_train_config
 
     config = build_train_config(1, "classifier")
     assert config == paper_train_config(1, "classifier")
@@ -176,6 +176,28 @@ def test_train_config_layers(tmp_path):
         build_train_config(1, "deblender", str(path))
     with pytest.raises(TfdeblendError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+
+
+def test_train_config_file_with_wrong_types_or_bytes_is_one_error(tmp_path):
+    from tfdeblend.training.config import build_train_config
+
+    path = tmp_path / "c.yaml"
+    for text, message in [
+        ("batch_size: abc\n", "option batch_size must be int, not 'abc'"),
+        ("epochs: 2.5\n", "option epochs must be int"),
+        ("jit_compile: maybe\n", "option jit_compile must be bool"),
+        ("steps_per_epoch: many\n", "option steps_per_epoch must be int or null"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(TfdeblendError, match=message):
+            build_train_config(1, "deblender", path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(TfdeblendError, match="not a text file"):
+        build_train_config(1, "deblender", path)
+    # PyYAML reads 1e-4 (no dot) as a string; a float field takes it as the number
+    path.write_text("learning_rate: 1e-4\nsteps_per_epoch: null\n")
+    config = build_train_config(1, "deblender", path)
+    assert config.learning_rate == 1e-4 and config.steps_per_epoch is None
 
 
 # ---------------------------------------------------------------- run directories

@@ -8,7 +8,10 @@ knows the bands, stamp size, normalization and preset it was trained with.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,7 +57,11 @@ class YamlConfig:
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
-        """Build from a dict, rejecting unknown keys with a clear error."""
+        """Build from a dict, rejecting unknown keys and values of the wrong type.
+
+        Lists become tuples where the field is a tuple, and strings that read as numbers become
+        floats where the field is a float (PyYAML reads ``1e-4``, without a dot, as a string).
+        """
         data = dict(data or {})
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
@@ -63,12 +70,8 @@ class YamlConfig:
                 f"unknown {cls.__name__} option(s): {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(fields))}"
             )
-        kwargs = {}
-        for name, value in data.items():
-            default = getattr(cls, name, None) if name in cls.__dict__ else None
-            if isinstance(default, tuple) and isinstance(value, list):
-                value = tuple(value)
-            kwargs[name] = value
+        hints = typing.get_type_hints(cls)
+        kwargs = {name: _checked(name, value, hints[name]) for name, value in data.items()}
         return cls(**kwargs)
 
     def replace(self: T, **changes: Any) -> T:
@@ -83,15 +86,57 @@ class YamlConfig:
     @classmethod
     def from_yaml(cls: type[T], path: str | os.PathLike) -> T:
         """Read a configuration written by :meth:`to_yaml` (or by hand)."""
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError as err:
-            raise TfdeblendError(f"config file {path} does not exist") from err
-        except yaml.YAMLError as err:
-            raise TfdeblendError(f"config file {path} is not valid YAML: {err}") from err
-        if data is not None and not isinstance(data, dict):
-            raise TfdeblendError(f"config file {path} must hold a mapping of options")
-        return cls.from_dict(data)
+        return cls.from_dict(read_yaml_options(path))
+
+
+def _checked(name: str, value: Any, hint: Any) -> Any:
+    """``value`` for a field annotated ``hint`` (see :meth:`YamlConfig.from_dict`)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if option is float and not isinstance(value, bool):
+            if isinstance(value, numbers.Real):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        if option is str and isinstance(value, str):
+            return value
+    expected = " or ".join(
+        "null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options
+    )
+    raise TfdeblendError(f"option {name} must be {expected}, not {value!r}")
+
+
+def read_yaml_options(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping of options in a YAML configuration file (``{}`` for an empty file).
+
+    Raises:
+        TfdeblendError: a missing file, invalid YAML, or YAML that is not a mapping.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise TfdeblendError(f"config file {path} does not exist") from err
+    except IsADirectoryError as err:
+        raise TfdeblendError(f"config file {path} is a directory") from err
+    except UnicodeDecodeError as err:
+        raise TfdeblendError(f"config file {path} is not a text file") from err
+    except yaml.YAMLError as err:
+        raise TfdeblendError(f"config file {path} is not valid YAML: {err}") from err
+    if data is not None and not isinstance(data, dict):
+        raise TfdeblendError(f"config file {path} must hold a mapping of options")
+    return dict(data or {})
 
 
 def parse_bands(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

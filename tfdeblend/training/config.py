@@ -8,8 +8,10 @@ configuration is saved as ``config.yaml`` in every run directory.
 from __future__ import annotations
 
 import dataclasses
+import os
+from typing import Any
 
-from tfdeblend.config import YamlConfig
+from tfdeblend.config import YamlConfig, read_yaml_options
 from tfdeblend.errors import TfdeblendError
 
 
@@ -98,3 +100,32 @@ def paper_train_config(phase: int, net: str = "deblender") -> TrainConfig:
         )
     return TrainConfig(phase=1, net="deblender", preset="paper", learning_rate=1e-4,
                        optimizer="adam", batch_size=128, epochs=150)
+
+
+def build_train_config(
+    phase: int,
+    net: str | None = None,
+    config_path: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> TrainConfig:
+    """The paper's hyperparameters for ``phase``/``net``, updated by a YAML file, then by
+    ``overrides`` (what ``tfdeblend train`` does with ``--config`` and its flags).
+
+    ``None`` overrides are ignored.
+
+    Raises:
+        TfdeblendError: an unreadable file, unknown or invalid options, or a file whose
+            ``phase``/``net`` differ from the ones asked for.
+    """
+    options = paper_train_config(phase, net or "deblender").to_dict()
+    if config_path is not None:
+        data = read_yaml_options(config_path)
+        for key in ("phase", "net"):
+            if key in data and data[key] != options[key]:
+                raise TfdeblendError(
+                    f"config file {config_path} sets {key}={data[key]!r}, but the command "
+                    f"trains {key}={options[key]!r}"
+                )
+        options.update(data)
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(options)
