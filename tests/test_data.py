@@ -244,3 +244,16 @@ def test_bad_manifest_and_missing_dataset(tmp_path):
         load_testset(tmp_path)
     with pytest.raises(TfdeblendError, match="unknown format"):
         write_dataset(SimConfig(count=1), tmp_path / "x", fmt="hdf5")
+
+
+def test_fits_testset_missing_or_foreign_truth(tmp_path, fits_testset):
+    from astropy.table import Table
+
+    only_blends = tmp_path / "only"
+    only_blends.mkdir()
+    shutil.copy(fits_testset / "blends.fits", only_blends)
+    with pytest.raises(DataError, match=r"truth.fits does not exist \(a FITS test set is"):
+        load_testset(only_blends / "blends.fits")
+    Table({"a": [1]}).write(only_blends / "truth.fits")
+    with pytest.raises(DataError, match="cannot read FITS test set"):
+        load_testset(only_blends)

@@ -629,9 +629,15 @@ def _load_fits_testset(path: Path) -> dict[str, np.ndarray]:
             catalog = Table(hdus["CATALOG"].data)
             blends = Table(hdus["BLENDS"].data)
     except FileNotFoundError as err:
-        raise DataError(f"{path} lacks {Path(err.filename).name}") from err
-    except (OSError, KeyError, TypeError) as err:
+        raise DataError(
+            f"{err.filename} does not exist (a FITS test set is blends.fits and truth.fits)"
+        ) from err
+    except (OSError, KeyError, TypeError, ValueError) as err:
         raise DataError(f"cannot read FITS test set {path}: {err}") from err
+    missing = [c for c in ("blend_id", "source", "x", "y") if c not in catalog.colnames]
+    missing += [c for c in ("N_GAL", "NOISY") if c not in blends.colnames]
+    if missing:
+        raise DataError(f"{path / 'truth.fits'} lacks the column(s) {', '.join(missing)}")
     if blend.ndim != 4 or len(bands) != blend.shape[1]:
         raise DataError(f"{path / 'blends.fits'} must hold (N, C, H, W) with BANDS for C")
     count, slots = blend.shape[0], isolated.shape[1]
