@@ -9,8 +9,21 @@ import keras
 import tensorflow as tf
 
 
+class _BlockRearrange(keras.layers.Layer):
+    """Base of the two lossless rearrangements: holds and serializes the block size."""
+
+    def __init__(self, block: int, **kwargs):
+        super().__init__(**kwargs)
+        if int(block) < 1:
+            raise ValueError(f"block must be >= 1, not {block}")
+        self.block = int(block)
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
 @keras.saving.register_keras_serializable(package="tfdeblend")
-class SpaceToDepth(keras.layers.Layer):
+class SpaceToDepth(_BlockRearrange):
     """Lossless rearrangement ``(N, H, W, C) -> (N, H/b, W/b, C*b*b)`` (``tf.nn.space_to_depth``).
 
     Lets the dense blocks run on a ``b`` times smaller grid; :class:`DepthToSpace` (the ESPCN
@@ -19,12 +32,6 @@ class SpaceToDepth(keras.layers.Layer):
     Args:
         block: block size ``b``; ``H`` and ``W`` must be multiples of it.
     """
-
-    def __init__(self, block: int, **kwargs):
-        super().__init__(**kwargs)
-        if int(block) < 1:
-            raise ValueError(f"block must be >= 1, not {block}")
-        self.block = int(block)
 
     def call(self, inputs):
         if self.block == 1:
@@ -41,23 +48,14 @@ class SpaceToDepth(keras.layers.Layer):
             None if c is None else c * b * b,
         )
 
-    def get_config(self):
-        return {**super().get_config(), "block": self.block}
-
 
 @keras.saving.register_keras_serializable(package="tfdeblend")
-class DepthToSpace(keras.layers.Layer):
+class DepthToSpace(_BlockRearrange):
     """ESPCN sub-pixel upsampling ``(N, H, W, C*b*b) -> (N, H*b, W*b, C)`` (``tf.nn.depth_to_space``).
 
     Args:
         block: upsampling factor ``b``; the channel count must be a multiple of ``b*b``.
     """
-
-    def __init__(self, block: int, **kwargs):
-        super().__init__(**kwargs)
-        if int(block) < 1:
-            raise ValueError(f"block must be >= 1, not {block}")
-        self.block = int(block)
 
     def call(self, inputs):
         if self.block == 1:
@@ -73,6 +71,3 @@ class DepthToSpace(keras.layers.Layer):
             None if w is None else w * b,
             None if c is None else c // (b * b),
         )
-
-    def get_config(self):
-        return {**super().get_config(), "block": self.block}
