@@ -2,7 +2,7 @@
 
 ``tiny_deblender_run`` and ``tiny_classifier_run`` are phase-1 run directories (``tiny`` preset,
 a few steps) trained on the real BTK data fixtures ``deblender_dataset``/``classifier_dataset``
-(from ``fixtures_data.py``); until those exist, on small BTK datasets written here.
+(from ``fixtures_data.py``).
 """
 
 from pathlib import Path
@@ -18,28 +18,16 @@ __all__ = [
 ]
 
 
-def _dataset(request, tmp_path_factory, kind: str) -> Path:
-    try:
-        value = request.getfixturevalue(f"{kind}_dataset")
-        return Path(value)
-    except pytest.FixtureLookupError:
-        from tfdeblend.data import write_dataset
-        from tfdeblend.simulate import SimConfig
-
-        out = tmp_path_factory.mktemp(f"{kind}_data") / kind
-        return write_dataset(SimConfig(kind=kind, count=24, seed=3), out, jobs=1, progress=False)
-
-
 @pytest.fixture(scope="session")
-def deblender_data_dir(request, tmp_path_factory) -> Path:
+def deblender_data_dir(deblender_dataset) -> Path:
     """A small real ``deblender`` dataset directory (2-galaxy BTK blends)."""
-    return _dataset(request, tmp_path_factory, "deblender")
+    return Path(deblender_dataset)
 
 
 @pytest.fixture(scope="session")
-def classifier_data_dir(request, tmp_path_factory) -> Path:
+def classifier_data_dir(classifier_dataset) -> Path:
     """A small real ``classifier`` dataset directory (0..3 galaxies)."""
-    return _dataset(request, tmp_path_factory, "classifier")
+    return Path(classifier_dataset)
 
 
 def train_tiny(dataset_dir, out_dir, net: str, epochs: int = 1, steps: int = 2, **changes):

@@ -165,51 +165,16 @@ def test_trained_models_conserve_flux(tiny_peel_models, rendered_blends):
 
 
 @pytest.fixture(scope="module")
-def tiny_peel_models(request):
-    """The project's tiny trained deblender/classifier when available, else untrained tiny nets."""
-    try:
-        deblender_run = request.getfixturevalue("tiny_deblender_run")
-        classifier_run = request.getfixturevalue("tiny_classifier_run")
-    except pytest.FixtureLookupError:
-        return _tiny_conv_models(80, 3)
+def tiny_peel_models(tiny_deblender_run, tiny_classifier_run):
+    """The project's tiny trained deblender and classifier (fixtures_models.py)."""
     from tfdeblend.training.rundir import load_run
 
-    return load_run(deblender_run).deblender, load_run(classifier_run).classifier
-
-
-def _tiny_conv_models(size: int, bands: int):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((size, size, bands))
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
-    deblender = keras.Model(inputs, keras.layers.Conv2D(bands, 3, padding="same")(x))
-    inputs = keras.Input((size, size, bands))
-    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    classifier = keras.Model(inputs, keras.layers.Dense(4)(x))
-    return deblender, classifier
+    return load_run(tiny_deblender_run).deblender, load_run(tiny_classifier_run).classifier
 
 
 @pytest.fixture(scope="module")
-def rendered_blends(request):
-    """Real BTK stamps (N, 80, 80, 3) when the data fixtures exist, else analytic Gaussians."""
-    try:
-        path = request.getfixturevalue("fits_testset")
-    except pytest.FixtureLookupError:
-        return _gaussian_blends(6)
+def rendered_blends(fits_testset):
+    """Real BTK stamps (6, 80, 80, 3) from the data fixture (fixtures_data.py)."""
     from tfdeblend.data import load_testset
 
-    return load_testset(path)["blend"][:6].astype("float32")
-
-
-def _gaussian_blends(n: int, size: int = 80, bands: int = 3, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.zeros((n, size, size, bands), "float32")
-    for i in range(n):
-        for _ in range(2):
-            x0, y0 = rng.uniform(30, 50, 2)
-            sigma = rng.uniform(2, 5)
-            amp = rng.uniform(500, 5000)
-            g = amp * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2))
-            out[i] += g[..., None] * rng.uniform(0.5, 1.5, bands)
-    return out + rng.normal(0, 200, out.shape).astype("float32")
+    return load_testset(fits_testset)["blend"][:6].astype("float32")

@@ -112,7 +112,7 @@ def test_keras_files_and_networks_agree(model_dir, images):
 
 
 def test_versions_and_overwrite(request, tmp_path_factory, tmp_path):
-    deblender_run, classifier_run = tiny_runs(request, tmp_path_factory)
+    deblender_run, classifier_run = tiny_runs(request)
     base = tmp_path / "m"
     first = export_model(None, base, deblender_run=deblender_run, classifier_run=classifier_run)
     second = export_model(None, base, deblender_run=deblender_run, classifier_run=classifier_run)
@@ -168,7 +168,7 @@ def test_rest_body_is_accepted_by_the_signature(model_dir, images, tmp_path):
 
 
 def test_cli_export(request, tmp_path_factory, tmp_path):
-    deblender_run, classifier_run = tiny_runs(request, tmp_path_factory)
+    deblender_run, classifier_run = tiny_runs(request)
     runner = CliRunner()
     out = tmp_path / "cli_model"
     result = runner.invoke(
