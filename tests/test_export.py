@@ -139,6 +139,9 @@ def test_load_model_errors(tmp_path, model_dir):
     tf.saved_model.save(module, str(tmp_path / "foreign" / "1"))
     with pytest.raises(ModelError, match="not a tfdeblend model"):
         load_model(tmp_path / "foreign")
+    model = load_model(model_dir)
+    with pytest.raises(TfdeblendError, match="batch size must be positive"):
+        model.deblend(np.zeros((1, model.stamp_size, model.stamp_size, 3), "float32"), 0)
 
 
 def test_default_model_dir(monkeypatch, model_dir, tmp_path):

@@ -375,6 +375,8 @@ class DeblendModel:
     def _run(self, signature: str, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
+        if int(batch_size) < 1:
+            raise TfdeblendError(f"batch size must be positive, not {batch_size}")
         images = self.check_images(images)
         function = self._signatures[signature]
         parts = []
