@@ -12,7 +12,6 @@ import json
 import numpy as np
 from astropy.io import fits
 from click.testing import CliRunner
-
 from tfdeblend.cli.main import cli
 
 
