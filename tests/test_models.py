@@ -194,3 +194,23 @@ def test_tiny_train_step_is_fast():
     start = time.perf_counter()
     model.train_on_batch(x, x)
     assert time.perf_counter() - start < 1.0
+
+
+def test_asinh_stretch_classifier_round_trips_and_keeps_the_parameter_count(tmp_path):
+    from tfdeblend.models.layers import AsinhStretch
+    from tfdeblend.models.presets import get_classifier_config
+
+    config = get_classifier_config("tiny", channels=3, stamp_size=80).replace(input_stretch=0.01)
+    model = build_classifier(config)
+    assert model.get_layer("asinh_stretch") is not None
+    assert model.count_params() == classifier_param_count(config)
+    stretch = AsinhStretch(0.01)
+    values = stretch(np.array([[0.0, 0.01, 1.0, -1.0]], dtype="float32")).numpy()[0]
+    np.testing.assert_allclose(values, [0.0, np.arcsinh(1) / np.arcsinh(100), 1.0, -1.0],
+                               rtol=1e-6)
+    path = tmp_path / "c.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(0).normal(size=(2, 80, 80, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)

@@ -2,6 +2,7 @@
 
 Input: a normalized image ``(N, H, W, C)``. Output: ``(N, num_classes)`` **logits** for
 0, 1, 2, 3 galaxies; train with ``from_logits=True`` and take ``softmax`` for probabilities.
+An optional parameter-free ``AsinhStretch`` first layer (``input_stretch``) shows faint galaxies.
 Layout: 13 convs in 5 stages (2, 2, 3, 3, 3 convs of 3x3, ReLU; 2x2 max-pool after each stage),
 then 3 dense layers (two hidden with ReLU and dropout, one output).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tfdeblend.models.layers import AsinhStretch
 from tfdeblend.models.presets import ClassifierConfig
 
 #: convs per VGG-16 stage
@@ -30,6 +32,8 @@ def build_classifier(config: ClassifierConfig) -> keras.Model:
     size = config.stamp_size
     image = keras.Input((size, size, config.channels), name="image")
     x = image
+    if config.input_stretch > 0:
+        x = AsinhStretch(config.input_stretch, name="asinh_stretch")(x)
     for stage, (convs, filters) in enumerate(zip(STAGE_CONVS, config.filters), start=1):
         for i in range(1, convs + 1):
             name = f"block{stage}_conv{i}"

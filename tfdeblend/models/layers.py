@@ -6,6 +6,7 @@ Axis order is channels last, ``(N, H, W, C)``, everywhere.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -71,3 +72,28 @@ class DepthToSpace(_BlockRearrange):
             None if w is None else w * b,
             None if c is None else c // (b * b),
         )
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend")
+class AsinhStretch(keras.layers.Layer):
+    """``y = asinh(x / a) / asinh(1 / a)``: a monotonic stretch that maps 0 -> 0 and 1 -> 1.
+
+    Linear for ``|x| << a``, logarithmic above: faint structure ``a`` times fainter than the
+    image's max stays visible. Used as the classifier's first layer on normalized images.
+
+    Args:
+        softening: ``a`` (> 0), in normalized units.
+    """
+
+    def __init__(self, softening: float, **kwargs):
+        super().__init__(**kwargs)
+        if float(softening) <= 0:
+            raise ValueError(f"softening must be > 0, not {softening}")
+        self.softening = float(softening)
+
+    def call(self, inputs):
+        scale = float(np.arcsinh(1.0 / self.softening))
+        return tf.math.asinh(inputs / self.softening) / scale
+
+    def get_config(self):
+        return {**super().get_config(), "softening": self.softening}

@@ -77,6 +77,12 @@ class ClassifierConfig(YamlConfig):
         batch_norm: batch normalization after each conv (lets SGD at lr 0.1 train; the paper
             does not say, VGG-16 without it does not train at that rate).
         num_classes: output logits (0, 1, 2, 3 galaxies).
+        input_stretch: softening ``a`` of an ``asinh(x / a)`` stretch applied to the normalized
+            image inside the classifier (:class:`~tfdeblend.models.layers.AsinhStretch`); 0 = none
+            (the paper). The normalization divides by the blend's max, so on a linear scale a
+            faint neighbour of a bright galaxy sits at ~1e-3-1e-2 and the counter misses it; the
+            stretch (a ~ the sky noise in normalized units) makes it visible. It is part of the
+            network, so the one normalization stays the same everywhere.
     """
 
     channels: int = 3
@@ -86,8 +92,11 @@ class ClassifierConfig(YamlConfig):
     dropout: float = 0.5
     batch_norm: bool = True
     num_classes: int = 4
+    input_stretch: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.input_stretch < 0:
+            raise TfdeblendError("classifier input_stretch must be >= 0 (0: no stretch)")
         self.filters = tuple(int(f) for f in self.filters)
         if len(self.filters) != 5 or min(self.filters) < 1:
             raise TfdeblendError(f"classifier filters must be 5 positive ints, not {self.filters}")
@@ -121,7 +130,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
             downscale=4,
             upsample_features=16,
         ),
-        dict(filters=(16, 32, 64, 128, 128), dense_units=256, dropout=0.5),
+        dict(filters=(16, 32, 64, 128, 128), dense_units=256, dropout=0.5, input_stretch=0.01),
     ),
     "tiny": (
         dict(
