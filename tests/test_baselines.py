@@ -104,3 +104,22 @@ def test_source_extractor_missing_binary_is_a_clear_error(two_gaussians, monkeyp
 def test_unknown_baseline():
     with pytest.raises(TfdeblendError, match="unknown baseline"):
         baselines.run_baseline("scarlet", np.zeros((1, 8, 8, 1)), np.ones(1), ["g"])
+
+
+def test_sep_measures_an_object_elongated_along_y_without_failing():
+    """sep returns theta = pi/2 in float32 for an object elongated along y, just beyond the
+    [-pi/2, pi/2] its ellipse photometry accepts (seen on real BTK stamps): the baseline must
+    still measure it instead of failing the whole report."""
+    from tfdeblend.evaluate.baselines import _sep_stamp
+
+    yy, xx = np.mgrid[:40, :40]
+    profile = 40.0 * np.exp(-0.5 * (((xx - 20) / 0.8) ** 2 + ((yy - 20) / 5.0) ** 2))
+    image = np.repeat(profile[..., None], 3, axis=-1) / 3.0
+    import sep
+
+    theta = sep.extract(np.ascontiguousarray(profile), 0.8, err=1.0, minarea=4)["theta"]
+    assert np.abs(theta.astype(np.float64)).max() > np.pi / 2  # the case this test is about
+    det = image.sum(axis=-1)
+    row = _sep_stamp(image, det, 1.0, np.ones(3))
+    assert len(row["x"]) >= 1
+    assert np.all(np.isfinite(row["flux"]))

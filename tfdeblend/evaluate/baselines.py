@@ -183,13 +183,21 @@ def _sep_stamp(image_bands: np.ndarray, det: np.ndarray, det_err: float, noise_s
     seg_id = np.arange(1, k + 1, dtype=np.int32)
     x, y = objs["x"], objs["y"]
     a, b, theta = objs["a"], objs["b"], objs["theta"]
+    # sep refuses degenerate ellipses (a or b zero/nan): give them a unit circle here; they are
+    # measured with the minimum circular aperture below.
+    bad_shape = ~(np.isfinite(a) & np.isfinite(b) & np.isfinite(theta) & (a > 0) & (b > 0))
+    a = np.where(bad_shape, 1.0, a)
+    b = np.where(bad_shape, 1.0, np.minimum(b, a))
+    # sep's theta is float32: +-pi/2 rounds to just beyond the [-pi/2, pi/2] that its
+    # photometry accepts (an object elongated along y)
+    theta = np.clip(np.where(bad_shape, 0.0, theta), -np.pi / 2, np.pi / 2)
     kronrad, _ = sep.kron_radius(
         det, x, y, a, b, theta, SX_CONFIG["kron_factor"], seg_id=seg_id, segmap=seg
     )
     kron_factor, min_radius = SX_CONFIG["phot_autoparams"]
     r_min = min_radius / 2.0
     kronrad = np.where(np.isfinite(kronrad), kronrad, 0.0)
-    use_circle = kronrad * np.sqrt(a * b) < r_min
+    use_circle = (kronrad * np.sqrt(a * b) < r_min) | bad_shape
     for c in range(n_bands):
         data = np.ascontiguousarray(image_bands[..., c], dtype=np.float64)
         flux, _, _ = sep.sum_ellipse(
