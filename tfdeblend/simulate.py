@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tfdeblend import measure
+from tfdeblend.catalog import CATSIM_COLUMNS
 from tfdeblend.config import (
     DEFAULT_BANDS,
     LSST_PIXEL_SCALE,
@@ -58,19 +59,10 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 #: BTK's default largest centre shift (a tenth of the 24 arcsec stamp), arcsec.
 DEFAULT_MAX_SHIFT: float = 2.4
-#: CatSim columns needed besides the ``<band>_ab`` magnitudes.
-CATSIM_COLUMNS: tuple[str, ...] = (
-    "ra",
-    "dec",
-    "fluxnorm_bulge",
-    "fluxnorm_disk",
-    "fluxnorm_agn",
-    "a_b",
-    "b_b",
-    "a_d",
-    "b_d",
-    "pa_bulge",
-    "pa_disk",
+#: CatSim columns BTK reads to draw a galaxy, besides the ``<band>_ab`` magnitudes (the catalog
+#: module's full list less the id, redshift and magnitudes).
+DRAW_COLUMNS: tuple[str, ...] = tuple(
+    c for c in CATSIM_COLUMNS if not c.endswith("_ab") and c not in ("galtileid", "redshift")
 )
 #: Record fields (numpy arrays), channels last. See docs/architecture.md.
 RECORD_FIELDS: tuple[str, ...] = (
@@ -206,7 +198,7 @@ def validate_catalog(table: Any, config: SimConfig) -> Any:
     Raises:
         CatalogError: missing columns or too few galaxies brighter than ``max_mag``.
     """
-    needed = list(CATSIM_COLUMNS) + sorted({f"{b}_ab" for b in config.bands} | {"i_ab"})
+    needed = list(DRAW_COLUMNS) + sorted({f"{b}_ab" for b in config.bands} | {"i_ab"})
     missing = [c for c in needed if c not in table.colnames]
     if missing:
         raise CatalogError(f"catalog is missing column(s): {', '.join(missing)}")
