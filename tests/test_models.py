@@ -148,7 +148,7 @@ def test_keras_round_trip_safe_mode(tmp_path, builder, config):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), before)
-    assert not any(isinstance(la, keras.layers.Lambda) for la in loaded.layers)
+    assert not any(type(la).__name__ == "Lambda" for la in loaded.layers)
     assert {type(la).__name__ for la in loaded.layers} >= (
         {"SpaceToDepth", "DepthToSpace"} if builder is build_rdn else {"MaxPooling2D"}
     )
