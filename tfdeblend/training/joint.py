@@ -43,7 +43,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ from tfdeblend.training.config import TrainConfig, paper_train_config
 from tfdeblend.training.losses import l1_loss, symmetric_l1_loss
 from tfdeblend.training.pipelines import check_manifest, make_dataset, split_sizes
 from tfdeblend.training.rundir import RunInfo, load_run, save_run
-from tfdeblend.training.strategy import get_strategy, is_chief, prepare_fit
+from tfdeblend.training.strategy import get_strategy, prepare_fit
 
 #: Labels of the seven classifier images in Eq. 4, in the order they are stacked.
 CLASSIFIER_IMAGES: tuple[str, ...] = ("x", "d1", "d2", "r1", "r2", "t1", "t2")
@@ -411,7 +410,7 @@ def train_phase2(
             not match their bands/stamp size, an existing output, a bad configuration.
     """
     from tfdeblend.data import load_manifest
-    from tfdeblend.training.phase1 import prepare_out_dir
+    from tfdeblend.training.phase1 import open_workspace
 
     config = config or paper_train_config(2)
     if config.phase != 2 or config.net != "joint":
@@ -437,10 +436,8 @@ def train_phase2(
     steps = config.steps_per_epoch
 
     strategy = get_strategy(strategy)
-    chief = is_chief(strategy)
     out = Path(out_dir)
-    work = out if chief else Path(tempfile.mkdtemp(prefix="tfdeblend-worker-"))
-    resume = prepare_out_dir(work, overwrite and chief) if chief else False
+    chief, work, resume = open_workspace(out, strategy, overwrite)
     keras.utils.set_random_seed(config.seed)
 
     common = dict(bands=bands, stamp_size=stamp_size, seed=config.seed,

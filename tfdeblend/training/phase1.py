@@ -107,6 +107,21 @@ def build_phase1_model(
     return model, model_config
 
 
+def open_workspace(
+    out: Path, strategy: tf.distribute.Strategy, overwrite: bool
+) -> tuple[bool, Path, bool]:
+    """Where this process writes during training: ``(chief, work_dir, resume)``.
+
+    The chief writes the run directory ``out`` (created, refused, cleared or resumed by
+    :func:`prepare_out_dir`). Other multi-worker workers must also write their checkpoints
+    somewhere: they get a throw-away temporary directory, which the caller removes after ``fit``.
+    """
+    chief = is_chief(strategy)
+    if not chief:
+        return False, Path(tempfile.mkdtemp(prefix="tfdeblend-worker-")), False
+    return True, out, prepare_out_dir(out, overwrite)
+
+
 def prepare_out_dir(out: Path, overwrite: bool) -> bool:
     """Create/refuse/clear the run directory; return True when resuming from ``backup/``."""
     if out.exists() and not out.is_dir():
@@ -181,10 +196,8 @@ def train_phase1(
     steps = config.steps_per_epoch or max(1, n_train // batch if drop else 1)
 
     strategy = get_strategy(strategy)
-    chief = is_chief(strategy)
     out = Path(out_dir)
-    work = out if chief else Path(tempfile.mkdtemp(prefix="tfdeblend-worker-"))
-    resume = prepare_out_dir(work, overwrite and chief) if chief else False
+    chief, work, resume = open_workspace(out, strategy, overwrite)
     keras.utils.set_random_seed(config.seed)
 
     train_ds = make_dataset(
