@@ -87,6 +87,16 @@ import click
     help="mixed_float16 compute (GPUs); the output layers stay float32.",
 )
 @click.option("--jit-compile", is_flag=True, default=None, help="XLA-compile the train step.")
+@click.option(
+    "--augment/--no-augment",
+    default=None,
+    help="Phase 1: random 90-degree rotations and flips of the training stamps.",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True, file_okay=False),
+    help="Phase 1: start from the network in this run directory (fine-tuning).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def train(
     dataset_dir,
@@ -108,6 +118,8 @@ def train(
     seed,
     mixed_precision,
     jit_compile,
+    augment,
+    init_from,
     overwrite,
 ) -> None:
     """Train on DATASET_DIR (written by ``tfdeblend simulate``).
@@ -134,6 +146,10 @@ def train(
             raise TfdeblendError("--net is a phase-1 option; phase 2 trains both networks")
         if not deblender_run or not classifier_run:
             raise TfdeblendError("--phase 2 needs --deblender RUN_DIR and --classifier RUN_DIR")
+        if init_from:
+            raise TfdeblendError(
+                "--init-from is a phase-1 option; phase 2 starts from --deblender/--classifier"
+            )
     config = build_train_config(
         phase,
         net,
@@ -149,6 +165,8 @@ def train(
         seed=seed,
         mixed_precision=mixed_precision,
         jit_compile=jit_compile,
+        augment=augment,
+        init_from=init_from,
     )
     if phase == 1:
         from tfdeblend.training.phase1 import train_phase1

@@ -178,3 +178,70 @@ def rendered_blends(fits_testset):
     from tfdeblend.data import load_testset
 
     return load_testset(fits_testset)["blend"][:6].astype("float32")
+
+
+# ---------------------------------------------------------------- flux-conserving components
+
+
+def _gauss(size, x0, y0, sigma):
+    yy, xx = np.mgrid[:size, :size]
+    g = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma**2))
+    return (g / g.sum()).astype("float32")
+
+
+def test_noise_std_is_a_robust_sigma():
+    from tfdeblend.deblend import noise_std
+
+    rng = np.random.default_rng(1)
+    noise = rng.normal(size=(3, 64, 64, 2)).astype("float32") * np.array([2.0, 5.0], "float32")
+    noise[0, 10:20, 10:20, :] += 1e4  # a bright leftover source barely moves it
+    sigma = noise_std(noise).numpy()
+    np.testing.assert_allclose(sigma, np.broadcast_to([2.0, 5.0], (3, 2)), rtol=0.08)
+    assert np.all(noise_std(np.zeros((1, 8, 8, 2), "float32")).numpy() == 0)
+
+
+def test_conserve_flux_recovers_what_the_models_got_wrong():
+    from tfdeblend.deblend import conserve_flux
+
+    size, sigma_noise = 48, 1.0
+    a, b = _gauss(size, 18, 24, 3.0), _gauss(size, 29, 24, 2.5)
+    rng = np.random.default_rng(0)
+    truth = np.array([3000.0, 800.0])
+    fluxes = []
+    for seed in range(20):
+        noise = rng.normal(scale=sigma_noise, size=(size, size)).astype("float32")
+        image = truth[0] * a + truth[1] * b + noise
+        # the "network" got both fluxes wrong by -20 % and -40 %
+        models = np.stack([0.8 * truth[0] * a, 0.6 * truth[1] * b])[..., None][None]
+        models = models.astype("float32")
+        image = image.astype("float32")
+        residual = image[None, ..., None] - models.sum(1)
+        out = conserve_flux(tf.constant(models), tf.constant(residual))
+        conserved = out["conserved"].numpy()
+        # inside the footprint the data are split among the galaxies, nothing is created
+        left = image[None, ..., None] - conserved.sum(1)
+        footprint = conserved.sum(1) != models.sum(1)
+        np.testing.assert_allclose(left[footprint], 0.0, atol=1e-3)
+        np.testing.assert_allclose(left[~footprint], residual[~footprint], atol=1e-4)
+        # the unmodelled flux (20 % and 40 % of the galaxies) inflates the MAD a little
+        assert abs(out["noise_std"].numpy()[0, 0] - sigma_noise) < 0.25
+        fluxes.append(conserved.sum(axis=(2, 3, 4))[0])
+    errors = np.mean(fluxes, axis=0) / truth - 1
+    assert np.all(np.abs(errors) < 0.03), errors  # models alone: -0.2 and -0.4
+
+
+def test_peel_outputs_conserved_components():
+    from tfdeblend.deblend import conserve_flux
+
+    peeler = Peeler(*oracle_models(1))
+    images = np.stack([blend([4.0, 2.0, 0.0]), blend([0.0, 8.0, 16.0])])
+    out = peeler(tf.constant(images))
+    assert out["conserved"].shape == out["components"].shape
+    assert out["noise_std"].shape == (2, 2)
+    # the oracle peels exactly, so the residual is zero and there is nothing to hand back
+    np.testing.assert_array_equal(out["conserved"].numpy(), out["components"].numpy())
+    # a constant residual has no noise: all of it inside the galaxies' support goes to them
+    again = conserve_flux(out["components"], out["residual"] + 1.0)["conserved"].numpy()
+    support = images > 0
+    np.testing.assert_allclose(again.sum(1)[support], images[support] + 1.0, atol=1e-5)
+    np.testing.assert_array_equal(again.sum(1)[~support], 0.0)

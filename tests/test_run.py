@@ -49,7 +49,9 @@ def test_run_writes_every_hdu(model_dir, images, tmp_path):
     assert "Deblended 6 blend(s)" in result.output
     n = len(blends)
     with fits.open(out) as hdul:
-        assert [h.name for h in hdul] == ["PRIMARY", "COMPONENTS", "RESIDUAL", "CATALOG", "BLENDS"]
+        assert [h.name for h in hdul] == [
+            "PRIMARY", "COMPONENTS", "RESIDUAL", "CONSERVED", "CATALOG", "BLENDS"
+        ]
         head = hdul[0].header
         assert head["MODEL"] == "tiny" and head["MODELVER"] == 1 and head["BANDS"] == "g,r,i"
         assert head["BUNIT"] == "electron" and head["TFDBVER"]
@@ -80,13 +82,26 @@ def test_run_writes_every_hdu(model_dir, images, tmp_path):
             "quality",
         ):
             assert name in catalog.columns.names
-        # each catalog row measures its component
+        # the flux-conserving components: the models plus a share of the residual, so together
+        # they never hold more than the input, and only the flux outside the footprints is left
+        conserved = hdul["CONSERVED"].data
+        assert conserved.shape == comps.shape
+        assert hdul["CONSERVED"].header["BUNIT"] == "electron"
+        left = np.transpose(blends, (0, 3, 1, 2)) - conserved.sum(axis=1)
+        inside = conserved.sum(axis=1) != comps.sum(axis=1)
+        assert inside.any()
+        np.testing.assert_allclose(left[inside], 0.0, atol=0.05)
+        np.testing.assert_allclose(left[~inside], resid[~inside], atol=0.05)
+        for band in ("g", "r", "i"):
+            assert np.all(table[f"noise_{band}"][:-1] > 0)
+        # each catalog row measures its flux-conserving component
         for row in catalog[:5]:
-            comp = comps[row["blend_id"], row["component"]]
+            comp = conserved[row["blend_id"], row["component"]]
             np.testing.assert_allclose(row["flux_r"], comp[1].sum(), rtol=1e-4, atol=1.0)
         # the all-zero stamp: no component, its residual is zero, first count 0
         assert table["n_components"][-1] == 0 and table["counts"][-1][0] == 0
-        assert not comps[-1].any() and not resid[-1].any()
+        assert not comps[-1].any() and not resid[-1].any() and not conserved[-1].any()
+        assert table["noise_r"][-1] == 0
     assert sorted(p.name for p in (tmp_path / "prev").iterdir()) == [
         "blend_00000.png",
         "blend_00001.png",

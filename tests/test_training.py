@@ -252,6 +252,69 @@ def test_training_lowers_the_loss_on_real_data(deblender_data_dir, tmp_path):
     assert info.deblender.output_shape == (None, 80, 80, 3)
 
 
+def test_dihedral_augmentation_moves_blend_and_targets_together():
+    from tfdeblend.training.pipelines import dihedral
+
+    rec = record(fluxes=(100.0, 40.0), noise=0.0)
+    x, y = deblender_example({k: tf.constant(v) for k, v in rec.items()})
+    tf.random.set_seed(3)
+    seen = set()
+    for _ in range(40):
+        xa, ya = dihedral(x, y, "deblender")
+        xa, ya = xa.numpy(), ya.numpy()
+        # the blend is still the sum of its (transformed) galaxies, fluxes unchanged
+        np.testing.assert_allclose(xa, ya.sum(0), atol=1e-6)
+        np.testing.assert_allclose(ya.sum(axis=(1, 2)), y.numpy().sum(axis=(1, 2)), rtol=1e-5)
+        seen.add(xa.tobytes())
+    assert len(seen) == 8  # all of D4 on an asymmetric image
+    xc, label = dihedral(x, tf.constant(2), "classifier")
+    assert int(label) == 2 and xc.shape == x.shape
+
+
+def test_augmentation_only_on_the_training_part(deblender_data_dir):
+    kwargs = dict(validation_fraction=0.25, seed=0)
+    val = [x.numpy() for x, _ in make_dataset(deblender_data_dir, "deblender", 4,
+                                              subset="validation", augment=True, **kwargs)]
+    plain = [x.numpy() for x, _ in make_dataset(deblender_data_dir, "deblender", 4,
+                                                subset="validation", **kwargs)]
+    np.testing.assert_array_equal(np.concatenate(val), np.concatenate(plain))
+    tf.random.set_seed(0)
+    aug = make_dataset(deblender_data_dir, "deblender", 8, subset="train", augment=True, **kwargs)
+    ref = make_dataset(deblender_data_dir, "deblender", 8, subset="train", **kwargs)
+    (xa, ya), (xr, yr) = next(iter(aug)), next(iter(ref))
+    assert not np.array_equal(xa.numpy(), xr.numpy())
+    # each augmented stamp is a rotation/flip of the plain one: same sorted pixel values
+    np.testing.assert_allclose(np.sort(xa.numpy().ravel()), np.sort(xr.numpy().ravel()))
+
+
+def test_init_from_fine_tunes_the_given_network(
+    deblender_data_dir, tiny_deblender_run, tiny_classifier_run, tmp_path
+):
+    from fixtures_models import train_tiny
+
+    from tfdeblend.training.phase1 import init_weights, model_config_for
+
+    source = load_run(tiny_deblender_run).deblender
+    # zero steps of change: a run with lr ~0 starting from the source keeps its weights
+    train_tiny(deblender_data_dir, tmp_path / "ft", "deblender", epochs=1, steps=1,
+               learning_rate=1e-30, init_from=str(tiny_deblender_run), augment=True)
+    tuned = load_run(tmp_path / "ft")
+    assert tuned.config["train"]["init_from"] == str(tiny_deblender_run)
+    assert tuned.config["train"]["augment"] is True
+    for a, b in zip(source.get_weights(), tuned.deblender.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # a classifier run cannot seed a deblender, nor a different architecture
+    from tfdeblend.models.rdn import build_rdn
+
+    other = build_rdn(model_config_for("deblender", "tiny", 3, 80).replace(num_blocks=2))
+    with pytest.raises(ModelError, match="holds no deblender.keras"):
+        init_weights(other, "deblender", tiny_classifier_run, ("g", "r", "i"), 80)
+    with pytest.raises(ModelError, match="another architecture"):
+        init_weights(other, "deblender", tiny_deblender_run, ("g", "r", "i"), 80)
+    with pytest.raises(ModelError, match="bands"):
+        init_weights(source, "deblender", tiny_deblender_run, ("u", "g"), 80)
+
+
 def test_tiny_fixtures(tiny_deblender_run, tiny_classifier_run):
     assert load_run(tiny_deblender_run).deblender is not None
     info = load_run(tiny_classifier_run)

@@ -26,6 +26,19 @@ Consequences worth knowing:
   says: there is nothing to deblend, so all-zero stamps always come out with no components.
 - ``counts`` has ``K + 1`` columns; steps that were not run hold ``-1``.
 
+Flux-conserving components (``conserved``, :func:`conserve_flux`). The RDN returns *noiseless
+models*; their fluxes inherit the network's errors (a faint galaxy's wings are lost to the
+denoising, and an overlap can be split wrongly). After the peel, the residual is handed back to
+the galaxies, pixel by pixel and band by band, in proportion to their models (SExtractor's and
+scarlet's flux re-apportioning): inside the footprint, where the summed model is above
+``FOOTPRINT_SIGMA`` times the stamp's noise (estimated from the residual, ``1.4826 x MAD``),
+``conserved_k = model_k + residual * model_k / sum_j model_j``. So
+``conserved.sum(axis=1) + (flux outside every footprint) == images``: the conserved components are
+the data, split among the galaxies. Use them for photometry and moments (what ``tfdeblend run``
+puts in its catalog); use the models (``components``) for images and PSNR/SSIM. On the 2-galaxy
+test set this cut the brighter galaxy's r-band flux scatter from 0.136 to 0.080 with the first
+shipped model (``docs/model_card.md``).
+
 Axis order: channels last, ``(N, H, W, C)`` blends and ``(N, K, H, W, C)`` components, in the
 input's linear flux units.
 """
@@ -42,6 +55,10 @@ from tfdeblend.normalize import denormalize, normalize
 DEFAULT_MAX_ITERATIONS: int = 6
 #: Same non-zero count this many times in a row -> stop with quality low.
 REPEAT_LIMIT: int = 3
+#: Footprint of the flux-conserving components: summed model above this many noise sigmas.
+FOOTPRINT_SIGMA: float = 0.5
+#: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian sigma.
+MAD_TO_SIGMA: float = 1.4826
 
 
 def _as_float32(x: tf.Tensor) -> tf.Tensor:
@@ -52,6 +69,54 @@ def _counts_from_logits(logits: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
     """Argmax of the logits, except 0 for an image that is exactly zero everywhere."""
     empty = tf.equal(tf.reduce_max(tf.abs(images), axis=[1, 2, 3]), 0.0)
     return tf.where(empty, 0, tf.cast(tf.argmax(logits, axis=-1), tf.int32))
+
+
+def _median_last_axis(x: tf.Tensor) -> tf.Tensor:
+    """Median over the last axis (the mean of the two middle values for an even length)."""
+    n = tf.shape(x)[-1]
+    ordered = tf.sort(x, axis=-1)
+    lower = tf.gather(ordered, (n - 1) // 2, axis=-1)
+    upper = tf.gather(ordered, n // 2, axis=-1)
+    return 0.5 * (lower + upper)
+
+
+def noise_std(residual: tf.Tensor) -> tf.Tensor:
+    """Robust noise sigma per stamp and band, ``1.4826 x MAD`` of the residual ``(N, H, W, C)``.
+
+    Returns:
+        float32 ``(N, C)``, in the input's units (0 for an all-zero residual).
+    """
+    residual = _as_float32(residual)
+    shape = tf.shape(residual)
+    flat = tf.reshape(tf.transpose(residual, [0, 3, 1, 2]), [shape[0], shape[3], -1])
+    median = _median_last_axis(flat)
+    return MAD_TO_SIGMA * _median_last_axis(tf.abs(flat - median[..., None]))
+
+
+def conserve_flux(
+    components: tf.Tensor, residual: tf.Tensor, footprint_sigma: float = FOOTPRINT_SIGMA
+) -> dict[str, tf.Tensor]:
+    """Hand the residual back to the galaxies in proportion to their models.
+
+    Args:
+        components: ``(N, K, H, W, C)`` noiseless models (zero padded), input units.
+        residual: ``(N, H, W, C)`` input minus the summed models.
+        footprint_sigma: a pixel is re-apportioned when the summed (positive) model there is above
+            this many noise sigmas of its band.
+
+    Returns:
+        ``conserved`` ``(N, K, H, W, C)``, with ``conserved.sum(1) == components.sum(1) + residual``
+        inside the footprint and ``components.sum(1)`` outside it, and ``noise_std`` ``(N, C)``.
+    """
+    components = _as_float32(components)
+    residual = _as_float32(residual)
+    sigma = noise_std(residual)
+    models = tf.nn.relu(components)
+    total = tf.reduce_sum(models, axis=1)  # (N, H, W, C)
+    footprint = total > footprint_sigma * sigma[:, None, None, :]
+    safe = tf.where(total > 0, total, tf.ones_like(total))
+    weights = tf.where(footprint[:, None], models / safe[:, None], tf.zeros_like(models))
+    return {"conserved": components + weights * residual[:, None], "noise_std": sigma}
 
 
 class Peeler(tf.Module):
@@ -127,7 +192,9 @@ class Peeler(tf.Module):
             Dict of tensors: ``components`` float32 ``(N, K, H, W, C)`` (peel order, zero
             padded, input units), ``residual`` float32 ``(N, H, W, C)``, ``counts`` int32
             ``(N, K + 1)`` (count before each step, ``-1`` where not run), ``quality`` int32
-            ``(N,)`` (2 high, 1 medium, 0 low), ``n_components`` int32 ``(N,)``.
+            ``(N,)`` (2 high, 1 medium, 0 low), ``n_components`` int32 ``(N,)``;
+            ``conserved`` float32 ``(N, K, H, W, C)``, the flux-conserving components
+            (:func:`conserve_flux`), and ``noise_std`` float32 ``(N, C)``.
         """
         return self.peel(images)
 
@@ -225,9 +292,11 @@ class Peeler(tf.Module):
             maximum_iterations=k + 1,
         )
         _, residual, components, _, _, _, _, quality, n_components, counts = result
+        components = tf.transpose(components, [1, 0, 2, 3, 4])
         return {
-            "components": tf.transpose(components, [1, 0, 2, 3, 4]),
+            "components": components,
             "residual": residual,
+            **conserve_flux(components, residual),
             "counts": tf.transpose(counts, [1, 0]),
             "quality": quality,
             "n_components": n_components,

@@ -14,7 +14,9 @@ flux unit; every output is in the input's units):
 - ``serving_default``: the whole iterative peel (:class:`tfdeblend.deblend.Peeler`):
   ``components [batch, K, H, W, bands]``, ``residual [batch, H, W, bands]``,
   ``counts [batch, K + 1]`` int32 (``-1`` where a step was not run), ``quality [batch]`` int32
-  (2 high, 1 medium, 0 low), ``n_components [batch]`` int32.
+  (2 high, 1 medium, 0 low), ``n_components [batch]`` int32, ``conserved [batch, K, H, W, bands]``
+  (flux-conserving components, :func:`tfdeblend.deblend.conserve_flux`) and
+  ``noise_std [batch, bands]``.
 - ``deblend_one``: one RDN pass, ``component [batch, H, W, bands]``.
 - ``count``: the classifier, ``count [batch]`` int32 and ``probabilities [batch, 4]``.
 
@@ -393,9 +395,16 @@ class DeblendModel:
 
         Returns:
             ``components (N, K, H, W, C)``, ``residual (N, H, W, C)``, ``counts (N, K + 1)``,
-            ``quality (N,)``, ``n_components (N,)`` as numpy arrays, input units.
+            ``quality (N,)``, ``n_components (N,)``, ``conserved (N, K, H, W, C)`` and
+            ``noise_std (N, C)`` as numpy arrays, input units.
         """
-        return self._run("serving_default", images, batch_size)
+        out = self._run("serving_default", images, batch_size)
+        if "conserved" not in out:  # exported before the flux-conserving step existed
+            from tfdeblend.deblend import conserve_flux
+
+            extra = conserve_flux(out["components"], out["residual"])
+            out.update({key: value.numpy() for key, value in extra.items()})
+        return out
 
     def deblend_one(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """One RDN pass: the brightest galaxy of each image ``(N, H, W, C)``, input units."""

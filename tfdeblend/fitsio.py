@@ -21,12 +21,15 @@ rename), channels first:
 - ``COMPONENTS`` float32 ``(N, K, C, H, W)``: the peeled galaxies in the input's units, peel
   order (brightest first), zero padded to ``K`` (the model's max iterations);
 - ``RESIDUAL`` float32 ``(N, C, H, W)``: input minus the components;
-- ``CATALOG`` table, one row per component: ``blend_id, component, x, y`` (flux-weighted centroid,
-  0-based pixels), ``flux_<band>`` (input units), ``mu20, mu02, mu11`` (pixels^2, see
-  :mod:`tfdeblend.measure`), ``quality``;
+- ``CONSERVED`` float32 ``(N, K, C, H, W)``: the flux-conserving components (the data split
+  among the galaxies in proportion to their models, :func:`tfdeblend.deblend.conserve_flux`);
+  input minus their sum is the flux outside every footprint;
+- ``CATALOG`` table, one row per component, measured on the ``CONSERVED`` components:
+  ``blend_id, component, x, y`` (flux-weighted centroid, 0-based pixels), ``flux_<band>`` (input
+  units), ``mu20, mu02, mu11`` (pixels^2, see :mod:`tfdeblend.measure`), ``quality``;
 - ``BLENDS`` table, one row per blend: ``blend_id, n_components, quality`` (2 high, 1 medium,
   0 low), ``quality_name``, ``counts`` (classifier count before each step, ``-1`` where the
-  step was not run).
+  step was not run), ``noise_<band>`` (robust noise sigma of the residual, input units).
 """
 
 from __future__ import annotations
@@ -298,9 +301,15 @@ def component_catalog(
 
 
 def blends_table(
-    n_components: np.ndarray, quality: np.ndarray, counts: np.ndarray, first_blend_id: int = 0
+    n_components: np.ndarray,
+    quality: np.ndarray,
+    counts: np.ndarray,
+    first_blend_id: int = 0,
+    noise_std: np.ndarray | None = None,
+    bands: tuple[str, ...] = (),
 ) -> Table:
-    """One row per blend: ``blend_id, n_components, quality, quality_name, counts``."""
+    """One row per blend: ``blend_id, n_components, quality, quality_name, counts`` and, when
+    ``noise_std`` ``(N, C)`` is given, ``noise_<band>``."""
     n = len(n_components)
     table = Table()
     table["blend_id"] = np.arange(first_blend_id, first_blend_id + n, dtype=np.int64)
@@ -308,6 +317,10 @@ def blends_table(
     table["quality"] = np.asarray(quality, dtype=np.int16)
     table["quality_name"] = np.asarray([QUALITY_NAMES[int(q)] for q in quality], dtype="U6")
     table["counts"] = np.asarray(counts, dtype=np.int16).reshape(n, -1)
+    if noise_std is not None:
+        noise_std = np.asarray(noise_std, dtype=np.float32).reshape(n, -1)
+        for c, band in enumerate(bands):
+            table[f"noise_{band}"] = noise_std[:, c]
     return table
 
 
@@ -400,6 +413,12 @@ class ResultWriter:
         os.close(fd)
         self._residual_path = Path(residual_tmp)
         self._stack.callback(self._residual_path.unlink, missing_ok=True)
+        fd, conserved_tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".conserved.npy", dir=self._tmp.parent
+        )
+        os.close(fd)
+        self._conserved_path = Path(conserved_tmp)
+        self._stack.callback(self._conserved_path.unlink, missing_ok=True)
         try:
             fits.PrimaryHDU(header=_primary_header(self.info)).writeto(self._tmp, overwrite=True)
             c = len(self.bands)
@@ -409,6 +428,9 @@ class ResultWriter:
             )
             self._residual = np.lib.format.open_memmap(
                 residual_tmp, mode="w+", dtype=">f4", shape=(self.n, c, self.size, self.size)
+            )
+            self._conserved = np.lib.format.open_memmap(
+                conserved_tmp, mode="w+", dtype=">f4", shape=shape
             )
         except BaseException as err:
             self.abort(err)
@@ -432,13 +454,24 @@ class ResultWriter:
         self._stream.write(np.ascontiguousarray(np.transpose(components, (0, 1, 4, 2, 3)), ">f4"))
         residual = np.transpose(np.asarray(result["residual"], dtype=np.float32), (0, 3, 1, 2))
         self._residual[self._written : self._written + n] = residual
+        conserved = np.asarray(result.get("conserved", components), dtype=np.float32)
+        self._conserved[self._written : self._written + n] = np.transpose(
+            conserved, (0, 1, 4, 2, 3)
+        )
         self._catalogs.append(
             component_catalog(
-                components, result["n_components"], result["quality"], self.bands, self._written
+                conserved, result["n_components"], result["quality"], self.bands, self._written
             )
         )
         self._blends.append(
-            blends_table(result["n_components"], result["quality"], result["counts"], self._written)
+            blends_table(
+                result["n_components"],
+                result["quality"],
+                result["counts"],
+                self._written,
+                noise_std=result.get("noise_std"),
+                bands=self.bands,
+            )
         )
         self._written += n
 
@@ -458,6 +491,13 @@ class ResultWriter:
                 stream.write(np.ascontiguousarray(self._residual[start : start + SCAN_CHUNK]))
             stream.close()
             del self._residual
+            self._conserved.flush()
+            shape = (self.n, self.k, c, self.size, self.size)
+            stream = fits.StreamingHDU(str(self._tmp), _image_header("CONSERVED", shape, self.info))
+            for start in range(0, self.n, SCAN_CHUNK):
+                stream.write(np.ascontiguousarray(self._conserved[start : start + SCAN_CHUNK]))
+            stream.close()
+            del self._conserved
             catalog = (
                 vstack(self._catalogs)
                 if self._catalogs
@@ -484,6 +524,7 @@ class ResultWriter:
         with contextlib.suppress(Exception):
             self._stream.close()
         self._residual = None
+        self._conserved = None
         error = exc if exc is not None else RuntimeError("aborted")
         with contextlib.suppress(BaseException):
             self._stack.__exit__(type(error), error, error.__traceback__)

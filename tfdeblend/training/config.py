@@ -39,6 +39,10 @@ class TrainConfig(YamlConfig):
         jit_compile: XLA-compile the train step.
         lr_schedule: ``constant``, ``cosine`` (cosine decay to 0 over all steps) or ``auto``
             (constant for Adam, as the paper; cosine for SGD, the classifier).
+        augment: random 90-degree rotations and flips of the training examples (phase 1; the
+            paper does not augment).
+        init_from: phase 1: start from the weights of this run directory's network instead of a
+            random initialization (fine-tuning; the architecture must match).
     """
 
     phase: int = 1
@@ -58,6 +62,8 @@ class TrainConfig(YamlConfig):
     mixed_precision: bool = False
     jit_compile: bool = False
     lr_schedule: str = "auto"
+    augment: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in (1, 2):

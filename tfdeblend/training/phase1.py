@@ -107,6 +107,46 @@ def build_phase1_model(
     return model, model_config
 
 
+def init_weights(
+    model: keras.Model,
+    net: str,
+    run_dir: str | os.PathLike,
+    bands: tuple[str, ...],
+    stamp_size: int,
+) -> None:
+    """Copy the weights of ``net`` in the run directory ``run_dir`` into ``model`` (fine-tuning).
+
+    Raises:
+        ModelError: ``run_dir`` is not a run directory holding ``net``, or its network has other
+            bands, stamp size or architecture than ``model``.
+    """
+    from tfdeblend.errors import ModelError
+    from tfdeblend.training.rundir import load_run
+
+    info = load_run(run_dir)
+    source = getattr(info, net, None)
+    if source is None:
+        raise ModelError(f"--init-from {run_dir} holds no {net}.keras")
+    if info.bands and tuple(info.bands) != tuple(bands):
+        raise ModelError(
+            f"--init-from {run_dir} was trained on bands {','.join(info.bands)}, "
+            f"the dataset has {','.join(bands)}"
+        )
+    if info.stamp_size and info.stamp_size != stamp_size:
+        raise ModelError(
+            f"--init-from {run_dir} was trained on {info.stamp_size}-pixel stamps, "
+            f"the dataset has {stamp_size}"
+        )
+    theirs = [tuple(w.shape) for w in source.weights]
+    ours = [tuple(w.shape) for w in model.weights]
+    if theirs != ours:
+        raise ModelError(
+            f"--init-from {run_dir}: its {net} has another architecture than preset "
+            f"{info.preset!r} asked for here ({len(theirs)} vs {len(ours)} weight tensors)"
+        )
+    model.set_weights(source.get_weights())
+
+
 def open_workspace(
     out: Path, strategy: tf.distribute.Strategy, overwrite: bool
 ) -> tuple[bool, Path, bool]:
@@ -210,6 +250,7 @@ def train_phase1(
         validation_fraction=config.validation_fraction,
         subset="train",
         drop_remainder=drop,
+        augment=config.augment,
     )
     val_ds, val_steps = None, None
     if n_val > 0:
@@ -231,6 +272,8 @@ def train_phase1(
         model, model_config = build_phase1_model(
             net, config, len(bands), stamp_size, config.epochs * steps, model_config
         )
+        if config.init_from and not resume:
+            init_weights(model, net, config.init_from, bands, stamp_size)
     extra_callbacks = list(callbacks or [])
     callbacks = make_callbacks(work, config, sample_images=sample) + extra_callbacks
     prepare_fit(model, strategy, train_ds)

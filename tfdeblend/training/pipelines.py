@@ -89,6 +89,26 @@ def split_sizes(count: int, validation_fraction: float) -> tuple[int, int]:
     return count - n_val, n_val
 
 
+def dihedral(x: tf.Tensor, y: tf.Tensor, net: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """One random element of the dihedral group D4 (rotation by k x 90 degrees, then an
+    optional left-right flip), applied identically to an unbatched example ``(x, y)``.
+
+    Valid for these stamps because the PSF is round and the noise is white, so a rotated or
+    mirrored blend is as likely as the original. For the deblender ``y`` is ``(2, H, W, C)``
+    and is transformed with ``x``; the classifier's label is unchanged.
+    """
+    k = tf.random.uniform([], 0, 4, dtype=tf.int32)
+    flip = tf.random.uniform([]) < 0.5
+
+    def transform(image: tf.Tensor) -> tf.Tensor:
+        image = tf.image.rot90(image, k)
+        return tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+
+    if net == "deblender":
+        return transform(x), transform(y)
+    return transform(x), y
+
+
 def prepare(
     records: tf.data.Dataset,
     net: str,
@@ -98,11 +118,13 @@ def prepare(
     seed: int | None = None,
     shuffle_buffer: int = 1024,
     drop_remainder: bool = False,
+    augment: bool = False,
 ) -> tf.data.Dataset:
     """Turn an unbatched dataset of record dicts into ``(x, y)`` batches for ``net``.
 
     Works on any ``tf.data.Dataset`` with the record schema (e.g. built in memory), so tests
-    and notebooks do not need a dataset directory.
+    and notebooks do not need a dataset directory. ``augment`` applies a random
+    :func:`dihedral` transform to every example (training only).
     """
     if net not in NETS:
         raise DataError(f"net must be one of {', '.join(NETS)}, not {net!r}")
@@ -113,6 +135,8 @@ def prepare(
     if repeat:
         ds = ds.repeat()
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        ds = ds.map(lambda x, y: dihedral(x, y, net), num_parallel_calls=tf.data.AUTOTUNE)
     if batch_size:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
@@ -132,6 +156,7 @@ def make_dataset(
     bands: tuple[str, ...] | None = None,
     stamp_size: int | None = None,
     drop_remainder: bool = False,
+    augment: bool = False,
 ) -> tf.data.Dataset:
     """Read a dataset directory as ``(x, y)`` batches for ``net`` (see :func:`prepare`).
 
@@ -144,6 +169,7 @@ def make_dataset(
         subset: ``"train"``, ``"validation"`` or ``"all"``.
         bands, stamp_size: what the model expects; checked against the manifest.
         drop_remainder: drop a last partial batch.
+        augment: random rotations and flips (:func:`dihedral`); never on the validation part.
 
     Raises:
         DataError: the directory is not a dataset, or does not match ``net``/bands/stamp size.
@@ -170,4 +196,5 @@ def make_dataset(
         repeat=repeat,
         seed=seed,
         drop_remainder=drop_remainder,
+        augment=augment and subset != "validation",
     )
