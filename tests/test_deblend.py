@@ -208,7 +208,7 @@ def test_conserve_flux_recovers_what_the_models_got_wrong():
     rng = np.random.default_rng(0)
     truth = np.array([3000.0, 800.0])
     fluxes = []
-    for seed in range(20):
+    for _ in range(20):
         noise = rng.normal(scale=sigma_noise, size=(size, size)).astype("float32")
         image = truth[0] * a + truth[1] * b + noise
         # the "network" got both fluxes wrong by -20 % and -40 %

@@ -281,7 +281,7 @@ def test_augmentation_only_on_the_training_part(deblender_data_dir):
     tf.random.set_seed(0)
     aug = make_dataset(deblender_data_dir, "deblender", 8, subset="train", augment=True, **kwargs)
     ref = make_dataset(deblender_data_dir, "deblender", 8, subset="train", **kwargs)
-    (xa, ya), (xr, yr) = next(iter(aug)), next(iter(ref))
+    (xa, _), (xr, _) = next(iter(aug)), next(iter(ref))
     assert not np.array_equal(xa.numpy(), xr.numpy())
     # each augmented stamp is a rotation/flip of the plain one: same sorted pixel values
     np.testing.assert_allclose(np.sort(xa.numpy().ravel()), np.sort(xr.numpy().ravel()))
