@@ -64,7 +64,8 @@ def test_report_writes_every_table_and_figure(full_report, eval_dirs):
             png = out / f"{name}_{suffix}"
             assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", png
     text = (out / "report.md").read_text()
-    for heading in ("Table I", "Table II", "side by side", "by quality bin", "Figures"):
+    for heading in ("Table I", "Table II", "side by side", "by quality bin", "Figures",
+                    "by separation from the nearest other galaxy"):
         assert heading in text
     for paper_number in ("77.3", "50.4", "36.9", "56.51", "59.29", "97.9"):
         assert paper_number in text
@@ -145,10 +146,28 @@ def test_truth_deblender_scores_perfectly(eval_dirs, tmp_path):
         assert ours[label]["found_fraction"] == 1.0
         assert abs(ours[label]["flux_band_sum"]["bias"]) < 1e-4
         assert abs(ours[label]["moments"]["mu11"]["bias"]) < 1e-3
+        bins = ours[label]["found_by_separation"]
+        assert sum(b["n"] for b in bins.values()) == ours[label]["n_true"]
+        assert all(b["found_fraction"] == 1.0 for b in bins.values() if b["n"])
+        assert ours[label]["isolated_snr"]["median"] > 10
     for row in entry["table2_image_metrics"]["3"]:
         assert row["psnr"]["n"] == N_STAMPS and row["psnr"]["median"] > 80
         assert row["ssim"]["median"] > 0.999
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["baselines"] == []
+
+
+def test_nearest_separation_and_its_bins():
+    ts = {"x": np.array([[10.0, 13.0, 50.0], [5.0, 0.0, 0.0], [1.0, 1.0, 9.0]]),
+          "y": np.array([[10.0, 14.0, 10.0], [5.0, 0.0, 0.0], [1.0, 7.0, 1.0]]),
+          "n_gal": np.array([3, 1, 3])}
+    np.testing.assert_allclose(report.nearest_separation(ts, 0), [5.0, np.inf, 6.0])
+    np.testing.assert_allclose(report.nearest_separation(ts, 1), [5.0, np.nan, 6.0])
+    np.testing.assert_allclose(report.nearest_separation(ts, 2), [np.hypot(37, 4), np.nan, 8.0])
+    bins = report.found_by_separation(np.array([True, True, True]), np.array([True, False, True]),
+                                      np.array([5.0, 6.0, 30.0]))
+    assert bins["4-8"] == {"n": 2, "found_fraction": 0.5}
+    assert bins[">=20"] == {"n": 1, "found_fraction": 1.0}
+    assert bins["0-4"]["n"] == 0
 
 
 def test_mismatched_bands_or_stamp_size_is_a_clear_error(eval_dirs, tmp_path):

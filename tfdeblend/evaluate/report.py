@@ -219,6 +219,10 @@ def analyze_catalog(
                 for key in ("mu11", "mu20_minus_mu02", "mu2_abs")
             },
             "mu11_fit": mt.linear_fit(true_shape["mu11"][found], meas_shape["mu11"][found]),
+            "found_by_separation": found_by_separation(
+                present, found, nearest_separation(testset, j)
+            ),
+            "isolated_snr": _snr_summary(true_flux, sigma_f, present),
         }
         summary[label] = gal
         arrays[label] = {
@@ -226,6 +230,47 @@ def analyze_catalog(
             "rel": rel, "rel_sum": rel_sum, "true_shape": true_shape, "meas_shape": meas_shape,
         }
     return {"summary": summary, "arrays": arrays}
+
+
+#: edges (pixels) of the bins of separation to the nearest other true galaxy
+SEPARATION_BINS: tuple[float, ...] = (0.0, 4.0, 8.0, 12.0, 20.0, np.inf)
+
+
+def nearest_separation(testset: dict[str, np.ndarray], j: int) -> np.ndarray:
+    """Distance (pixels) from true galaxy ``j`` to the nearest other true galaxy of its stamp.
+
+    Returns:
+        ``(N,)``; ``inf`` where the stamp has no other galaxy, ``nan`` where it has no galaxy ``j``.
+    """
+    x = np.asarray(testset["x"], dtype=np.float64)
+    y = np.asarray(testset["y"], dtype=np.float64)
+    n_gal = np.asarray(testset["n_gal"])
+    slots = np.arange(x.shape[1])
+    other = (slots[None, :] < n_gal[:, None]) & (slots[None, :] != j)
+    dist = np.hypot(x - x[:, j : j + 1], y - y[:, j : j + 1])
+    nearest = np.where(other, dist, np.inf).min(axis=1)
+    return np.where(n_gal > j, nearest, np.nan)
+
+
+def _snr_summary(true_flux: np.ndarray, sigma_f: np.ndarray, present: np.ndarray) -> dict:
+    """Matched-filter S/N of each galaxy alone (bands in quadrature): median, share above 10."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.sqrt(np.nansum((true_flux / sigma_f) ** 2, axis=-1))[present]
+    if not snr.size:
+        return {"median": float("nan"), "above_10": float("nan")}
+    return {"median": float(np.median(snr)), "above_10": float(np.mean(snr > 10))}
+
+
+def found_by_separation(present: np.ndarray, found: np.ndarray, sep: np.ndarray) -> dict:
+    """Found fraction per bin of :data:`SEPARATION_BINS`: ``{"lo-hi": {"n", "found_fraction"}}``."""
+    out = {}
+    edges = SEPARATION_BINS
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = present & (sep >= lo) & (sep < hi)
+        key = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}"
+        n = int(sel.sum())
+        out[key] = {"n": n, "found_fraction": float(found[sel].mean()) if n else float("nan")}
+    return out
 
 
 def _quality_breakdown(analysis: dict[str, Any], quality: np.ndarray) -> dict[str, Any]:
@@ -582,6 +627,23 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
                     lambda s, lb=label, k=key: s[lb]["moments"][k]["bias"])
                 row(f"{label}: {key} error scatter (px^2)",
                     lambda s, lb=label, k=key: s[lb]["moments"][k]["scatter"])
+        # found fraction by separation
+        first = methods[names[0]]
+        labels = [lb for lb in GALAXIES if lb in first and "found_by_separation" in first[lb]]
+        if labels:
+            snr = "; ".join(
+                f"{lb}: median {first[lb]['isolated_snr']['median']:.0f}, "
+                f"{_pct(first[lb]['isolated_snr']['above_10'])} % above 10" for lb in labels)
+            lines += ["", "### Found (%) by separation from the nearest other galaxy (pixels)", "",
+                      "Matched-filter S/N of each galaxy alone, bands in quadrature "
+                      f"(detectability without blending): {snr}.", "",
+                      "| galaxy | separation (px) | galaxies | " + " | ".join(names) + " |",
+                      "|---|---|---|" + "---|" * len(names)]
+            for label in labels:
+                for key, cell in first[label]["found_by_separation"].items():
+                    vals = [_pct(methods[m][label]["found_by_separation"][key]["found_fraction"])
+                            for m in names]
+                    lines.append(f"| {label} | {key} | {cell['n']} | " + " | ".join(vals) + " |")
         # by quality
         lines += ["", "### tfdeblend flux recovery by quality bin (band sum)", "",
                   "| galaxy | quality | stamps | found (%) | bias | scatter | fit slope |",
