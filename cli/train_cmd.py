@@ -93,9 +93,16 @@ import click
     help="Phase 1: random 90-degree rotations and flips of the training stamps.",
 )
 @click.option(
+    "--peel-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Phase 1 deblender: share of training blends whose brightest galaxy is removed, so the "
+    "network also learns the later peel steps.",
+)
+@click.option(
     "--init-from",
-    type=click.Path(exists=True, file_okay=False),
-    help="Phase 1: start from the network in this run directory (fine-tuning).",
+    type=click.Path(exists=True),
+    help="Phase 1: start from the network in this run directory, or a .keras checkpoint "
+    "(fine-tuning).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def train(
@@ -119,6 +126,7 @@ def train(
     mixed_precision,
     jit_compile,
     augment,
+    peel_fraction,
     init_from,
     overwrite,
 ) -> None:
@@ -166,6 +174,7 @@ def train(
         mixed_precision=mixed_precision,
         jit_compile=jit_compile,
         augment=augment,
+        peel_fraction=peel_fraction,
         init_from=init_from,
     )
     if phase == 1:

@@ -271,6 +271,34 @@ def test_dihedral_augmentation_moves_blend_and_targets_together():
     assert int(label) == 2 and xc.shape == x.shape
 
 
+def test_peel_brightest_leaves_the_next_galaxy_and_the_noise(deblender_data_dir):
+    from tfdeblend.training.pipelines import peel_brightest
+
+    rec = record(fluxes=(100.0, 40.0, 10.0), noise=0.3)
+    rec = {k: tf.constant(v) for k, v in rec.items()}
+    never, always = peel_brightest(rec, 0.0), peel_brightest(rec, 0.999999)
+    np.testing.assert_array_equal(never["blend"].numpy(), rec["blend"].numpy())
+    np.testing.assert_allclose(always["blend"].numpy(),
+                               (rec["blend"] - rec["isolated"][0]).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(always["isolated"].numpy()[:2], rec["isolated"].numpy()[1:])
+    assert not always["isolated"].numpy()[2].any() and int(always["n_gal"]) == 2
+    x, y = deblender_example(always)
+    scale = np.abs(always["blend"].numpy()).max()
+    np.testing.assert_allclose(y.numpy()[0], rec["isolated"].numpy()[1] / scale, rtol=1e-5)
+    # a single galaxy is never removed
+    single = {k: tf.constant(v) for k, v in record(fluxes=(50.0,)).items()}
+    kept = peel_brightest(single, 0.999999)
+    np.testing.assert_array_equal(kept["blend"].numpy(), single["blend"].numpy())
+    # the share on real data, training part only
+    tf.random.set_seed(0)
+    kwargs = dict(validation_fraction=0.25, seed=0, peel_fraction=0.5)
+    ys = np.concatenate([y.numpy() for _, y in make_dataset(
+        deblender_data_dir, "deblender", 8, subset="train", **kwargs)])
+    assert 0 < np.mean(~ys[:, 1].any(axis=(1, 2, 3))) < 1
+    val = make_dataset(deblender_data_dir, "deblender", 8, subset="validation", **kwargs)
+    assert all(y.numpy()[:, 1].any(axis=(1, 2, 3)).all() for _, y in val)
+
+
 def test_augmentation_only_on_the_training_part(deblender_data_dir):
     kwargs = dict(validation_fraction=0.25, seed=0)
     val = [x.numpy() for x, _ in make_dataset(deblender_data_dir, "deblender", 4,
@@ -313,6 +341,13 @@ def test_init_from_fine_tunes_the_given_network(
         init_weights(other, "deblender", tiny_deblender_run, ("g", "r", "i"), 80)
     with pytest.raises(ModelError, match="bands"):
         init_weights(source, "deblender", tiny_deblender_run, ("u", "g"), 80)
+    # a .keras checkpoint works too
+    fresh = build_rdn(model_config_for("deblender", "tiny", 3, 80))
+    init_weights(fresh, "deblender", tiny_deblender_run / "deblender.keras", ("g", "r", "i"), 80)
+    for a, b in zip(source.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ModelError, match="another architecture"):
+        init_weights(other, "deblender", tiny_deblender_run / "deblender.keras", ("g",), 80)
 
 
 def test_tiny_fixtures(tiny_deblender_run, tiny_classifier_run):

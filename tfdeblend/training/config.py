@@ -41,6 +41,9 @@ class TrainConfig(YamlConfig):
             (constant for Adam, as the paper; cosine for SGD, the classifier).
         augment: random 90-degree rotations and flips of the training examples (phase 1; the
             paper does not augment).
+        peel_fraction: phase 1 deblender: share of training blends whose brightest galaxy is
+            removed (blend minus its noiseless image), so the network also learns the later peel
+            steps (the paper trains them only in phase 2).
         init_from: phase 1: start from the weights of this run directory's network instead of a
             random initialization (fine-tuning; the architecture must match).
     """
@@ -63,6 +66,7 @@ class TrainConfig(YamlConfig):
     jit_compile: bool = False
     lr_schedule: str = "auto"
     augment: bool = False
+    peel_fraction: float = 0.0
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -83,6 +87,8 @@ class TrainConfig(YamlConfig):
             raise TfdeblendError(f"optimizer must be adam or sgd, not {self.optimizer!r}")
         if self.learning_rate <= 0:
             raise TfdeblendError("learning rate must be positive")
+        if not 0.0 <= self.peel_fraction < 1.0:
+            raise TfdeblendError("peel fraction must be in [0, 1)")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise TfdeblendError("validation fraction must be in [0, 1)")
 

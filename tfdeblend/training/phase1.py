@@ -123,6 +123,16 @@ def init_weights(
     from tfdeblend.errors import ModelError
     from tfdeblend.training.rundir import load_run
 
+    if Path(run_dir).is_file():  # a checkpoint, e.g. RUN_DIR/checkpoints/epoch-003.keras
+        import tfdeblend.models.layers  # noqa: F401  (registers the custom layers)
+
+        try:
+            source = keras.saving.load_model(run_dir, compile=False, safe_mode=True)
+        except Exception as err:
+            raise ModelError(f"--init-from {run_dir}: cannot load it ({err})") from err
+        _check_same_weights(source, model, run_dir, net, "")
+        model.set_weights(source.get_weights())
+        return
     info = load_run(run_dir)
     source = getattr(info, net, None)
     if source is None:
@@ -137,14 +147,20 @@ def init_weights(
             f"--init-from {run_dir} was trained on {info.stamp_size}-pixel stamps, "
             f"the dataset has {stamp_size}"
         )
+    _check_same_weights(source, model, run_dir, net, f" than preset {info.preset!r} asked for")
+    model.set_weights(source.get_weights())
+
+
+def _check_same_weights(source, model, where, net: str, what: str) -> None:
+    from tfdeblend.errors import ModelError
+
     theirs = [tuple(w.shape) for w in source.weights]
     ours = [tuple(w.shape) for w in model.weights]
     if theirs != ours:
         raise ModelError(
-            f"--init-from {run_dir}: its {net} has another architecture than preset "
-            f"{info.preset!r} asked for here ({len(theirs)} vs {len(ours)} weight tensors)"
+            f"--init-from {where}: its {net} has another architecture{what} here "
+            f"({len(theirs)} vs {len(ours)} weight tensors)"
         )
-    model.set_weights(source.get_weights())
 
 
 def open_workspace(
@@ -251,6 +267,7 @@ def train_phase1(
         subset="train",
         drop_remainder=drop,
         augment=config.augment,
+        peel_fraction=config.peel_fraction,
     )
     val_ds, val_steps = None, None
     if n_val > 0:

@@ -89,6 +89,26 @@ def split_sizes(count: int, validation_fraction: float) -> tuple[int, int]:
     return count - n_val, n_val
 
 
+def peel_brightest(record: dict[str, tf.Tensor], fraction: float) -> dict[str, tf.Tensor]:
+    """With probability ``fraction``, remove the brightest galaxy from an unbatched record.
+
+    The blend becomes ``blend - isolated[0]`` (the other galaxies plus the same noise) and the
+    targets shift up by one (``isolated[1:]``, zero padded), so the deblender also learns the later
+    steps of the peel: a residual whose brightest galaxy was already taken out. Records with a
+    single galaxy are left alone.
+    """
+    isolated = tf.cast(record["isolated"], tf.float32)
+    n_gal = tf.cast(record["n_gal"], tf.int32)
+    peel = tf.logical_and(tf.random.uniform([]) < fraction, n_gal >= 2)
+    blend = tf.cast(record["blend"], tf.float32)
+    shifted = tf.concat([isolated[1:], tf.zeros_like(isolated[:1])], axis=0)
+    out = dict(record)
+    out["blend"] = tf.where(peel, blend - isolated[0], blend)
+    out["isolated"] = tf.where(peel, shifted, isolated)
+    out["n_gal"] = tf.where(peel, record["n_gal"] - 1, record["n_gal"])
+    return out
+
+
 def dihedral(x: tf.Tensor, y: tf.Tensor, net: str) -> tuple[tf.Tensor, tf.Tensor]:
     """One random element of the dihedral group D4 (rotation by k x 90 degrees, then an
     optional left-right flip), applied identically to an unbatched example ``(x, y)``.
@@ -119,12 +139,14 @@ def prepare(
     shuffle_buffer: int = 1024,
     drop_remainder: bool = False,
     augment: bool = False,
+    peel_fraction: float = 0.0,
 ) -> tf.data.Dataset:
     """Turn an unbatched dataset of record dicts into ``(x, y)`` batches for ``net``.
 
     Works on any ``tf.data.Dataset`` with the record schema (e.g. built in memory), so tests
     and notebooks do not need a dataset directory. ``augment`` applies a random
-    :func:`dihedral` transform to every example (training only).
+    :func:`dihedral` transform to every example (training only); ``peel_fraction`` (deblender)
+    removes the brightest galaxy from that share of the examples (:func:`peel_brightest`).
     """
     if net not in NETS:
         raise DataError(f"net must be one of {', '.join(NETS)}, not {net!r}")
@@ -134,6 +156,9 @@ def prepare(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    if peel_fraction > 0 and net == "deblender":
+        ds = ds.map(lambda r: peel_brightest(r, peel_fraction),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         ds = ds.map(lambda x, y: dihedral(x, y, net), num_parallel_calls=tf.data.AUTOTUNE)
@@ -157,6 +182,7 @@ def make_dataset(
     stamp_size: int | None = None,
     drop_remainder: bool = False,
     augment: bool = False,
+    peel_fraction: float = 0.0,
 ) -> tf.data.Dataset:
     """Read a dataset directory as ``(x, y)`` batches for ``net`` (see :func:`prepare`).
 
@@ -170,6 +196,8 @@ def make_dataset(
         bands, stamp_size: what the model expects; checked against the manifest.
         drop_remainder: drop a last partial batch.
         augment: random rotations and flips (:func:`dihedral`); never on the validation part.
+        peel_fraction: share of training examples whose brightest galaxy is removed
+            (:func:`peel_brightest`); never on the validation part.
 
     Raises:
         DataError: the directory is not a dataset, or does not match ``net``/bands/stamp size.
@@ -197,4 +225,5 @@ def make_dataset(
         seed=seed,
         drop_remainder=drop_remainder,
         augment=augment and subset != "validation",
+        peel_fraction=peel_fraction if subset != "validation" else 0.0,
     )
