@@ -230,6 +230,12 @@ def test_conserve_flux_recovers_what_the_models_got_wrong():
     assert np.all(np.abs(errors) < 0.03), errors  # models alone: -0.2 and -0.4
 
 
+def test_an_empty_batch_peels_to_empty_outputs():
+    out = Peeler(*oracle_models(1))(tf.zeros((0, SIZE, SIZE, 2)))
+    assert out["components"].shape[0] == 0 and out["conserved"].shape[0] == 0
+    assert out["noise_std"].shape == (0, 2)
+
+
 def test_peel_outputs_conserved_components():
     from tfdeblend.deblend import conserve_flux
 

@@ -346,8 +346,27 @@ def test_init_from_fine_tunes_the_given_network(
     init_weights(fresh, "deblender", tiny_deblender_run / "deblender.keras", ("g", "r", "i"), 80)
     for a, b in zip(source.get_weights(), fresh.get_weights()):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ModelError, match="another architecture"):
-        init_weights(other, "deblender", tiny_deblender_run / "deblender.keras", ("g",), 80)
+    # ... and its run directory's config.yaml is checked: bands that differ are refused
+    with pytest.raises(ModelError, match="bands"):
+        init_weights(fresh, "deblender", tiny_deblender_run / "deblender.keras", ("g",), 80)
+    # a source inside the output is refused before anything is written or deleted
+    from tfdeblend.training.phase1 import train_phase1
+
+    config = paper_train_config(1).replace(
+        preset="tiny", epochs=1, steps_per_epoch=1, batch_size=4,
+        init_from=str(tiny_deblender_run / "deblender.keras"))
+    with pytest.raises(TfdeblendError, match="inside the output"):
+        train_phase1(deblender_data_dir, tiny_deblender_run, "deblender", config, overwrite=True)
+    assert (tiny_deblender_run / "deblender.keras").is_file()
+
+
+def test_options_of_the_wrong_phase_or_net_are_refused():
+    with pytest.raises(TfdeblendError, match="phase-1 deblender option"):
+        TrainConfig(phase=1, net="classifier", peel_fraction=0.3)
+    with pytest.raises(TfdeblendError, match="phase-1 options"):
+        TrainConfig(phase=2, net="joint", augment=True)
+    with pytest.raises(TfdeblendError, match="peel fraction"):
+        TrainConfig(peel_fraction=1.0)
 
 
 def test_tiny_fixtures(tiny_deblender_run, tiny_classifier_run):

@@ -88,7 +88,9 @@ def noise_std(residual: tf.Tensor) -> tf.Tensor:
     """
     residual = _as_float32(residual)
     shape = tf.shape(residual)
-    flat = tf.reshape(tf.transpose(residual, [0, 3, 1, 2]), [shape[0], shape[3], -1])
+    flat = tf.reshape(
+        tf.transpose(residual, [0, 3, 1, 2]), [shape[0], shape[3], shape[1] * shape[2]]
+    )
     median = _median_last_axis(flat)
     return MAD_TO_SIGMA * _median_last_axis(tf.abs(flat - median[..., None]))
 

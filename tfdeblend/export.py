@@ -402,8 +402,13 @@ class DeblendModel:
         if "conserved" not in out:  # exported before the flux-conserving step existed
             from tfdeblend.deblend import conserve_flux
 
-            extra = conserve_flux(out["components"], out["residual"])
-            out.update({key: value.numpy() for key, value in extra.items()})
+            parts = [
+                conserve_flux(out["components"][i : i + batch_size],
+                              out["residual"][i : i + batch_size])
+                for i in range(0, max(len(out["residual"]), 1), batch_size)
+            ]
+            for key in ("conserved", "noise_std"):
+                out[key] = np.concatenate([p[key].numpy() for p in parts])
         return out
 
     def deblend_one(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:

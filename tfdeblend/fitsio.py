@@ -13,8 +13,8 @@ number of bad pixels and stamps so the user decides how to fill them. All-zero s
 
 Large files are read lazily (astropy memmap) batch by batch.
 
-Output (:class:`ResultWriter`, :func:`write_results`), written atomically (temporary file, then
-rename), channels first:
+Output (:class:`ResultWriter`; :func:`write_results` writes the same without ``CONSERVED``),
+written atomically (temporary file, then rename), channels first:
 
 - primary HDU: header only (``MODEL``, ``MODELVER``, ``BANDS``, ``TFDBVER``, ``BUNIT``, ``INPUT``,
   ``MAXITER``, ``NBLENDS``);
@@ -330,7 +330,7 @@ def _primary_header(header_info: dict) -> fits.Header:
         "model": ("MODEL", "deblending model name"),
         "version": ("MODELVER", "model version"),
         "bands": ("BANDS", "bands, channel order"),
-        "bunit": ("BUNIT", "unit of COMPONENTS and RESIDUAL (the input's)"),
+        "bunit": ("BUNIT", "unit of the images (the input's)"),
         "input": ("INPUT", "input file"),
         "max_iterations": ("MAXITER", "K, most components per blend"),
         "n_blends": ("NBLENDS", "number of blends"),
@@ -368,7 +368,8 @@ class ResultWriter:
     """Stream the results of a run into a FITS file, batch by batch, atomically.
 
     Memory stays bounded by one batch: ``COMPONENTS`` is streamed straight into the file;
-    ``RESIDUAL`` goes to a temporary memmap beside the output and is copied in at the end.
+    ``RESIDUAL`` and ``CONSERVED`` go to temporary memmaps beside the output and are copied in at
+    the end (so the run needs about twice the output's size of free disk space there).
     The output appears only when :meth:`close` succeeds (use it as a context manager).
 
     Args:
@@ -407,19 +408,9 @@ class ResultWriter:
         self._blends: list[Table] = []
         self._stack = contextlib.ExitStack()
         self._tmp = self._stack.enter_context(atomic_file(self.path))
-        fd, residual_tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".residual.npy", dir=self._tmp.parent
-        )
-        os.close(fd)
-        self._residual_path = Path(residual_tmp)
-        self._stack.callback(self._residual_path.unlink, missing_ok=True)
-        fd, conserved_tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".conserved.npy", dir=self._tmp.parent
-        )
-        os.close(fd)
-        self._conserved_path = Path(conserved_tmp)
-        self._stack.callback(self._conserved_path.unlink, missing_ok=True)
         try:
+            residual_tmp = self._scratch_file("residual")
+            conserved_tmp = self._scratch_file("conserved")
             fits.PrimaryHDU(header=_primary_header(self.info)).writeto(self._tmp, overwrite=True)
             c = len(self.bands)
             shape = (self.n, self.k, c, self.size, self.size)
@@ -435,6 +426,15 @@ class ResultWriter:
         except BaseException as err:
             self.abort(err)
             raise
+
+    def _scratch_file(self, what: str) -> str:
+        """A temporary ``.npy`` beside the output, removed when the writer closes or aborts."""
+        fd, name = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=f".{what}.npy", dir=self._tmp.parent
+        )
+        os.close(fd)
+        self._stack.callback(Path(name).unlink, missing_ok=True)
+        return name
 
     def __enter__(self) -> ResultWriter:
         return self
@@ -476,7 +476,7 @@ class ResultWriter:
         self._written += n
 
     def close(self) -> None:
-        """Finish the file (RESIDUAL, CATALOG, BLENDS) and move it into place."""
+        """Finish the file (RESIDUAL, CONSERVED, CATALOG, BLENDS) and move it into place."""
         from astropy.table import vstack
 
         try:

@@ -262,14 +262,18 @@ def _snr_summary(true_flux: np.ndarray, sigma_f: np.ndarray, present: np.ndarray
 
 
 def found_by_separation(present: np.ndarray, found: np.ndarray, sep: np.ndarray) -> dict:
-    """Found fraction per bin of :data:`SEPARATION_BINS`: ``{"lo-hi": {"n", "found_fraction"}}``."""
+    """Found fraction per bin of :data:`SEPARATION_BINS`: ``{"lo-hi": {"n", "found_fraction"}}``,
+    plus ``"no neighbour"`` for galaxies alone in their stamp (when there are any)."""
     out = {}
     edges = SEPARATION_BINS
+    alone = present & np.isinf(sep)
     for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = present & (sep >= lo) & (sep < hi)
+        sel = present & ~alone & (sep >= lo) & (sep < hi)
         key = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}"
         n = int(sel.sum())
         out[key] = {"n": n, "found_fraction": float(found[sel].mean()) if n else float("nan")}
+    if alone.any():
+        out["no neighbour"] = {"n": int(alone.sum()), "found_fraction": float(found[alone].mean())}
     return out
 
 

@@ -89,6 +89,13 @@ class TrainConfig(YamlConfig):
             raise TfdeblendError("learning rate must be positive")
         if not 0.0 <= self.peel_fraction < 1.0:
             raise TfdeblendError("peel fraction must be in [0, 1)")
+        if self.peel_fraction and self.net != "deblender":
+            raise TfdeblendError("peel_fraction is a phase-1 deblender option")
+        if self.phase == 2 and (self.augment or self.init_from):
+            raise TfdeblendError(
+                "augment and init_from are phase-1 options (phase 2 starts from --deblender and "
+                "--classifier)"
+            )
         if not 0.0 <= self.validation_fraction < 1.0:
             raise TfdeblendError("validation fraction must be in [0, 1)")
 

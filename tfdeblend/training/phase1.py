@@ -107,60 +107,90 @@ def build_phase1_model(
     return model, model_config
 
 
-def init_weights(
-    model: keras.Model,
-    net: str,
-    run_dir: str | os.PathLike,
-    bands: tuple[str, ...],
-    stamp_size: int,
-) -> None:
-    """Copy the weights of ``net`` in the run directory ``run_dir`` into ``model`` (fine-tuning).
+def read_init_weights(
+    source: str | os.PathLike, net: str, bands: tuple[str, ...], stamp_size: int
+) -> tuple[list[np.ndarray], str]:
+    """Load the ``net`` weights that ``--init-from`` names and check they fit the dataset.
+
+    Args:
+        source: a run directory, or a ``.keras`` file (e.g. ``RUN_DIR/checkpoints/epoch-003.keras``;
+            the ``config.yaml`` of its run directory, when there is one, is checked as well).
+        net: ``deblender`` or ``classifier``.
+        bands, stamp_size: the dataset's.
+
+    Returns:
+        ``(weights, preset)``: the weight arrays and the source's preset (``"?"`` when unknown).
 
     Raises:
-        ModelError: ``run_dir`` is not a run directory holding ``net``, or its network has other
-            bands, stamp size or architecture than ``model``.
+        ModelError: nothing loadable there, or other bands or stamp size than the dataset.
     """
     from tfdeblend.errors import ModelError
-    from tfdeblend.training.rundir import load_run
+    from tfdeblend.training.rundir import load_run, read_run_config
 
-    if Path(run_dir).is_file():  # a checkpoint, e.g. RUN_DIR/checkpoints/epoch-003.keras
+    source = Path(source)
+    if source.is_file():
         import tfdeblend.models.layers  # noqa: F401  (registers the custom layers)
 
         try:
-            source = keras.saving.load_model(run_dir, compile=False, safe_mode=True)
+            model = keras.saving.load_model(source, compile=False, safe_mode=True)
         except Exception as err:
-            raise ModelError(f"--init-from {run_dir}: cannot load it ({err})") from err
-        _check_same_weights(source, model, run_dir, net, "")
-        model.set_weights(source.get_weights())
-        return
-    info = load_run(run_dir)
-    source = getattr(info, net, None)
-    if source is None:
-        raise ModelError(f"--init-from {run_dir} holds no {net}.keras")
-    if info.bands and tuple(info.bands) != tuple(bands):
+            raise ModelError(f"--init-from {source}: cannot load it ({err})") from err
+        doc: dict = {}
+        for run_dir in (source.parent, source.parent.parent):
+            if (run_dir / "config.yaml").is_file():
+                doc = read_run_config(run_dir)
+                break
+        run_bands, run_size, preset = doc.get("bands"), doc.get("stamp_size"), doc.get("preset")
+    else:
+        info = load_run(source)
+        model = getattr(info, net, None)
+        if model is None:
+            raise ModelError(f"--init-from {source} holds no {net}.keras")
+        run_bands, run_size, preset = info.bands, info.stamp_size, info.preset
+    if run_bands and tuple(run_bands) != tuple(bands):
         raise ModelError(
-            f"--init-from {run_dir} was trained on bands {','.join(info.bands)}, "
+            f"--init-from {source} was trained on bands {','.join(run_bands)}, "
             f"the dataset has {','.join(bands)}"
         )
-    if info.stamp_size and info.stamp_size != stamp_size:
+    if run_size and int(run_size) != int(stamp_size):
         raise ModelError(
-            f"--init-from {run_dir} was trained on {info.stamp_size}-pixel stamps, "
+            f"--init-from {source} was trained on {run_size}-pixel stamps, "
             f"the dataset has {stamp_size}"
         )
-    _check_same_weights(source, model, run_dir, net, f" than preset {info.preset!r} asked for")
-    model.set_weights(source.get_weights())
+    return model.get_weights(), str(preset or "?")
 
 
-def _check_same_weights(source, model, where, net: str, what: str) -> None:
+def apply_init_weights(
+    model: keras.Model, weights: list[np.ndarray], source: str | os.PathLike, preset: str
+) -> None:
+    """Set ``model``'s weights to ``weights`` after checking the architecture matches.
+
+    Raises:
+        ModelError: other weight shapes (another preset or architecture).
+    """
     from tfdeblend.errors import ModelError
 
-    theirs = [tuple(w.shape) for w in source.weights]
+    theirs = [tuple(np.shape(w)) for w in weights]
     ours = [tuple(w.shape) for w in model.weights]
     if theirs != ours:
         raise ModelError(
-            f"--init-from {where}: its {net} has another architecture{what} here "
-            f"({len(theirs)} vs {len(ours)} weight tensors)"
+            f"--init-from {source}: its network (preset {preset!r}) has another architecture than "
+            f"the one asked for here ({len(theirs)} vs {len(ours)} weight tensors)"
         )
+    model.set_weights(weights)
+
+
+def init_weights(
+    model: keras.Model,
+    net: str,
+    source: str | os.PathLike,
+    bands: tuple[str, ...],
+    stamp_size: int,
+) -> None:
+    """Copy the weights of ``net`` in ``source`` (a run directory or a ``.keras`` file) into
+    ``model``: :func:`read_init_weights` then :func:`apply_init_weights`."""
+    weights, preset = read_init_weights(source, net, bands, stamp_size)
+    apply_init_weights(model, weights, source, preset)
 
 
 def open_workspace(
@@ -251,8 +281,18 @@ def train_phase1(
     drop = n_train >= batch
     steps = config.steps_per_epoch or max(1, n_train // batch if drop else 1)
 
-    strategy = get_strategy(strategy)
     out = Path(out_dir)
+    init = None
+    if config.init_from:  # read (and check) before the output directory is touched
+        source = Path(config.init_from).resolve()
+        if source == out.resolve() or out.resolve() in source.parents:
+            raise TfdeblendError(
+                f"--init-from {config.init_from} is inside the output {out}; train into another "
+                "directory"
+            )
+        config = config.replace(init_from=str(source))
+        init = read_init_weights(source, net, bands, stamp_size)
+    strategy = get_strategy(strategy)
     chief, work, resume = open_workspace(out, strategy, overwrite)
     keras.utils.set_random_seed(config.seed)
 
@@ -289,8 +329,8 @@ def train_phase1(
         model, model_config = build_phase1_model(
             net, config, len(bands), stamp_size, config.epochs * steps, model_config
         )
-        if config.init_from and not resume:
-            init_weights(model, net, config.init_from, bands, stamp_size)
+        if init is not None and not resume:
+            apply_init_weights(model, init[0], config.init_from, init[1])
     extra_callbacks = list(callbacks or [])
     callbacks = make_callbacks(work, config, sample_images=sample) + extra_callbacks
     prepare_fit(model, strategy, train_ds)

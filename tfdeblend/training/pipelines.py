@@ -121,8 +121,9 @@ def dihedral(x: tf.Tensor, y: tf.Tensor, net: str) -> tuple[tf.Tensor, tf.Tensor
     flip = tf.random.uniform([]) < 0.5
 
     def transform(image: tf.Tensor) -> tf.Tensor:
-        image = tf.image.rot90(image, k)
-        return tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+        out = tf.image.rot90(image, k)
+        out = tf.cond(flip, lambda: tf.image.flip_left_right(out), lambda: out)
+        return tf.ensure_shape(out, image.shape)  # square stamps: the shape is unchanged
 
     if net == "deblender":
         return transform(x), transform(y)
