@@ -1,6 +1,9 @@
 """Plot the training curves of run directories (history.json) into one PNG.
 
 Usage: python scripts/plot_history.py OUT.png RUN_DIR [RUN_DIR ...]
+
+One panel per argument. Join run directories with ``+`` (``runs/a+runs/b``) to draw the stages
+of one network trained in turn (``--init-from``) as one curve, with a dotted line between stages.
 """
 
 import json
@@ -13,16 +16,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(out: str, runs: list[str]) -> None:
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.6), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        history = json.loads((Path(run) / "history.json").read_text())
-        epochs = [e + 1 for e in history.get("epoch", range(len(next(iter(history.values())))))]
-        for key, values in history.items():
-            if key == "epoch" or not values:
-                continue
-            ax.plot(epochs[: len(values)], values, marker="o", label=key)
-        ax.set_title(Path(run).name)
+def main(out: str, panels: list[str]) -> None:
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        runs = panel.split("+")
+        offset, curves, bounds = 0, {}, []
+        for run in runs:
+            history = json.loads((Path(run) / "history.json").read_text())
+            n = len(history.get("epoch") or next(iter(history.values())))
+            for key, values in history.items():
+                if key == "epoch" or not values:
+                    continue
+                xs, ys = curves.setdefault(key, ([], []))
+                xs.extend(range(offset + 1, offset + len(values) + 1))
+                ys.extend(values)
+            offset += n
+            bounds.append(offset + 0.5)
+        for key, (xs, ys) in curves.items():
+            ax.plot(xs, ys, marker="o", ms=3, label=key)
+        for x in bounds[:-1]:
+            ax.axvline(x, color="k", ls=":", lw=0.8)
+        ax.set_title(" + ".join(Path(r).name for r in runs), fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
