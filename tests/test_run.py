@@ -224,3 +224,18 @@ def test_model_and_output_errors(model_dir, images, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "--overwrite" in result.output
     assert out.read_bytes() == before
     assert invoke(src, "-o", out, "--overwrite").exit_code == 0
+
+
+def test_an_exported_network_seeds_fine_tuning(model_dir):
+    """``--init-from`` accepts the ``.keras`` files inside an export, checked against its bands."""
+    from tfdeblend.errors import ModelError
+    from tfdeblend.export import load_model
+    from tfdeblend.training.phase1 import read_init_weights
+
+    keras_file = load_model(model_dir).path / "assets.extra" / "deblender.keras"
+    weights, _ = read_init_weights(keras_file, "deblender", ("g", "r", "i"), 80)
+    assert weights and all(np.all(np.isfinite(w)) for w in weights)
+    with pytest.raises(ModelError, match="bands g,r,i, the dataset has r,i,z"):
+        read_init_weights(keras_file, "deblender", ("r", "i", "z"), 80)
+    with pytest.raises(ModelError, match="80-pixel stamps"):
+        read_init_weights(keras_file, "deblender", ("g", "r", "i"), 64)

@@ -113,8 +113,9 @@ def read_init_weights(
     """Load the ``net`` weights that ``--init-from`` names and check they fit the dataset.
 
     Args:
-        source: a run directory, or a ``.keras`` file (e.g. ``RUN_DIR/checkpoints/epoch-003.keras``;
-            the ``config.yaml`` of its run directory, when there is one, is checked as well).
+        source: a run directory, or a ``.keras`` file (e.g. ``RUN_DIR/checkpoints/epoch-003.keras``
+            or an exported model's ``assets.extra/deblender.keras``; the ``config.yaml`` of its
+            run directory, or the export's ``tfdeblend.yaml``, is checked as well).
         net: ``deblender`` or ``classifier``.
         bands, stamp_size: the dataset's.
 
@@ -140,6 +141,15 @@ def read_init_weights(
             if (run_dir / "config.yaml").is_file():
                 doc = read_run_config(run_dir)
                 break
+        exported = source.parent / "tfdeblend.yaml"  # an exported model's assets.extra/
+        if not doc and exported.is_file():
+            import yaml
+
+            try:
+                doc = yaml.safe_load(exported.read_text()) or {}
+            except yaml.YAMLError:
+                doc = {}
+            doc = doc if isinstance(doc, dict) else {}
         run_bands, run_size, preset = doc.get("bands"), doc.get("stamp_size"), doc.get("preset")
     else:
         info = load_run(source)
