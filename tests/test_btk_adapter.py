@@ -70,6 +70,11 @@ def test_batch_call_shapes_catalog_and_btk_metrics(blend_batch, model):
         np.testing.assert_allclose(cat["dec"], (cat["y_peak"] - 59.5) * 0.2)
         assert ((cat["x_peak"] >= 20) & (cat["x_peak"] < 100)).all()
         assert result.extra_data[i]["quality"] in (0, 1, 2)
+        # the catalog fluxes are those of the flux-conserving components
+        np.testing.assert_allclose(
+            cat["flux_r"], expected["conserved"][i, :n, :, :, 1].sum(axis=(1, 2)), rtol=1e-4,
+            atol=1e-3 * np.abs(crop[i]).max(),
+        )
 
     # one blend at a time gives the same as the batch
     single = deblender.deblend(1, blend_batch)

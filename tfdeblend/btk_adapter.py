@@ -13,7 +13,9 @@ components back to BTK's size with zeros. The deblended images are returned in *
 bands, zero in bands the model does not see, so BTK's image metrics can compare them with
 ``isolated_images``. The catalog gives, per component, the flux-weighted centroid in pixels of the
 full stamp (``x_peak``, ``y_peak``) and ``ra``, ``dec`` in arcsec relative to the stamp centre
-(BTK's convention), plus ``flux_<band>`` and the blend's quality.
+(BTK's convention), plus ``flux_<band>`` and the blend's quality, all measured on the
+flux-conserving components (``conserved``, as in ``tfdeblend run``'s catalog); the deblended
+images are the noiseless models.
 """
 
 from __future__ import annotations
@@ -81,7 +83,10 @@ class RDNDeblender(Deblender):
             deblended[j][
                 np.ix_(bands, range(crop.start, crop.stop), range(crop.start, crop.stop))
             ] = np.transpose(components[j], (2, 0, 1))
-        moments = measure.moments(components) if n else {"x": np.zeros(0), "y": np.zeros(0)}
+        # the catalog is measured on the flux-conserving components, as ``tfdeblend run`` does;
+        # the deblended images stay the noiseless models (for BTK's image metrics)
+        measured = out.get("conserved", out["components"])[i, :n]
+        moments = measure.moments(measured) if n else {"x": np.zeros(0), "y": np.zeros(0)}
         x = np.asarray(moments["x"], dtype=np.float64) + crop.start
         y = np.asarray(moments["y"], dtype=np.float64) + crop.start
         pixel_scale = blend_batch.survey.pixel_scale.to_value("arcsec")
@@ -91,7 +96,7 @@ class RDNDeblender(Deblender):
         catalog["dec"] = (y - centre) * pixel_scale
         catalog["x_peak"] = x
         catalog["y_peak"] = y
-        flux = measure.fluxes(components) if n else np.zeros((0, len(bands)))
+        flux = measure.fluxes(measured) if n else np.zeros((0, len(bands)))
         for c, band in enumerate(self.model.bands):
             catalog[f"flux_{band}"] = flux[:, c]
         catalog["quality"] = np.full(n, int(out["quality"][i]), dtype=np.int16)
