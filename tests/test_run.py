@@ -239,3 +239,26 @@ def test_an_exported_network_seeds_fine_tuning(model_dir):
         read_init_weights(keras_file, "deblender", ("r", "i", "z"), 80)
     with pytest.raises(ModelError, match="80-pixel stamps"):
         read_init_weights(keras_file, "deblender", ("g", "r", "i"), 64)
+
+
+def test_write_results_in_memory(tmp_path):
+    from tfdeblend.fitsio import blends_table, component_catalog, write_results
+
+    comps = np.ones((2, 3, 3, 8, 8), np.float32)  # (N, K, C, H, W)
+    catalog = component_catalog(np.transpose(comps, (0, 1, 3, 4, 2)), [1, 2], [2, 1],
+                                ("g", "r", "i"))
+    blends = blends_table(np.array([1, 2]), np.array([2, 1]), np.zeros((2, 4)),
+                          noise_std=np.full((2, 3), 5.0), bands=("g", "r", "i"))
+    write_results(tmp_path / "a.fits", comps, comps[:, 0], catalog, blends,
+                  {"bands": ("g", "r", "i"), "bunit": "electron"}, conserved=2 * comps)
+    write_results(tmp_path / "b.fits", comps, comps[:, 0], catalog, blends)
+    with fits.open(tmp_path / "a.fits") as hdul:
+        assert [h.name for h in hdul] == [
+            "PRIMARY", "COMPONENTS", "RESIDUAL", "CONSERVED", "CATALOG", "BLENDS"
+        ]
+        np.testing.assert_array_equal(hdul["CONSERVED"].data, 2 * comps)
+        assert hdul["CONSERVED"].header["BUNIT"] == "electron"
+        assert list(hdul["BLENDS"].data["noise_r"]) == [5.0, 5.0]
+        assert len(hdul["CATALOG"].data) == 3
+    with fits.open(tmp_path / "b.fits") as hdul:
+        assert "CONSERVED" not in [h.name for h in hdul]

@@ -13,8 +13,8 @@ number of bad pixels and stamps so the user decides how to fill them. All-zero s
 
 Large files are read lazily (astropy memmap) batch by batch.
 
-Output (:class:`ResultWriter`; :func:`write_results` writes the same without ``CONSERVED``),
-written atomically (temporary file, then rename), channels first:
+Output (:class:`ResultWriter`, :func:`write_results`; the latter writes ``CONSERVED`` when
+given it), written atomically (temporary file, then rename), channels first:
 
 - primary HDU: header only (``MODEL``, ``MODELVER``, ``BANDS``, ``TFDBVER``, ``BUNIT``, ``INPUT``,
   ``MAXITER``, ``NBLENDS``);
@@ -538,6 +538,7 @@ def write_results(
     blends: Table,
     header_info: dict | None = None,
     overwrite: bool = False,
+    conserved: np.ndarray | None = None,
 ) -> Path:
     """Write in-memory results to ``path`` atomically (see the module docstring for the HDUs).
 
@@ -549,6 +550,7 @@ def write_results(
         blends: from :func:`blends_table`.
         header_info: ``model``, ``version``, ``bands``, ``bunit``, ``input``... for the headers.
         overwrite: replace an existing ``path``.
+        conserved: ``(N, K, C, H, W)`` flux-conserving components (the ``CONSERVED`` HDU), if any.
     """
     path = check_output_path(path, overwrite)
     info = dict(header_info or {})
@@ -558,7 +560,10 @@ def write_results(
     primary = fits.PrimaryHDU(header=_primary_header(info))
     comp = fits.ImageHDU(components, name="COMPONENTS")
     res = fits.ImageHDU(np.asarray(residual, dtype=np.float32), name="RESIDUAL")
-    for hdu in (comp, res):
+    images = [comp, res]
+    if conserved is not None:
+        images.append(fits.ImageHDU(np.asarray(conserved, dtype=np.float32), name="CONSERVED"))
+    for hdu in images:
         if info.get("bunit"):
             hdu.header["BUNIT"] = info["bunit"]
         if info.get("bands"):
@@ -568,5 +573,5 @@ def write_results(
     tab = fits.table_to_hdu(blends)
     tab.name = "BLENDS"
     with atomic_file(path) as tmp:
-        fits.HDUList([primary, comp, res, cat, tab]).writeto(tmp, overwrite=True)
+        fits.HDUList([primary, *images, cat, tab]).writeto(tmp, overwrite=True)
     return path
