@@ -62,6 +62,8 @@ FIGURES = {
     "fig12": ("fig12_moments_vs_baselines.png", "Fig. 12: moment errors, tfdeblend vs baselines"),
     "fig13": ("fig13_failures_tfdeblend.png", "Fig. 13: tfdeblend's worst deblends"),
     "fig14": ("fig14_failures_baselines.png", "Fig. 14: baselines' missed galaxies"),
+    "fig15": ("fig15_found_vs_separation.png",
+              "Fig. 15: found fraction vs separation from the nearest other galaxy"),
 }
 
 GALAXIES = {"x": 0, "y": 1}
@@ -708,7 +710,7 @@ def _figures(tmp, name, ts, methods, quality, model, img, catalog, gallery_size,
     ours = methods["tfdeblend"]["arrays"]
     others = [m for m in methods if m != "tfdeblend"]
     colors = {2: "tab:green", 1: "tab:orange", 0: "tab:red"}
-    steps = tqdm(total=9, desc="figures", disable=not progress)
+    steps = tqdm(total=10, desc="figures", disable=not progress)
 
     # Fig. 6 and 7: flux recovery of x and y, per quality bin
     for key, label in (("fig6", "x"), ("fig7", "y")):
@@ -816,6 +818,30 @@ def _figures(tmp, name, ts, methods, quality, model, img, catalog, gallery_size,
         fig.tight_layout()
         _save(fig, tmp, name, key, blocks)
         steps.update()
+
+    # Fig. 15: found fraction vs separation (completeness of each method in close pairs)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0), sharey=True)
+    edges = np.asarray(SEPARATION_BINS, dtype=np.float64)
+    finite = np.where(np.isfinite(edges), edges, edges[-2] + 10.0)
+    centres = 0.5 * (finite[:-1] + finite[1:])
+    for ax, label in zip(axes, GALAXIES):
+        for method, result in methods.items():
+            bins = result["summary"].get(label, {}).get("found_by_separation")
+            if not bins:
+                continue
+            rows = [v for k, v in bins.items() if k != "no neighbour"]
+            frac = np.array([r["found_fraction"] for r in rows], dtype=np.float64)
+            ax.plot(centres[: len(frac)], 100 * frac, marker="o", label=method)
+        ax.set_xticks(centres)
+        ax.set_xticklabels([k for k in (bins or {}) if k != "no neighbour"] if bins else [])
+        ax.set(xlabel="separation from the nearest other galaxy (px)", ylim=(0, 102),
+               title=f"galaxy {label}")
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    axes[0].set_ylabel("found (%)")
+    fig.tight_layout()
+    _save(fig, tmp, name, "fig15", blocks)
+    steps.update()
 
     # Fig. 13: tfdeblend failures (largest |flux error| of x, unfound first)
     bands = list(model.bands)
