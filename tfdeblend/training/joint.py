@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -445,8 +446,11 @@ def train_phase2(
     train_ds = make_dataset(dataset_dir, "deblender", batch, shuffle=True,
                             repeat=steps is not None, subset="train", drop_remainder=drop,
                             **common)
-    val_ds = None
+    val_ds, val_steps = None, None
     if n_val > 0:
+        # an explicit count, as in phase 1: TFRecords after skip/take have no known length, and
+        # without it Keras warns that the validation input "ran out of data" after epoch 1
+        val_steps = math.ceil(n_val / min(batch, n_val))
         val_ds = make_dataset(dataset_dir, "deblender", min(batch, n_val), subset="validation",
                               **common)
 
@@ -469,8 +473,9 @@ def train_phase2(
     if resume and chief:
         print(f"Resuming the interrupted run in {out} from its backup.", file=sys.stderr)
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                  steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+        model.fit(train_ds, validation_data=val_ds, validation_steps=val_steps,
+                  epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                  verbose=verbose)
     finally:
         if not chief:
             shutil.rmtree(work, ignore_errors=True)
