@@ -475,7 +475,7 @@ def train_phase2(
     try:
         model.fit(train_ds, validation_data=val_ds, validation_steps=val_steps,
                   epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                  verbose=verbose)
+                  verbose=verbose, shuffle=False)  # tf.data shuffles; Keras would only warn
     finally:
         if not chief:
             shutil.rmtree(work, ignore_errors=True)

@@ -357,6 +357,7 @@ def train_phase1(
             validation_steps=val_steps,
             callbacks=callbacks,
             verbose=verbose,
+            shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
         )
     finally:
         if not chief:
