@@ -154,10 +154,6 @@ def train(
             raise TfdeblendError("--net is a phase-1 option; phase 2 trains both networks")
         if not deblender_run or not classifier_run:
             raise TfdeblendError("--phase 2 needs --deblender RUN_DIR and --classifier RUN_DIR")
-        if init_from:
-            raise TfdeblendError(
-                "--init-from is a phase-1 option; phase 2 starts from --deblender/--classifier"
-            )
     config = build_train_config(
         phase,
         net,

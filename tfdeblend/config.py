@@ -33,6 +33,8 @@ LSST_PIXEL_SCALE: float = 0.2
 MAX_MAG: float = 25.3
 #: Most galaxies a classifier can count (classes 0..MAX_COUNT).
 MAX_COUNT: int = 3
+#: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian sigma.
+MAD_TO_SIGMA: float = 1.4826
 #: Quality labels of the iterative peel (the paper's Table I), by their integer code.
 QUALITY_NAMES: dict[int, str] = {2: "high", 1: "medium", 0: "low"}
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfdeblend.config import QUALITY_NAMES
+from tfdeblend.config import MAD_TO_SIGMA, QUALITY_NAMES
 from tfdeblend.normalize import denormalize, normalize
 
 #: Default most components peeled from one blend (the max-iterations guard).
@@ -57,8 +57,6 @@ DEFAULT_MAX_ITERATIONS: int = 6
 REPEAT_LIMIT: int = 3
 #: Footprint of the flux-conserving components: summed model above this many noise sigmas.
 FOOTPRINT_SIGMA: float = 0.5
-#: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian sigma.
-MAD_TO_SIGMA: float = 1.4826
 
 
 def _as_float32(x: tf.Tensor) -> tf.Tensor:

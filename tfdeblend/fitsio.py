@@ -436,6 +436,14 @@ class ResultWriter:
         self._stack.callback(Path(name).unlink, missing_ok=True)
         return name
 
+    def _append_image(self, name: str, memmap: np.ndarray) -> None:
+        """Append a scratch memmap to the output as image HDU ``name``, chunk by chunk."""
+        memmap.flush()
+        stream = fits.StreamingHDU(str(self._tmp), _image_header(name, memmap.shape, self.info))
+        for start in range(0, self.n, SCAN_CHUNK):
+            stream.write(np.ascontiguousarray(memmap[start : start + SCAN_CHUNK]))
+        stream.close()
+
     def __enter__(self) -> ResultWriter:
         return self
 
@@ -483,20 +491,10 @@ class ResultWriter:
             if self._written != self.n:
                 raise TfdeblendError(f"only {self._written} of {self.n} blends were written")
             self._stream.close()
-            self._residual.flush()
             c = len(self.bands)
-            shape = (self.n, c, self.size, self.size)
-            stream = fits.StreamingHDU(str(self._tmp), _image_header("RESIDUAL", shape, self.info))
-            for start in range(0, self.n, SCAN_CHUNK):
-                stream.write(np.ascontiguousarray(self._residual[start : start + SCAN_CHUNK]))
-            stream.close()
+            self._append_image("RESIDUAL", self._residual)
             del self._residual
-            self._conserved.flush()
-            shape = (self.n, self.k, c, self.size, self.size)
-            stream = fits.StreamingHDU(str(self._tmp), _image_header("CONSERVED", shape, self.info))
-            for start in range(0, self.n, SCAN_CHUNK):
-                stream.write(np.ascontiguousarray(self._conserved[start : start + SCAN_CHUNK]))
-            stream.close()
+            self._append_image("CONSERVED", self._conserved)
             del self._conserved
             catalog = (
                 vstack(self._catalogs)

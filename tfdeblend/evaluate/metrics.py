@@ -35,10 +35,7 @@ import numpy as np
 from scipy import stats
 from skimage.metrics import structural_similarity
 
-from tfdeblend.config import QUALITY_NAMES
-
-#: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian sigma
-MAD_TO_SIGMA = 1.4826
+from tfdeblend.config import MAD_TO_SIGMA, QUALITY_NAMES
 
 
 def _as_images(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

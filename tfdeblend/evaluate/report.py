@@ -263,15 +263,20 @@ def _snr_summary(true_flux: np.ndarray, sigma_f: np.ndarray, present: np.ndarray
     return {"median": float(np.median(snr)), "above_10": float(np.mean(snr > 10))}
 
 
+def separation_bins() -> list[tuple[str, float, float]]:
+    """``(key, lo, hi)`` of each bin of :data:`SEPARATION_BINS` (keys ``"0-4"``, ..., ``">=20"``)."""
+    edges = SEPARATION_BINS
+    return [(f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}", lo, hi)
+            for lo, hi in zip(edges[:-1], edges[1:])]
+
+
 def found_by_separation(present: np.ndarray, found: np.ndarray, sep: np.ndarray) -> dict:
     """Found fraction per bin of :data:`SEPARATION_BINS`: ``{"lo-hi": {"n", "found_fraction"}}``,
     plus ``"no neighbour"`` for galaxies alone in their stamp (when there are any)."""
     out = {}
-    edges = SEPARATION_BINS
     alone = present & np.isinf(sep)
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for key, lo, hi in separation_bins():
         sel = present & ~alone & (sep >= lo) & (sep < hi)
-        key = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}"
         n = int(sel.sum())
         out[key] = {"n": n, "found_fraction": float(found[sel].mean()) if n else float("nan")}
     if alone.any():
@@ -824,16 +829,16 @@ def _figures(tmp, name, ts, methods, quality, model, img, catalog, gallery_size,
     edges = np.asarray(SEPARATION_BINS, dtype=np.float64)
     finite = np.where(np.isfinite(edges), edges, edges[-2] + 10.0)
     centres = 0.5 * (finite[:-1] + finite[1:])
+    keys = [key for key, _, _ in separation_bins()]
     for ax, label in zip(axes, GALAXIES):
         for method, result in methods.items():
             bins = result["summary"].get(label, {}).get("found_by_separation")
             if not bins:
                 continue
-            rows = [v for k, v in bins.items() if k != "no neighbour"]
-            frac = np.array([r["found_fraction"] for r in rows], dtype=np.float64)
-            ax.plot(centres[: len(frac)], 100 * frac, marker="o", label=method)
+            frac = np.array([bins[key]["found_fraction"] for key in keys], dtype=np.float64)
+            ax.plot(centres, 100 * frac, marker="o", label=method)
         ax.set_xticks(centres)
-        ax.set_xticklabels([k for k in (bins or {}) if k != "no neighbour"] if bins else [])
+        ax.set_xticklabels(keys)
         ax.set(xlabel="separation from the nearest other galaxy (px)", ylim=(0, 102),
                title=f"galaxy {label}")
         ax.grid(alpha=0.3)

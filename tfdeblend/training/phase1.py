@@ -125,6 +125,7 @@ def read_init_weights(
     Raises:
         ModelError: nothing loadable there, or other bands or stamp size than the dataset.
     """
+    from tfdeblend.config import read_yaml_options
     from tfdeblend.errors import ModelError
     from tfdeblend.training.rundir import load_run, read_run_config
 
@@ -143,13 +144,10 @@ def read_init_weights(
                 break
         exported = source.parent / "tfdeblend.yaml"  # an exported model's assets.extra/
         if not doc and exported.is_file():
-            import yaml
-
             try:
-                doc = yaml.safe_load(exported.read_text()) or {}
-            except yaml.YAMLError:
+                doc = read_yaml_options(exported)
+            except TfdeblendError:  # unreadable metadata: only the weight shapes are checked
                 doc = {}
-            doc = doc if isinstance(doc, dict) else {}
         run_bands, run_size, preset = doc.get("bands"), doc.get("stamp_size"), doc.get("preset")
     else:
         info = load_run(source)
