@@ -35,8 +35,18 @@ import click
     default=None,
     help="Most galaxies peeled per blend (default 6).",
 )
+@click.option(
+    "--refine-steps",
+    type=click.IntRange(min=0),
+    default=None,
+    help="RDN refinement sweeps after the peel: each galaxy again from the blend minus the "
+    "others (default 2; 0 = the paper's peel).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing NAME/<version>.")
-def export(run_dir, out_dir, deblender_run, classifier_run, version, max_iterations, overwrite):
+def export(
+    run_dir, out_dir, deblender_run, classifier_run, version, max_iterations, refine_steps,
+    overwrite,
+):
     """Export RUN_DIR's deblender and classifier as a SavedModel for TF Serving.
 
     RUN_DIR is a phase-2 run directory (deblender.keras + classifier.keras); --deblender and
@@ -54,6 +64,7 @@ def export(run_dir, out_dir, deblender_run, classifier_run, version, max_iterati
         deblender_run=deblender_run,
         classifier_run=classifier_run,
         max_iterations=max_iterations,
+        refine_steps=refine_steps,
         overwrite=overwrite,
     )
     click.echo(f"Exported {path} (signatures serving_default, deblend_one, count)")

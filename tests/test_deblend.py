@@ -41,14 +41,16 @@ class BoxCount(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfdeblend_tests")
 class BoxDeblend(keras.layers.Layer):
-    """Return the ``n_peel`` brightest boxes of the image (0, 1 or 2)."""
+    """Return the ``n_peel`` brightest boxes of the image (0, 1 or 2), plus ``leak`` times the
+    next brightest box (a deblender that cuts the overlap wrongly)."""
 
-    def __init__(self, n_peel: int = 1, **kwargs):
+    def __init__(self, n_peel: int = 1, leak: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.n_peel = n_peel
+        self.leak = leak
 
     def get_config(self):
-        return {**super().get_config(), "n_peel": self.n_peel}
+        return {**super().get_config(), "n_peel": self.n_peel, "leak": self.leak}
 
     def call(self, images):
         masks = keras.ops.convert_to_tensor(_masks())
@@ -57,15 +59,17 @@ class BoxDeblend(keras.layers.Layer):
         keep = keras.ops.zeros_like(flux)
         for j in range(self.n_peel):
             keep = keep + keras.ops.one_hot(order[:, j], 3)
+        if self.leak:
+            keep = keep + self.leak * keras.ops.one_hot(order[:, self.n_peel], 3)
         mask = keras.ops.sum(keep[:, :, None, None, None] * masks[None], axis=1)
         return images * mask
 
 
-def oracle_models(n_peel: int = 1, bands: int = 2):
+def oracle_models(n_peel: int = 1, bands: int = 2, leak: float = 0.0):
     inputs = keras.Input((SIZE, SIZE, bands))
     classifier = keras.Model(inputs, BoxCount()(inputs))
     inputs = keras.Input((SIZE, SIZE, bands))
-    deblender = keras.Model(inputs, BoxDeblend(n_peel)(inputs))
+    deblender = keras.Model(inputs, BoxDeblend(n_peel, leak)(inputs))
     return deblender, classifier
 
 
@@ -251,3 +255,38 @@ def test_peel_outputs_conserved_components():
     support = images > 0
     np.testing.assert_allclose(again.sum(1)[support], images[support] + 1.0, atol=1e-5)
     np.testing.assert_array_equal(again.sum(1)[~support], 0.0)
+
+
+# ---------------------------------------------------------------- refinement after the peel
+
+
+def test_refinement_reestimates_each_galaxy_from_the_blend_minus_the_others():
+    """A deblender that leaks 1/4 of the next galaxy into the brightest: the peel's components
+    are wrong in the overlap; each Jacobi sweep re-estimates them from ``blend - others``."""
+    models = oracle_models(1, leak=0.25)
+    images = np.stack([blend([0.0, 64.0, 16.0]), blend([32.0, 0.0, 0.0])])
+    plain = peel_numpy(make_peeler(*models, refine_steps=0), images)
+    # the paper's peel: component 1 = B64 + B16 / 4, component 2 = the remaining 3/4 of B16
+    np.testing.assert_allclose(plain["components"][0, 0], blend([0, 64.0, 4.0]))
+    np.testing.assert_allclose(plain["components"][0, 1], blend([0, 0, 12.0]))
+    refined = {
+        steps: peel_numpy(make_peeler(*models, refine_steps=steps), images) for steps in (1, 2)
+    }
+    # sweep 1: B64 + (B16 / 4) / 4 and, from blend - old component 1, 3/4 B16 again;
+    # sweep 2: component 2 from blend - (B64 + B16 / 16) = 15/16 B16
+    np.testing.assert_allclose(refined[1]["components"][0, 0], blend([0, 64.0, 1.0]), rtol=1e-6)
+    np.testing.assert_allclose(refined[1]["components"][0, 1], blend([0, 0, 12.0]), rtol=1e-6)
+    np.testing.assert_allclose(refined[2]["components"][0, 0], blend([0, 64.0, 1.0]), rtol=1e-6)
+    np.testing.assert_allclose(refined[2]["components"][0, 1], blend([0, 0, 15.0]), rtol=1e-6)
+    for out in refined.values():
+        # counts, quality and the number of components are the peel's; padding stays empty
+        for key in ("counts", "quality", "n_components"):
+            np.testing.assert_array_equal(out[key], plain[key])
+        assert not out["components"][:, 2:].any()
+        # a single galaxy is left alone; components + residual == input still
+        np.testing.assert_array_equal(out["components"][1], plain["components"][1])
+        np.testing.assert_allclose(
+            out["components"].sum(axis=1) + out["residual"], images, atol=1e-5
+        )
+    with pytest.raises(ValueError):
+        Peeler(*models, refine_steps=-1)

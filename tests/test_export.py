@@ -43,6 +43,7 @@ def test_layout_and_metadata(model_dir):
     assert meta["bands"] == ["g", "r", "i"]
     assert meta["stamp_size"] == 80
     assert meta["max_iterations"] == 4
+    assert meta["refine_steps"] == 2  # the default: two sweeps after the peel
     assert meta["version"] == 1 and meta["name"] == "tiny"
     assert meta["signatures"] == ["serving_default", "deblend_one", "count"]
     assert meta["configs"]["deblender"]["num_blocks"] >= 1
@@ -109,6 +110,18 @@ def test_keras_files_and_networks_agree(model_dir, images):
     x, scale = normalize(images)
     expected = np.asarray(rdn(x, training=False)) * np.asarray(scale)
     np.testing.assert_allclose(model.deblend_one(images), expected, rtol=1e-4, atol=1e-2)
+    # the served peel is the in-process peel of the same networks, refinement included
+    from tfdeblend.deblend import make_peeler, peel_numpy
+
+    classifier = keras.saving.load_model(
+        model.path / "assets.extra" / "classifier.keras", compile=False, safe_mode=True
+    )
+    assert model.refine_steps == 2
+    local = peel_numpy(make_peeler(rdn, classifier, max_iterations=4, refine_steps=2), images)
+    served = model.deblend(images)
+    np.testing.assert_array_equal(served["counts"], local["counts"])
+    scale = np.abs(images).max()
+    np.testing.assert_allclose(served["components"] / scale, local["components"] / scale, atol=1e-4)
 
 
 def test_versions_and_overwrite(request, tmp_path_factory, tmp_path):
@@ -184,11 +197,14 @@ def test_cli_export(request, tmp_path_factory, tmp_path):
             str(classifier_run),
             "--out",
             str(out),
+            "--refine-steps",
+            "0",
         ],
     )
     assert result.exit_code == 0, result.output
     assert (out / "1" / "saved_model.pb").is_file()
     assert "Exported" in result.output
+    assert load_model(out).refine_steps == 0  # the paper's peel, recorded in the metadata
     # again, with an explicit existing version: refused, nothing changed
     args = ["--deblender", str(deblender_run), "--classifier", str(classifier_run)]
     result = runner.invoke(cli, ["export", *args, "--out", str(out), "--version", "1"])

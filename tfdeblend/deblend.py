@@ -26,6 +26,16 @@ Consequences worth knowing:
   says: there is nothing to deblend, so all-zero stamps always come out with no components.
 - ``counts`` has ``K + 1`` columns; steps that were not run hold ``-1``.
 
+Refinement (``refine_steps``, :meth:`Peeler.refine`; an addition to the paper's peel). The peel
+estimates each galaxy once, with the galaxies not yet peeled still in the image; the first
+component of a close pair is cut from the full blend. After the peel, every component of a blend
+with two or more of them is estimated again by the RDN from the blend minus all the *other*
+components (``images - sum_{j != k} components_j``), all at once (a Jacobi sweep), and this is
+repeated ``refine_steps`` times. Counts, quality and the number of components do not change; the
+residual becomes ``images - components.sum(1)``. With the shipped model, two sweeps cut the
+fainter galaxy's r-band 3-sigma outliers from 15.1 % to 12.1 % and its flux bias from -0.019 to
+-0.013 (``docs/model_card.md``). ``refine_steps=0`` is the paper's peel exactly.
+
 Flux-conserving components (``conserved``, :func:`conserve_flux`). The RDN returns *noiseless
 models*; their fluxes inherit the network's errors (a faint galaxy's wings are lost to the
 denoising, and an overlap can be split wrongly). After the peel, the residual is handed back to
@@ -55,6 +65,8 @@ from tfdeblend.normalize import denormalize, normalize
 DEFAULT_MAX_ITERATIONS: int = 6
 #: Same non-zero count this many times in a row -> stop with quality low.
 REPEAT_LIMIT: int = 3
+#: Default RDN refinement sweeps after the peel (0: the paper's peel).
+DEFAULT_REFINE_STEPS: int = 2
 #: Footprint of the flux-conserving components: summed model above this many noise sigmas.
 FOOTPRINT_SIGMA: float = 0.5
 
@@ -128,6 +140,7 @@ class Peeler(tf.Module):
         classifier: Keras model, normalized ``(None, H, W, C)`` image -> ``(None, 4)`` logits
             (number of galaxies 0-3).
         max_iterations: ``K``, the most components peeled from one blend.
+        refine_steps: RDN refinement sweeps after the peel (:meth:`refine`; 0 = none).
         name: module name.
 
     Example:
@@ -141,14 +154,18 @@ class Peeler(tf.Module):
         deblender,
         classifier,
         max_iterations: int = DEFAULT_MAX_ITERATIONS,
+        refine_steps: int = DEFAULT_REFINE_STEPS,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         if int(max_iterations) < 1:
             raise ValueError("max_iterations must be at least 1")
+        if int(refine_steps) < 0:
+            raise ValueError("refine_steps must be 0 or more")
         self.deblender = deblender
         self.classifier = classifier
         self.max_iterations = int(max_iterations)
+        self.refine_steps = int(refine_steps)
 
     # ---------------------------------------------------------------- single networks
     def deblend_one(self, images: tf.Tensor) -> tf.Tensor:
@@ -180,6 +197,32 @@ class Peeler(tf.Module):
             "count": _counts_from_logits(logits, images),
             "probabilities": tf.nn.softmax(logits, axis=-1),
         }
+
+    def refine(
+        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor
+    ) -> tf.Tensor:
+        """``refine_steps`` Jacobi sweeps: each component again from the blend minus the others.
+
+        Args:
+            images: float32 ``(N, H, W, C)`` blends.
+            components: float32 ``(N, K, H, W, C)`` peeled components (zero padded).
+            n_components: int32 ``(N,)`` components per blend; blends with fewer than 2 are
+                left alone (their one component already saw the whole blend).
+
+        Returns:
+            The refined components, same shape; padding slots stay zero.
+        """
+        slots = tf.range(tf.shape(components)[1])[None, :]
+        n_components = n_components[:, None]
+        mask = tf.logical_and(slots < n_components, n_components >= 2)
+        index = tf.cast(tf.where(mask), tf.int32)  # (M, 2): blend, slot
+        for _ in range(self.refine_steps):
+            others = tf.gather(images - tf.reduce_sum(components, axis=1), index[:, 0])
+            inputs = others + tf.gather_nd(components, index)
+            normalized, scale = normalize(inputs)
+            galaxy = denormalize(_as_float32(self.deblender(normalized, training=False)), scale)
+            components = tf.tensor_scatter_nd_update(components, index, galaxy)
+        return components
 
     # ---------------------------------------------------------------- the peel
     def __call__(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -293,6 +336,9 @@ class Peeler(tf.Module):
         )
         _, residual, components, _, _, _, _, quality, n_components, counts = result
         components = tf.transpose(components, [1, 0, 2, 3, 4])
+        if self.refine_steps:
+            components = self.refine(images, components, n_components)
+            residual = images - tf.reduce_sum(components, axis=1)
         return {
             "components": components,
             "residual": residual,
@@ -309,6 +355,7 @@ def make_peeler(
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     stamp_size: int | None = None,
     n_bands: int | None = None,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
 ) -> Peeler:
     """Build a :class:`Peeler` whose methods are compiled ``tf.function``s.
 
@@ -318,11 +365,14 @@ def make_peeler(
         max_iterations: ``K``.
         stamp_size: side of the stamps (pixels) for the input signature; ``None`` = any.
         n_bands: number of bands for the input signature; ``None`` = any.
+        refine_steps: RDN refinement sweeps after the peel (0 = the paper's peel).
 
     Returns:
         A peeler whose ``peel``, ``deblend_one`` and ``count`` are traced once per signature.
     """
-    peeler = Peeler(deblender, classifier, max_iterations=max_iterations)
+    peeler = Peeler(
+        deblender, classifier, max_iterations=max_iterations, refine_steps=refine_steps
+    )
     spec = tf.TensorSpec([None, stamp_size, stamp_size, n_bands], tf.float32, name="images")
     peeler.peel = tf.function(peeler.peel, input_signature=[spec], reduce_retracing=True)
     peeler.deblend_one = tf.function(peeler.deblend_one, input_signature=[spec])
@@ -421,6 +471,7 @@ def run_file(
         info = {
             "model": model.name,
             "version": model.version,
+            "refine_steps": model.refine_steps,
             "bunit": blends.bunit,
             "input": Path(input_path).name,
         }

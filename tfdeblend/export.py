@@ -171,13 +171,18 @@ def next_version(out_dir: str | os.PathLike) -> int:
     return max(versions, default=0) + 1
 
 
-def build_serving_module(bundle: ModelBundle, max_iterations: int):
+def build_serving_module(bundle: ModelBundle, max_iterations: int, refine_steps: int):
     """A :class:`tf.Module` with the three serving functions (see the module docstring)."""
     import tensorflow as tf
 
     from tfdeblend.deblend import Peeler
 
-    peeler = Peeler(bundle.deblender, bundle.classifier, max_iterations=max_iterations)
+    peeler = Peeler(
+        bundle.deblender,
+        bundle.classifier,
+        max_iterations=max_iterations,
+        refine_steps=refine_steps,
+    )
     spec = tf.TensorSpec(
         [None, bundle.stamp_size, bundle.stamp_size, len(bundle.bands)], tf.float32, name="images"
     )
@@ -210,6 +215,7 @@ def export_model(
     classifier_run: str | os.PathLike | None = None,
     max_iterations: int | None = None,
     overwrite: bool = False,
+    refine_steps: int | None = None,
 ) -> Path:
     """Export a deblender + classifier pair as a TF Serving SavedModel.
 
@@ -223,6 +229,8 @@ def export_model(
         classifier_run: take the classifier from this run directory instead.
         max_iterations: most components peeled per blend (``K``); default 6.
         overwrite: replace an existing ``NAME/<version>``.
+        refine_steps: RDN refinement sweeps after the peel
+            (:meth:`tfdeblend.deblend.Peeler.refine`); default 2, 0 = the paper's peel.
 
     Returns:
         The version directory written.
@@ -230,9 +238,15 @@ def export_model(
     Raises:
         ModelError: missing or mismatched networks. TfdeblendError: the version exists.
     """
-    from tfdeblend.deblend import DEFAULT_MAX_ITERATIONS
+    from tfdeblend.deblend import DEFAULT_MAX_ITERATIONS, DEFAULT_REFINE_STEPS
 
     max_iterations = int(max_iterations or DEFAULT_MAX_ITERATIONS)
+    refine_steps = int(DEFAULT_REFINE_STEPS if refine_steps is None else refine_steps)
+    if max_iterations < 1 or refine_steps < 0:
+        raise TfdeblendError(
+            f"max_iterations must be >= 1 and refine_steps >= 0, not {max_iterations} and "
+            f"{refine_steps}"
+        )
     if isinstance(run_dir_or_models, ModelBundle):
         bundle = run_dir_or_models
     else:
@@ -252,7 +266,7 @@ def export_model(
 
     import tensorflow as tf
 
-    module = build_serving_module(bundle, max_iterations)
+    module = build_serving_module(bundle, max_iterations, refine_steps)
     with atomic_dir(target) as tmp:
         tf.saved_model.save(
             module,
@@ -278,6 +292,7 @@ def export_model(
             "bands": list(bundle.bands),
             "stamp_size": int(bundle.stamp_size),
             "max_iterations": max_iterations,
+            "refine_steps": refine_steps,
             "tfdeblend_version": tfdeblend.__version__,
             "tensorflow_version": tf.__version__,
             "signatures": list(SIGNATURES),
@@ -343,6 +358,8 @@ class DeblendModel:
         bands: band names, channel order.
         stamp_size: side of the stamps, pixels.
         max_iterations: ``K``.
+        refine_steps: RDN refinement sweeps after the peel (0 for models exported before
+            refinement existed).
         metadata: the whole ``tfdeblend.yaml`` dict.
     """
 
@@ -354,6 +371,7 @@ class DeblendModel:
         self.bands = tuple(metadata["bands"])
         self.stamp_size = int(metadata["stamp_size"])
         self.max_iterations = int(metadata["max_iterations"])
+        self.refine_steps = int(metadata.get("refine_steps") or 0)
         self._saved = saved_model
         self._signatures = {name: saved_model.signatures[name] for name in SIGNATURES}
 

@@ -333,6 +333,7 @@ def _primary_header(header_info: dict) -> fits.Header:
         "bunit": ("BUNIT", "unit of the images (the input's)"),
         "input": ("INPUT", "input file"),
         "max_iterations": ("MAXITER", "K, most components per blend"),
+        "refine_steps": ("REFINE", "RDN refinement sweeps after the peel"),
         "n_blends": ("NBLENDS", "number of blends"),
     }
     for key, (card, comment) in keys.items():
