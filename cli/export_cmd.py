@@ -42,10 +42,17 @@ import click
     help="RDN refinement sweeps after the peel: each galaxy again from the blend minus the "
     "others (default 2; 0 = the paper's peel).",
 )
+@click.option(
+    "--count-views",
+    type=click.Choice(["1", "2", "4", "8"]),
+    default=None,
+    help="Average the classifier over this many rotations/flips of each image (default 8; "
+    "1 = the paper's count).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing NAME/<version>.")
 def export(
     run_dir, out_dir, deblender_run, classifier_run, version, max_iterations, refine_steps,
-    overwrite,
+    count_views, overwrite,
 ):
     """Export RUN_DIR's deblender and classifier as a SavedModel for TF Serving.
 
@@ -65,6 +72,7 @@ def export(
         classifier_run=classifier_run,
         max_iterations=max_iterations,
         refine_steps=refine_steps,
+        count_views=int(count_views) if count_views else None,
         overwrite=overwrite,
     )
     click.echo(f"Exported {path} (signatures serving_default, deblend_one, count)")

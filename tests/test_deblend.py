@@ -83,7 +83,7 @@ def blend(fluxes: list[float], bands: int = 2) -> np.ndarray:
 
 
 def test_three_galaxies_peel_in_brightness_order_with_high_quality():
-    peeler = make_peeler(*oracle_models(1), max_iterations=6)
+    peeler = make_peeler(*oracle_models(1), count_views=1, max_iterations=6)
     images = np.stack([blend([4.0, 64.0, 16.0]), blend([0, 8.0, 2.0]), blend([32.0, 0, 0])])
     out = peel_numpy(peeler, images)
     assert out["components"].shape == (3, 6, SIZE, SIZE, 2)
@@ -104,7 +104,7 @@ def test_three_galaxies_peel_in_brightness_order_with_high_quality():
 def test_medium_low_guard_and_empty_rules_in_one_batch():
     images = np.stack([blend([4.0, 64.0, 16.0]), blend([0, 0, 0]), blend([2.0, 0, 8.0])])
     # the deblender takes two galaxies at once: counts 3, 1, 0 -> medium
-    out = peel_numpy(make_peeler(*oracle_models(2)), images)
+    out = peel_numpy(make_peeler(*oracle_models(2), count_views=1), images)
     np.testing.assert_array_equal(out["counts"][0, :3], [3, 1, 0])
     np.testing.assert_array_equal(out["quality"], [1, 2, 1])  # blank stamp: 0 components, high
     np.testing.assert_array_equal(out["n_components"], [2, 0, 1])
@@ -112,14 +112,14 @@ def test_medium_low_guard_and_empty_rules_in_one_batch():
     assert not out["components"][1].any()
 
     # the deblender returns nothing: the same count three times in a row -> low, stop there
-    out = peel_numpy(make_peeler(*oracle_models(0)), images)
+    out = peel_numpy(make_peeler(*oracle_models(0), count_views=1), images)
     np.testing.assert_array_equal(out["counts"][0], [3, 3, 3, -1, -1, -1, -1])
     np.testing.assert_array_equal(out["quality"], [0, 2, 0])
     np.testing.assert_array_equal(out["n_components"], [2, 0, 2])
     np.testing.assert_array_equal(out["residual"], images)
 
     # max-iterations guard: two steps allowed, three galaxies -> low after two components
-    out = peel_numpy(make_peeler(*oracle_models(1), max_iterations=2), images)
+    out = peel_numpy(make_peeler(*oracle_models(1), count_views=1, max_iterations=2), images)
     assert out["components"].shape[1] == 2
     np.testing.assert_array_equal(out["counts"][0], [3, 2, 1])
     np.testing.assert_array_equal(out["quality"], [0, 2, 2])
@@ -128,7 +128,7 @@ def test_medium_low_guard_and_empty_rules_in_one_batch():
 
 
 def test_units_do_not_matter_and_single_calls():
-    peeler = make_peeler(*oracle_models(1))
+    peeler = make_peeler(*oracle_models(1), count_views=1)
     images = np.stack([blend([4.0, 64.0, 16.0])])
     scaled = peel_numpy(peeler, images * 1024.0)  # a power of two keeps the test exact
     plain = peel_numpy(peeler, images)
@@ -145,8 +145,8 @@ def test_eager_and_compiled_agree_and_batches_are_independent():
     models = oracle_models(1)
     rng = np.random.default_rng(0)
     images = np.stack([blend(list(2.0 ** rng.integers(0, 8, 3))) for _ in range(5)])
-    eager = Peeler(*models)(tf.constant(images))
-    compiled = peel_numpy(make_peeler(*models), images, batch_size=2)
+    eager = Peeler(*models, count_views=1)(tf.constant(images))
+    compiled = peel_numpy(make_peeler(*models, count_views=1), images, batch_size=2)
     for key in compiled:
         np.testing.assert_array_equal(eager[key].numpy(), compiled[key])
 
@@ -235,7 +235,7 @@ def test_conserve_flux_recovers_what_the_models_got_wrong():
 
 
 def test_an_empty_batch_peels_to_empty_outputs():
-    out = Peeler(*oracle_models(1))(tf.zeros((0, SIZE, SIZE, 2)))
+    out = Peeler(*oracle_models(1), count_views=1)(tf.zeros((0, SIZE, SIZE, 2)))
     assert out["components"].shape[0] == 0 and out["conserved"].shape[0] == 0
     assert out["noise_std"].shape == (0, 2)
 
@@ -243,7 +243,7 @@ def test_an_empty_batch_peels_to_empty_outputs():
 def test_peel_outputs_conserved_components():
     from tfdeblend.deblend import conserve_flux
 
-    peeler = Peeler(*oracle_models(1))
+    peeler = Peeler(*oracle_models(1), count_views=1)
     images = np.stack([blend([4.0, 2.0, 0.0]), blend([0.0, 8.0, 16.0])])
     out = peeler(tf.constant(images))
     assert out["conserved"].shape == out["components"].shape
@@ -265,12 +265,12 @@ def test_refinement_reestimates_each_galaxy_from_the_blend_minus_the_others():
     are wrong in the overlap; each Jacobi sweep re-estimates them from ``blend - others``."""
     models = oracle_models(1, leak=0.25)
     images = np.stack([blend([0.0, 64.0, 16.0]), blend([32.0, 0.0, 0.0])])
-    plain = peel_numpy(make_peeler(*models, refine_steps=0), images)
+    plain = peel_numpy(make_peeler(*models, count_views=1, refine_steps=0), images)
     # the paper's peel: component 1 = B64 + B16 / 4, component 2 = the remaining 3/4 of B16
     np.testing.assert_allclose(plain["components"][0, 0], blend([0, 64.0, 4.0]))
     np.testing.assert_allclose(plain["components"][0, 1], blend([0, 0, 12.0]))
     refined = {
-        steps: peel_numpy(make_peeler(*models, refine_steps=steps), images) for steps in (1, 2)
+        steps: peel_numpy(make_peeler(*models, count_views=1, refine_steps=steps), images) for steps in (1, 2)
     }
     # sweep 1: B64 + (B16 / 4) / 4 and, from blend - old component 1, 3/4 B16 again;
     # sweep 2: component 2 from blend - (B64 + B16 / 16) = 15/16 B16
@@ -290,3 +290,49 @@ def test_refinement_reestimates_each_galaxy_from_the_blend_minus_the_others():
         )
     with pytest.raises(ValueError):
         Peeler(*models, refine_steps=-1)
+    with pytest.raises(ValueError):
+        Peeler(*models, count_views=3)
+
+
+# ---------------------------------------------------------------- counting over several views
+
+
+def test_dihedral_views_are_the_eight_rotations_and_flips():
+    from tfdeblend.deblend import dihedral_views
+
+    image = np.arange(2 * 5 * 5 * 1, dtype="float32").reshape(2, 5, 5, 1)  # no symmetry
+    views = dihedral_views(tf.constant(image), 8).numpy().reshape(8, 2, 5, 5, 1)
+    assert len({v.tobytes() for v in views}) == 8
+    np.testing.assert_array_equal(views[0], image)
+    np.testing.assert_array_equal(views[1], image[:, :, ::-1])
+    # the set of views of a rotated image is the same set
+    rotated = dihedral_views(tf.constant(np.rot90(image, 1, axes=(1, 2)).copy()), 8).numpy()
+    assert {v.tobytes() for v in rotated.reshape(8, 2, 5, 5, 1)} == {
+        v.tobytes() for v in views
+    }
+    assert dihedral_views(tf.constant(image), 4).shape[0] == 8
+    np.testing.assert_array_equal(dihedral_views(tf.constant(image), 1).numpy(), image)
+
+
+def test_count_averages_the_classifier_logits_over_the_views(tiny_peel_models, rendered_blends):
+    from tfdeblend.deblend import dihedral_views
+    from tfdeblend.normalize import normalize
+
+    deblender, classifier = tiny_peel_models
+    images = rendered_blends
+    normalized, _ = normalize(tf.constant(images))
+    logits = classifier(dihedral_views(normalized, 8), training=False).numpy()
+    expected = logits.reshape(8, len(images), -1).mean(axis=0)
+    for views in (1, 8):
+        peeler = make_peeler(deblender, classifier, count_views=views)
+        counted = peeler.count(tf.constant(images))
+        mean = expected if views == 8 else logits[: len(images)]
+        np.testing.assert_array_equal(counted["count"].numpy(), mean.argmax(axis=1))
+        np.testing.assert_allclose(
+            counted["probabilities"].numpy(), tf.nn.softmax(mean).numpy(), rtol=1e-4, atol=1e-6
+        )
+    # with all 8 views, a rotated or mirrored blend peels with the same counts
+    peeler = make_peeler(deblender, classifier, max_iterations=3, count_views=8)
+    plain = peel_numpy(peeler, images)
+    turned = peel_numpy(peeler, np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2))[:, ::-1]))
+    np.testing.assert_array_equal(plain["counts"][:, 0], turned["counts"][:, 0])

@@ -44,6 +44,7 @@ def test_layout_and_metadata(model_dir):
     assert meta["stamp_size"] == 80
     assert meta["max_iterations"] == 4
     assert meta["refine_steps"] == 2  # the default: two sweeps after the peel
+    assert meta["count_views"] == 8  # and the count averaged over 8 rotations/flips
     assert meta["version"] == 1 and meta["name"] == "tiny"
     assert meta["signatures"] == ["serving_default", "deblend_one", "count"]
     assert meta["configs"]["deblender"]["num_blocks"] >= 1
@@ -116,8 +117,10 @@ def test_keras_files_and_networks_agree(model_dir, images):
     classifier = keras.saving.load_model(
         model.path / "assets.extra" / "classifier.keras", compile=False, safe_mode=True
     )
-    assert model.refine_steps == 2
-    local = peel_numpy(make_peeler(rdn, classifier, max_iterations=4, refine_steps=2), images)
+    assert model.refine_steps == 2 and model.count_views == 8
+    local = peel_numpy(
+        make_peeler(rdn, classifier, max_iterations=4, refine_steps=2, count_views=8), images
+    )
     served = model.deblend(images)
     np.testing.assert_array_equal(served["counts"], local["counts"])
     scale = np.abs(images).max()
@@ -199,12 +202,15 @@ def test_cli_export(request, tmp_path_factory, tmp_path):
             str(out),
             "--refine-steps",
             "0",
+            "--count-views",
+            "1",
         ],
     )
     assert result.exit_code == 0, result.output
     assert (out / "1" / "saved_model.pb").is_file()
     assert "Exported" in result.output
-    assert load_model(out).refine_steps == 0  # the paper's peel, recorded in the metadata
+    paper = load_model(out)  # the paper's peel and count, recorded in the metadata
+    assert paper.refine_steps == 0 and paper.count_views == 1
     # again, with an explicit existing version: refused, nothing changed
     args = ["--deblender", str(deblender_run), "--classifier", str(classifier_run)]
     result = runner.invoke(cli, ["export", *args, "--out", str(out), "--version", "1"])

@@ -55,7 +55,7 @@ def test_run_writes_every_hdu(model_dir, images, tmp_path):
         head = hdul[0].header
         assert head["MODEL"] == "tiny" and head["MODELVER"] == 1 and head["BANDS"] == "g,r,i"
         assert head["BUNIT"] == "electron" and head["TFDBVER"]
-        assert head["MAXITER"] == 4 and head["REFINE"] == 2
+        assert head["MAXITER"] == 4 and head["REFINE"] == 2 and head["NVIEWS"] == 8
         comps, resid = hdul["COMPONENTS"].data, hdul["RESIDUAL"].data
         assert comps.shape == (n, 4, 3, 80, 80) and comps.dtype.kind == "f"
         assert resid.shape == (n, 3, 80, 80)

@@ -36,6 +36,14 @@ residual becomes ``images - components.sum(1)``. With the shipped model, two swe
 fainter galaxy's r-band 3-sigma outliers from 15.1 % to 12.1 % and its flux bias from -0.019 to
 -0.013 (``docs/model_card.md``). ``refine_steps=0`` is the paper's peel exactly.
 
+Counting over several views (``count_views``; an addition to the paper's peel). The classifier's
+logits are averaged over ``count_views`` rotations and flips of the image (1: the image only, as
+in the paper; 2: and its mirror image; 4: the four 90-degree rotations; 8: all eight). The PSF is
+round and the noise white, so each view is an equally valid image; averaging removes part of the
+classifier's orientation-dependent errors. With the version-2 classifier, 8 views raised the
+first count's accuracy from 78.5 % to 80.5 % (2-galaxy test blends) and from 48.8 % to 51.6 %
+(3-galaxy). The count is then the same for an image and its rotated copy (8 or 4 views).
+
 Flux-conserving components (``conserved``, :func:`conserve_flux`). The RDN returns *noiseless
 models*; their fluxes inherit the network's errors (a faint galaxy's wings are lost to the
 denoising, and an overlap can be split wrongly). After the peel, the residual is handed back to
@@ -67,6 +75,10 @@ DEFAULT_MAX_ITERATIONS: int = 6
 REPEAT_LIMIT: int = 3
 #: Default RDN refinement sweeps after the peel (0: the paper's peel).
 DEFAULT_REFINE_STEPS: int = 2
+#: Default number of views (rotations/flips) the classifier's logits are averaged over.
+DEFAULT_COUNT_VIEWS: int = 8
+#: Allowed numbers of views.
+COUNT_VIEWS: tuple[int, ...] = (1, 2, 4, 8)
 #: Footprint of the flux-conserving components: summed model above this many noise sigmas.
 FOOTPRINT_SIGMA: float = 0.5
 
@@ -79,6 +91,22 @@ def _counts_from_logits(logits: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
     """Argmax of the logits, except 0 for an image that is exactly zero everywhere."""
     empty = tf.equal(tf.reduce_max(tf.abs(images), axis=[1, 2, 3]), 0.0)
     return tf.where(empty, 0, tf.cast(tf.argmax(logits, axis=-1), tf.int32))
+
+
+def dihedral_views(images: tf.Tensor, views: int) -> tf.Tensor:
+    """The first ``views`` of the 8 rotations/flips of ``(N, H, W, C)`` images, stacked on axis 0.
+
+    Order: the image, its mirror image (left-right flip), then rotations by 90, 180 and 270
+    degrees, then the mirror image of each rotation. Returns ``(views * N, H, W, C)``.
+    """
+    mirror = tf.reverse(images, axis=[2])
+    out = [images, mirror]
+    for k in (1, 2, 3):
+        out.append(tf.image.rot90(images, k))
+    for k in (1, 2, 3):
+        out.append(tf.image.rot90(mirror, k))
+    order = [0, 1, 2, 3, 4, 5, 6, 7] if views == 8 else {1: [0], 2: [0, 1], 4: [0, 2, 3, 4]}[views]
+    return tf.concat([out[i] for i in order], axis=0)
 
 
 def _median_last_axis(x: tf.Tensor) -> tf.Tensor:
@@ -141,6 +169,8 @@ class Peeler(tf.Module):
             (number of galaxies 0-3).
         max_iterations: ``K``, the most components peeled from one blend.
         refine_steps: RDN refinement sweeps after the peel (:meth:`refine`; 0 = none).
+        count_views: the classifier's logits are averaged over this many rotations/flips of
+            each image (1, 2, 4 or 8; 1 = the paper).
         name: module name.
 
     Example:
@@ -155,6 +185,7 @@ class Peeler(tf.Module):
         classifier,
         max_iterations: int = DEFAULT_MAX_ITERATIONS,
         refine_steps: int = DEFAULT_REFINE_STEPS,
+        count_views: int = DEFAULT_COUNT_VIEWS,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -162,12 +193,26 @@ class Peeler(tf.Module):
             raise ValueError("max_iterations must be at least 1")
         if int(refine_steps) < 0:
             raise ValueError("refine_steps must be 0 or more")
+        if int(count_views) not in COUNT_VIEWS:
+            raise ValueError(f"count_views must be one of {COUNT_VIEWS}, not {count_views}")
         self.deblender = deblender
         self.classifier = classifier
         self.max_iterations = int(max_iterations)
         self.refine_steps = int(refine_steps)
+        self.count_views = int(count_views)
 
     # ---------------------------------------------------------------- single networks
+    def logits(self, normalized: tf.Tensor) -> tf.Tensor:
+        """Classifier logits ``(N, 4)`` of normalized images, averaged over ``count_views``."""
+        if self.count_views == 1:
+            return _as_float32(self.classifier(normalized, training=False))
+        views = dihedral_views(normalized, self.count_views)
+        logits = _as_float32(self.classifier(views, training=False))
+        shape = tf.shape(logits)
+        return tf.reduce_mean(
+            tf.reshape(logits, [self.count_views, shape[0] // self.count_views, shape[1]]), 0
+        )
+
     def deblend_one(self, images: tf.Tensor) -> tf.Tensor:
         """One RDN pass: the brightest galaxy of each image, in the input's flux units.
 
@@ -192,7 +237,7 @@ class Peeler(tf.Module):
         """
         images = _as_float32(images)
         normalized, _ = normalize(images)
-        logits = _as_float32(self.classifier(normalized, training=False))
+        logits = self.logits(normalized)
         return {
             "count": _counts_from_logits(logits, images),
             "probabilities": tf.nn.softmax(logits, axis=-1),
@@ -265,7 +310,7 @@ class Peeler(tf.Module):
             index = tf.cast(tf.where(active), tf.int32)  # (A, 1)
             sub = tf.gather_nd(residual, index)
             normalized, scale = normalize(sub)
-            logits = _as_float32(self.classifier(normalized, training=False))
+            logits = self.logits(normalized)
             sub_count = _counts_from_logits(logits, sub)
             count = tf.tensor_scatter_nd_update(tf.fill([n], -1), index, sub_count)
 
@@ -356,6 +401,7 @@ def make_peeler(
     stamp_size: int | None = None,
     n_bands: int | None = None,
     refine_steps: int = DEFAULT_REFINE_STEPS,
+    count_views: int = DEFAULT_COUNT_VIEWS,
 ) -> Peeler:
     """Build a :class:`Peeler` whose methods are compiled ``tf.function``s.
 
@@ -366,12 +412,17 @@ def make_peeler(
         stamp_size: side of the stamps (pixels) for the input signature; ``None`` = any.
         n_bands: number of bands for the input signature; ``None`` = any.
         refine_steps: RDN refinement sweeps after the peel (0 = the paper's peel).
+        count_views: rotations/flips the classifier's logits are averaged over (1 = the paper).
 
     Returns:
         A peeler whose ``peel``, ``deblend_one`` and ``count`` are traced once per signature.
     """
     peeler = Peeler(
-        deblender, classifier, max_iterations=max_iterations, refine_steps=refine_steps
+        deblender,
+        classifier,
+        max_iterations=max_iterations,
+        refine_steps=refine_steps,
+        count_views=count_views,
     )
     spec = tf.TensorSpec([None, stamp_size, stamp_size, n_bands], tf.float32, name="images")
     peeler.peel = tf.function(peeler.peel, input_signature=[spec], reduce_retracing=True)
@@ -472,6 +523,7 @@ def run_file(
             "model": model.name,
             "version": model.version,
             "refine_steps": model.refine_steps,
+            "count_views": model.count_views,
             "bunit": blends.bunit,
             "input": Path(input_path).name,
         }

@@ -171,7 +171,9 @@ def next_version(out_dir: str | os.PathLike) -> int:
     return max(versions, default=0) + 1
 
 
-def build_serving_module(bundle: ModelBundle, max_iterations: int, refine_steps: int):
+def build_serving_module(
+    bundle: ModelBundle, max_iterations: int, refine_steps: int, count_views: int
+):
     """A :class:`tf.Module` with the three serving functions (see the module docstring)."""
     import tensorflow as tf
 
@@ -182,6 +184,7 @@ def build_serving_module(bundle: ModelBundle, max_iterations: int, refine_steps:
         bundle.classifier,
         max_iterations=max_iterations,
         refine_steps=refine_steps,
+        count_views=count_views,
     )
     spec = tf.TensorSpec(
         [None, bundle.stamp_size, bundle.stamp_size, len(bundle.bands)], tf.float32, name="images"
@@ -216,6 +219,7 @@ def export_model(
     max_iterations: int | None = None,
     overwrite: bool = False,
     refine_steps: int | None = None,
+    count_views: int | None = None,
 ) -> Path:
     """Export a deblender + classifier pair as a TF Serving SavedModel.
 
@@ -231,6 +235,8 @@ def export_model(
         overwrite: replace an existing ``NAME/<version>``.
         refine_steps: RDN refinement sweeps after the peel
             (:meth:`tfdeblend.deblend.Peeler.refine`); default 2, 0 = the paper's peel.
+        count_views: rotations/flips the classifier's logits are averaged over (1, 2, 4 or 8;
+            default 8, 1 = the paper's count).
 
     Returns:
         The version directory written.
@@ -238,14 +244,24 @@ def export_model(
     Raises:
         ModelError: missing or mismatched networks. TfdeblendError: the version exists.
     """
-    from tfdeblend.deblend import DEFAULT_MAX_ITERATIONS, DEFAULT_REFINE_STEPS
+    from tfdeblend.deblend import (
+        COUNT_VIEWS,
+        DEFAULT_COUNT_VIEWS,
+        DEFAULT_MAX_ITERATIONS,
+        DEFAULT_REFINE_STEPS,
+    )
 
     max_iterations = int(max_iterations or DEFAULT_MAX_ITERATIONS)
     refine_steps = int(DEFAULT_REFINE_STEPS if refine_steps is None else refine_steps)
+    count_views = int(count_views or DEFAULT_COUNT_VIEWS)
     if max_iterations < 1 or refine_steps < 0:
         raise TfdeblendError(
             f"max_iterations must be >= 1 and refine_steps >= 0, not {max_iterations} and "
             f"{refine_steps}"
+        )
+    if count_views not in COUNT_VIEWS:
+        raise TfdeblendError(
+            f"count_views must be one of {', '.join(map(str, COUNT_VIEWS))}, not {count_views}"
         )
     if isinstance(run_dir_or_models, ModelBundle):
         bundle = run_dir_or_models
@@ -266,7 +282,7 @@ def export_model(
 
     import tensorflow as tf
 
-    module = build_serving_module(bundle, max_iterations, refine_steps)
+    module = build_serving_module(bundle, max_iterations, refine_steps, count_views)
     with atomic_dir(target) as tmp:
         tf.saved_model.save(
             module,
@@ -293,6 +309,7 @@ def export_model(
             "stamp_size": int(bundle.stamp_size),
             "max_iterations": max_iterations,
             "refine_steps": refine_steps,
+            "count_views": count_views,
             "tfdeblend_version": tfdeblend.__version__,
             "tensorflow_version": tf.__version__,
             "signatures": list(SIGNATURES),
@@ -360,6 +377,8 @@ class DeblendModel:
         max_iterations: ``K``.
         refine_steps: RDN refinement sweeps after the peel (0 for models exported before
             refinement existed).
+        count_views: views the classifier's logits are averaged over (1 for models exported
+            before this existed).
         metadata: the whole ``tfdeblend.yaml`` dict.
     """
 
@@ -372,6 +391,7 @@ class DeblendModel:
         self.stamp_size = int(metadata["stamp_size"])
         self.max_iterations = int(metadata["max_iterations"])
         self.refine_steps = int(metadata.get("refine_steps") or 0)
+        self.count_views = int(metadata.get("count_views") or 1)
         self._saved = saved_model
         self._signatures = {name: saved_model.signatures[name] for name in SIGNATURES}
 

@@ -334,6 +334,7 @@ def _primary_header(header_info: dict) -> fits.Header:
         "input": ("INPUT", "input file"),
         "max_iterations": ("MAXITER", "K, most components per blend"),
         "refine_steps": ("REFINE", "RDN refinement sweeps after the peel"),
+        "count_views": ("NVIEWS", "rotations/flips averaged by the classifier"),
         "n_blends": ("NBLENDS", "number of blends"),
     }
     for key, (card, comment) in keys.items():
