@@ -305,6 +305,9 @@ def test_dihedral_views_are_the_eight_rotations_and_flips():
     assert len({v.tobytes() for v in views}) == 8
     np.testing.assert_array_equal(views[0], image)
     np.testing.assert_array_equal(views[1], image[:, :, ::-1])
+    for k in (1, 2, 3):  # then the rotations of the image and of its mirror image
+        np.testing.assert_array_equal(views[1 + k], np.rot90(image, k, axes=(1, 2)))
+        np.testing.assert_array_equal(views[4 + k], np.rot90(image[:, :, ::-1], k, axes=(1, 2)))
     # the set of views of a rotated image is the same set
     rotated = dihedral_views(tf.constant(np.rot90(image, 1, axes=(1, 2)).copy()), 8).numpy()
     assert {v.tobytes() for v in rotated.reshape(8, 2, 5, 5, 1)} == {

@@ -99,12 +99,13 @@ def dihedral_views(images: tf.Tensor, views: int) -> tf.Tensor:
     Order: the image, its mirror image (left-right flip), then rotations by 90, 180 and 270
     degrees, then the mirror image of each rotation. Returns ``(views * N, H, W, C)``.
     """
+
+    def rotations(x):  # by 90, 180 and 270 degrees (counter-clockwise, as numpy's rot90)
+        swapped = tf.transpose(x, [0, 2, 1, 3])
+        return [tf.reverse(swapped, [1]), tf.reverse(x, [1, 2]), tf.reverse(swapped, [2])]
+
     mirror = tf.reverse(images, axis=[2])
-    out = [images, mirror]
-    for k in (1, 2, 3):
-        out.append(tf.image.rot90(images, k))
-    for k in (1, 2, 3):
-        out.append(tf.image.rot90(mirror, k))
+    out = [images, mirror, *rotations(images), *rotations(mirror)]
     order = [0, 1, 2, 3, 4, 5, 6, 7] if views == 8 else {1: [0], 2: [0, 1], 4: [0, 2, 3, 4]}[views]
     return tf.concat([out[i] for i in order], axis=0)
 
