@@ -89,17 +89,26 @@ def split_sizes(count: int, validation_fraction: float) -> tuple[int, int]:
     return count - n_val, n_val
 
 
-def peel_brightest(record: dict[str, tf.Tensor], fraction: float) -> dict[str, tf.Tensor]:
+def _uniform(seed: tf.Tensor | None, shape: list[int]) -> tf.Tensor:
+    """Uniform [0, 1) draws: stateless (reproducible) with a ``seed`` pair, else stateful."""
+    if seed is None:
+        return tf.random.uniform(shape)
+    return tf.random.stateless_uniform(shape, seed=seed)
+
+
+def peel_brightest(
+    record: dict[str, tf.Tensor], fraction: float, seed: tf.Tensor | None = None
+) -> dict[str, tf.Tensor]:
     """With probability ``fraction``, remove the brightest galaxy from an unbatched record.
 
     The blend becomes ``blend - isolated[0]`` (the other galaxies plus the same noise) and the
     targets shift up by one (``isolated[1:]``, zero padded), so the deblender also learns the later
     steps of the peel: a residual whose brightest galaxy was already taken out. Records with a
-    single galaxy are left alone.
+    single galaxy are left alone. ``seed`` (an int ``(2,)`` tensor) makes the draw stateless.
     """
     isolated = tf.cast(record["isolated"], tf.float32)
     n_gal = tf.cast(record["n_gal"], tf.int32)
-    peel = tf.logical_and(tf.random.uniform([]) < fraction, n_gal >= 2)
+    peel = tf.logical_and(_uniform(seed, [])[()] < fraction, n_gal >= 2)
     blend = tf.cast(record["blend"], tf.float32)
     shifted = tf.concat([isolated[1:], tf.zeros_like(isolated[:1])], axis=0)
     out = dict(record)
@@ -109,16 +118,20 @@ def peel_brightest(record: dict[str, tf.Tensor], fraction: float) -> dict[str, t
     return out
 
 
-def dihedral(x: tf.Tensor, y: tf.Tensor, net: str) -> tuple[tf.Tensor, tf.Tensor]:
+def dihedral(
+    x: tf.Tensor, y: tf.Tensor, net: str, seed: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
     """One random element of the dihedral group D4 (rotation by k x 90 degrees, then an
     optional left-right flip), applied identically to an unbatched example ``(x, y)``.
 
     Valid for these stamps because the PSF is round and the noise is white, so a rotated or
     mirrored blend is as likely as the original. For the deblender ``y`` is ``(2, H, W, C)``
-    and is transformed with ``x``; the classifier's label is unchanged.
+    and is transformed with ``x``; the classifier's label is unchanged. ``seed`` (an int
+    ``(2,)`` tensor) makes the draw stateless.
     """
-    k = tf.random.uniform([], 0, 4, dtype=tf.int32)
-    flip = tf.random.uniform([]) < 0.5
+    draws = _uniform(seed, [2])
+    k = tf.minimum(tf.cast(draws[0] * 4.0, tf.int32), 3)
+    flip = draws[1] < 0.5
 
     def transform(image: tf.Tensor) -> tf.Tensor:
         out = tf.image.rot90(image, k)
@@ -128,6 +141,17 @@ def dihedral(x: tf.Tensor, y: tf.Tensor, net: str) -> tuple[tf.Tensor, tf.Tensor
     if net == "deblender":
         return transform(x), transform(y)
     return transform(x), y
+
+
+def _draw(record, seed, net, fn, peel_fraction, augment):
+    """Peel (deblender), map to ``(x, y)``, then rotate/flip: the training-time random steps."""
+    seeds = (None, None) if seed is None else tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2)
+    )
+    if peel_fraction > 0:
+        record = peel_brightest(record, peel_fraction, seeds[0])
+    x, y = fn(record)
+    return dihedral(x, y, net, seeds[1]) if augment else (x, y)
 
 
 def prepare(
@@ -148,6 +172,7 @@ def prepare(
     and notebooks do not need a dataset directory. ``augment`` applies a random
     :func:`dihedral` transform to every example (training only); ``peel_fraction`` (deblender)
     removes the brightest galaxy from that share of the examples (:func:`peel_brightest`).
+    With a ``seed`` both draws are stateless, so the same seed gives the same examples.
     """
     if net not in NETS:
         raise DataError(f"net must be one of {', '.join(NETS)}, not {net!r}")
@@ -157,12 +182,22 @@ def prepare(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if peel_fraction > 0 and net == "deblender":
-        ds = ds.map(lambda r: peel_brightest(r, peel_fraction),
+    peel = peel_fraction > 0 and net == "deblender"
+    if not (peel or augment):
+        ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    elif seed is None:
+        ds = ds.map(lambda r: _draw(r, None, net, fn, peel_fraction if peel else 0.0, augment),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    if augment:
-        ds = ds.map(lambda x, y: dihedral(x, y, net), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        # one stateless seed pair per element of the (shuffled, repeated) stream: the same
+        # --seed gives the same peels and rotations, in any parallel order
+        ds = ds.enumerate().map(
+            lambda i, r: _draw(
+                r, tf.stack([tf.constant(int(seed), tf.int64), i]), net, fn,
+                peel_fraction if peel else 0.0, augment,
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     if batch_size:
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
