@@ -224,3 +224,33 @@ def test_cli_export(request, tmp_path_factory, tmp_path):
     result = runner.invoke(cli, ["export", str(tmp_path / "foreign"), "--out", str(tmp_path / "y")])
     assert result.exit_code == 1 and "not a tfdeblend run directory" in result.output
     assert not (tmp_path / "y").exists()
+
+
+def test_the_shipped_default_model_deblends_rendered_blends(monkeypatch, fits_testset):
+    """A fresh clone's default model (saved_models/tfdeblend_cpu) on real rendered 2-galaxy
+    BTK blends: it loads (the .keras files with safe_mode), peels, and finds the galaxies."""
+    import keras
+
+    import tfdeblend.models.layers  # noqa: F401
+    from tfdeblend.data import load_testset
+
+    monkeypatch.delenv("TFDEBLEND_MODEL", raising=False)
+    model = load_model()
+    assert model.path.parent.name == "tfdeblend_cpu" and model.bands == ("g", "r", "i")
+    assert model.refine_steps == 2 and model.count_views == 8
+    for name in ("deblender.keras", "classifier.keras"):
+        keras.saving.load_model(model.path / "assets.extra" / name, safe_mode=True)
+    testset = load_testset(fits_testset)
+    images = testset["blend"].astype("float32")
+    out = model.deblend(images)
+    np.testing.assert_allclose(
+        out["components"].sum(axis=1) + out["residual"], images, atol=1e-3 * np.abs(images).max()
+    )
+    assert (out["n_components"] >= 1).all() and np.median(out["n_components"]) == 2
+    # the first component sits on the brighter galaxy (flux-weighted centroid within 2 px)
+    first = np.clip(out["conserved"][:, 0].sum(axis=-1), 0, None)
+    yy, xx = np.mgrid[: first.shape[1], : first.shape[2]]
+    cx = (first * xx).sum(axis=(1, 2)) / first.sum(axis=(1, 2))
+    cy = (first * yy).sum(axis=(1, 2)) / first.sum(axis=(1, 2))
+    distance = np.hypot(cx - testset["x"][:, 0], cy - testset["y"][:, 0])
+    assert np.mean(distance < 2.0) >= 0.75, distance

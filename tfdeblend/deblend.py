@@ -32,7 +32,7 @@ component of a close pair is cut from the full blend. After the peel, every comp
 with two or more of them is estimated again by the RDN from the blend minus all the *other*
 components (``images - sum_{j != k} components_j``), all at once (a Jacobi sweep), and this is
 repeated ``refine_steps`` times. Counts, quality and the number of components do not change; the
-residual becomes ``images - components.sum(1)``. With the shipped model, two sweeps cut the
+residual becomes ``images - components.sum(1)``. With the version-2 networks, two sweeps cut the
 fainter galaxy's r-band 3-sigma outliers from 15.1 % to 12.1 % and its flux bias from -0.019 to
 -0.013 (``docs/model_card.md``). ``refine_steps=0`` is the paper's peel exactly.
 

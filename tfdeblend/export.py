@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +58,6 @@ class ModelBundle:
         bands: band names, in channel order.
         stamp_size: side of the stamps, pixels.
         configs: YAML-able dict of configurations (``deblender``, ``classifier``, ``train``...).
-        keras_files: ``{"deblender": path, "classifier": path}`` of ``.keras`` files to copy
-            into ``assets.extra`` (when absent the models are saved afresh).
     """
 
     deblender: Any
@@ -68,7 +65,6 @@ class ModelBundle:
     bands: tuple[str, ...] = ("g", "r", "i")
     stamp_size: int = 80
     configs: dict = dataclasses.field(default_factory=dict)
-    keras_files: dict = dataclasses.field(default_factory=dict)
 
 
 def default_model_dir() -> Path:
@@ -141,10 +137,6 @@ def _bundle_from_runs(run_dir, deblender_run, classifier_run) -> ModelBundle:
         bands=tuple(d_info.bands),
         stamp_size=int(d_info.stamp_size),
         configs=configs,
-        keras_files={
-            "deblender": d_dir / "deblender.keras",
-            "classifier": c_dir / "classifier.keras",
-        },
     )
 
 
@@ -296,11 +288,8 @@ def export_model(
         extra = tmp / "assets.extra"
         extra.mkdir()
         for role in ("deblender", "classifier"):
-            source = bundle.keras_files.get(role)
-            if source is not None and Path(source).exists():
-                shutil.copy2(source, extra / f"{role}.keras")
-            else:
-                getattr(bundle, role).save(extra / f"{role}.keras")
+            # the network alone: a phase-1 run's file also holds the optimizer state (3x larger)
+            _save_network(getattr(bundle, role), extra / f"{role}.keras")
         metadata = {
             "format": "tfdeblend-savedmodel",
             "name": out_dir.name,
@@ -317,6 +306,14 @@ def export_model(
         }
         (extra / METADATA_NAME).write_text(yaml.safe_dump(metadata, sort_keys=False))
     return target
+
+
+def _save_network(model, path: Path) -> None:
+    """Save a Keras network without optimizer state or compile config (inference only)."""
+    import keras
+
+    plain = keras.Model(model.inputs, model.outputs, name=model.name)
+    plain.save(path)
 
 
 def _plain(value):
