@@ -471,9 +471,10 @@ def test_killed_run_resumes(deblender_data_dir, tmp_path):
         stderr=subprocess.STDOUT,
     )
     metadata = out / "backup" / "training_metadata.json"
+    previous = out / "backup" / "latest.weights.h5.bkp"  # the backup before the latest one
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if metadata.exists():
+        if metadata.exists() and previous.exists():
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
@@ -482,6 +483,10 @@ def test_killed_run_resumes(deblender_data_dir, tmp_path):
     done = json.loads(metadata.read_text())["epoch"]
     assert 1 <= done < 6
     assert not (out / "config.yaml").exists()  # nothing final was written
+    # a kill in the middle of writing the latest backup leaves it truncated: resume from the
+    # previous one instead of failing
+    latest = out / "backup" / "latest.weights.h5"
+    latest.write_bytes(latest.read_bytes()[:100])
     second = subprocess.run(
         _train_cmd(deblender_data_dir, out), env=env, capture_output=True, text=True, timeout=300
     )

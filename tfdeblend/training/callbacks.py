@@ -122,7 +122,9 @@ def make_callbacks(
     # JsonHistory first: an epoch is in history.json before the backup says it is done.
     callbacks: list = [
         JsonHistory(run_dir / "history.json"),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        # double_checkpoint: the previous backup is kept, so a run killed while writing the
+        # new one resumes from the previous epoch instead of failing on a truncated file
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
     ]
     if checkpoints:
         (run_dir / "checkpoints").mkdir(exist_ok=True)
