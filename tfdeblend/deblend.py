@@ -77,8 +77,10 @@ REPEAT_LIMIT: int = 3
 DEFAULT_REFINE_STEPS: int = 2
 #: Default number of views (rotations/flips) the classifier's logits are averaged over.
 DEFAULT_COUNT_VIEWS: int = 8
+#: Which of :func:`dihedral_views`' 8 transforms each allowed number of views uses.
+_VIEW_ORDER: dict[int, tuple[int, ...]] = {1: (0,), 2: (0, 1), 4: (0, 2, 3, 4), 8: tuple(range(8))}
 #: Allowed numbers of views.
-COUNT_VIEWS: tuple[int, ...] = (1, 2, 4, 8)
+COUNT_VIEWS: tuple[int, ...] = tuple(_VIEW_ORDER)
 #: Footprint of the flux-conserving components: summed model above this many noise sigmas.
 FOOTPRINT_SIGMA: float = 0.5
 
@@ -106,8 +108,19 @@ def dihedral_views(images: tf.Tensor, views: int) -> tf.Tensor:
 
     mirror = tf.reverse(images, axis=[2])
     out = [images, mirror, *rotations(images), *rotations(mirror)]
-    order = [0, 1, 2, 3, 4, 5, 6, 7] if views == 8 else {1: [0], 2: [0, 1], 4: [0, 2, 3, 4]}[views]
-    return tf.concat([out[i] for i in order], axis=0)
+    return tf.concat([out[i] for i in _VIEW_ORDER[views]], axis=0)
+
+
+def check_peel_options(max_iterations: int, refine_steps: int, count_views: int) -> None:
+    """Raise ``ValueError`` unless the peel's options are valid (K >= 1, sweeps >= 0, and
+    ``count_views`` one of :data:`COUNT_VIEWS`)."""
+    if int(max_iterations) < 1:
+        raise ValueError(f"max_iterations must be at least 1, not {max_iterations}")
+    if int(refine_steps) < 0:
+        raise ValueError(f"refine_steps must be 0 or more, not {refine_steps}")
+    if int(count_views) not in COUNT_VIEWS:
+        views = ", ".join(map(str, COUNT_VIEWS))
+        raise ValueError(f"count_views must be one of {views}, not {count_views}")
 
 
 def _median_last_axis(x: tf.Tensor) -> tf.Tensor:
@@ -190,12 +203,7 @@ class Peeler(tf.Module):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        if int(max_iterations) < 1:
-            raise ValueError("max_iterations must be at least 1")
-        if int(refine_steps) < 0:
-            raise ValueError("refine_steps must be 0 or more")
-        if int(count_views) not in COUNT_VIEWS:
-            raise ValueError(f"count_views must be one of {COUNT_VIEWS}, not {count_views}")
+        check_peel_options(max_iterations, refine_steps, count_views)
         self.deblender = deblender
         self.classifier = classifier
         self.max_iterations = int(max_iterations)

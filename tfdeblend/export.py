@@ -237,24 +237,19 @@ def export_model(
         ModelError: missing or mismatched networks. TfdeblendError: the version exists.
     """
     from tfdeblend.deblend import (
-        COUNT_VIEWS,
         DEFAULT_COUNT_VIEWS,
         DEFAULT_MAX_ITERATIONS,
         DEFAULT_REFINE_STEPS,
+        check_peel_options,
     )
 
     max_iterations = int(max_iterations or DEFAULT_MAX_ITERATIONS)
     refine_steps = int(DEFAULT_REFINE_STEPS if refine_steps is None else refine_steps)
     count_views = int(count_views or DEFAULT_COUNT_VIEWS)
-    if max_iterations < 1 or refine_steps < 0:
-        raise TfdeblendError(
-            f"max_iterations must be >= 1 and refine_steps >= 0, not {max_iterations} and "
-            f"{refine_steps}"
-        )
-    if count_views not in COUNT_VIEWS:
-        raise TfdeblendError(
-            f"count_views must be one of {', '.join(map(str, COUNT_VIEWS))}, not {count_views}"
-        )
+    try:  # before any network is loaded
+        check_peel_options(max_iterations, refine_steps, count_views)
+    except ValueError as err:
+        raise TfdeblendError(str(err)) from err
     if isinstance(run_dir_or_models, ModelBundle):
         bundle = run_dir_or_models
     else:

@@ -182,20 +182,18 @@ def prepare(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    peel = peel_fraction > 0 and net == "deblender"
-    if not (peel or augment):
+    fraction = peel_fraction if net == "deblender" else 0.0
+    if not (fraction > 0 or augment):
         ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     elif seed is None:
-        ds = ds.map(lambda r: _draw(r, None, net, fn, peel_fraction if peel else 0.0, augment),
+        ds = ds.map(lambda r: _draw(r, None, net, fn, fraction, augment),
                     num_parallel_calls=tf.data.AUTOTUNE)
     else:
         # one stateless seed pair per element of the (shuffled, repeated) stream: the same
         # --seed gives the same peels and rotations, in any parallel order
+        base = tf.constant(int(seed), tf.int64)
         ds = ds.enumerate().map(
-            lambda i, r: _draw(
-                r, tf.stack([tf.constant(int(seed), tf.int64), i]), net, fn,
-                peel_fraction if peel else 0.0, augment,
-            ),
+            lambda i, r: _draw(r, tf.stack([base, i]), net, fn, fraction, augment),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     if batch_size:
