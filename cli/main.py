@@ -19,6 +19,7 @@ from tfdeblend import __version__
 COMMANDS = {
     "catalog": "catalog_cmd:catalog",
     "simulate": "simulate_cmd:simulate",
+    "residuals": "residuals_cmd:residuals",
     "train": "train_cmd:train",
     "export": "export_cmd:export",
     "run": "run_cmd:run",

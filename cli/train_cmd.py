@@ -12,7 +12,7 @@ import click
 
 
 @click.command(name="train")
-@click.argument("dataset_dir", type=click.Path(file_okay=False))
+@click.argument("dataset_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option(
     "--phase",
     type=click.IntRange(1, 2),
@@ -106,7 +106,7 @@ import click
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def train(
-    dataset_dir,
+    dataset_dirs,
     phase,
     net,
     out_dir,
@@ -130,7 +130,10 @@ def train(
     init_from,
     overwrite,
 ) -> None:
-    """Train on DATASET_DIR (written by ``tfdeblend simulate``).
+    """Train on DATASET_DIRS (written by ``tfdeblend simulate`` or ``tfdeblend residuals``).
+
+    Phase 1 takes one or more datasets (examples are drawn from all of them in proportion to
+    their sizes); phase 2 takes one 'deblender' dataset.
 
     \b
     Phase 1 (the paper's defaults: deblender Adam 1e-4, batch 128, 150 epochs;
@@ -177,13 +180,15 @@ def train(
         from tfdeblend.training.phase1 import train_phase1
 
         history = train_phase1(
-            dataset_dir, out_dir, net, config, strategy=strategy, overwrite=overwrite
+            list(dataset_dirs), out_dir, net, config, strategy=strategy, overwrite=overwrite
         )
     else:
         from tfdeblend.training.joint import train_phase2
 
+        if len(dataset_dirs) != 1:
+            raise TfdeblendError("--phase 2 takes one dataset directory")
         history = train_phase2(
-            dataset_dir,
+            dataset_dirs[0],
             deblender_run,
             classifier_run,
             out_dir,

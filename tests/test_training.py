@@ -399,7 +399,7 @@ def test_tiny_fixtures(tiny_deblender_run, tiny_classifier_run):
 def test_wrong_dataset_kind_fails_before_training(deblender_data_dir, tmp_path):
     from tfdeblend.training.phase1 import train_phase1
 
-    with pytest.raises(DataError, match="the classifier needs a 'classifier' dataset"):
+    with pytest.raises(DataError, match="the classifier needs a 'classifier' or 'residuals' dataset"):
         train_phase1(
             deblender_data_dir,
             tmp_path / "run",

@@ -31,7 +31,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -373,10 +373,64 @@ def write_dataset(
     bar = _progress(len(indices), progress, f"simulate {config.kind}")
     try:
         for i in todo:
-            _write_shard(out, i, num_shards, config.count, stream, bar)
+            count = len(shard_range(i, num_shards, config.count))
+            _write_shard(out, i, num_shards, count, stream, bar)
     finally:
         bar.close()
         stream.close()
+    return out
+
+
+def write_derived_dataset(
+    out: str | os.PathLike,
+    manifest: dict[str, Any],
+    make_stream: Callable[[int], Iterator[dict[str, np.ndarray]]],
+    overwrite: bool = False,
+    progress: bool = True,
+    desc: str = "write",
+    note: Callable[[int], dict[str, Any]] | None = None,
+) -> Path:
+    """Write a dataset whose records are computed from another one (e.g. peel residuals).
+
+    The same guarantees as :func:`write_dataset`: shards are written atomically, each marked
+    complete in its own note, and rerunning the same call on an interrupted directory writes
+    only the missing shards.
+
+    Args:
+        out: dataset directory.
+        manifest: the full manifest (``kind``, ``config``, ``bands``, ``stamp_size``,
+            ``max_sources``, ``count``, ``seed``, ``catalog_sha256``, ``shards`` with ``name`` and
+            ``count``...). Its ``config`` identifies the dataset: a rerun with another ``config``
+            is refused unless ``overwrite``.
+        make_stream: ``make_stream(i)`` yields the records of shard ``i``, in order.
+        overwrite: replace an existing dataset.
+        progress: show a tqdm progress bar (over records).
+        desc: the progress bar's label.
+        note: ``note(i)`` returns extra keys for shard ``i``'s completion note (called after
+            its records are written; merged into the manifest's shard entry).
+
+    Returns:
+        The dataset directory.
+    """
+    out = Path(out)
+    num_shards = len(manifest["shards"])
+    manifest = {**manifest, "shards": [dict(s, sha256=None, complete=False)
+                                       for s in manifest["shards"]]}
+    current = _prepare_directory(out, manifest, None, overwrite)
+    todo = [i for i in range(num_shards) if not current["shards"][i]["complete"]]
+    bar = _progress(sum(manifest["shards"][i]["count"] for i in todo), progress, desc)
+    try:
+        for i in todo:
+            stream = make_stream(i)
+            try:
+                _write_shard(out, i, num_shards, manifest["shards"][i]["count"], stream, bar,
+                             note=note)
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+    finally:
+        bar.close()
     return out
 
 
@@ -391,24 +445,37 @@ def _with_progress(stream: Iterator, total: int, enabled: bool) -> Iterator:
 
 
 def _write_shard(
-    out: Path, index: int, num_shards: int, count: int, stream: Iterator, bar: Any
+    out: Path,
+    index: int,
+    num_shards: int,
+    count: int,
+    stream: Iterator,
+    bar: Any,
+    note: Callable[[int], dict[str, Any]] | None = None,
 ) -> None:
+    """Write the next ``count`` records of ``stream`` as shard ``index``, then its note."""
     import tensorflow as tf
 
     name = shard_name(index, num_shards)
     for stale in out.glob(f".{name}.*.tmp"):
         stale.unlink(missing_ok=True)
-    examples = shard_range(index, num_shards, count)
     with atomic_file(out / name) as tmp:
         with tf.io.TFRecordWriter(str(tmp), options="GZIP") as writer:
-            for _ in examples:
-                writer.write(_serialize(next(stream)))
+            for _ in range(count):
+                try:
+                    record = next(stream)
+                except StopIteration:
+                    raise TfdeblendError(
+                        f"shard {name}: its source ran out after fewer than {count} records"
+                    ) from None
+                writer.write(_serialize(record))
                 bar.update(1)
         digest = sha256_file(tmp)
         tmp.chmod(_FILE_MODE)
-    note = {"name": name, "count": len(examples), "sha256": digest, "complete": True}
+    extra = note(index) if note is not None else {}
+    shard_note = {**extra, "name": name, "count": count, "sha256": digest, "complete": True}
     with atomic_file(out / name.replace(".tfrecord.gz", ".json")) as tmp:
-        tmp.write_text(json.dumps(note) + "\n")
+        tmp.write_text(json.dumps(shard_note) + "\n")
         tmp.chmod(_FILE_MODE)
     _update_manifest(out)
 

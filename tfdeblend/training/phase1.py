@@ -32,7 +32,7 @@ from tfdeblend.models.rdn import build_rdn
 from tfdeblend.training.callbacks import make_callbacks
 from tfdeblend.training.config import TrainConfig
 from tfdeblend.training.losses import get_deblender_loss
-from tfdeblend.training.pipelines import check_manifest, make_dataset, split_sizes
+from tfdeblend.training.pipelines import check_manifest, make_mixed_dataset, split_sizes
 from tfdeblend.training.rundir import save_run
 from tfdeblend.training.strategy import get_strategy, is_chief, prepare_fit
 
@@ -107,23 +107,23 @@ def build_phase1_model(
     return model, model_config
 
 
-def read_init_weights(
-    source: str | os.PathLike, net: str, bands: tuple[str, ...], stamp_size: int
-) -> tuple[list[np.ndarray], str]:
-    """Load the ``net`` weights that ``--init-from`` names and check they fit the dataset.
+def load_network(
+    source: str | os.PathLike, net: str
+) -> tuple[keras.Model, tuple[str, ...] | None, int | None, str]:
+    """Load network ``net`` from a run directory or a ``.keras`` file.
 
     Args:
         source: a run directory, or a ``.keras`` file (e.g. ``RUN_DIR/checkpoints/epoch-003.keras``
             or an exported model's ``assets.extra/deblender.keras``; the ``config.yaml`` of its
-            run directory, or the export's ``tfdeblend.yaml``, is checked as well).
+            run directory, or the export's ``tfdeblend.yaml``, is read as well).
         net: ``deblender`` or ``classifier``.
-        bands, stamp_size: the dataset's.
 
     Returns:
-        ``(weights, preset)``: the weight arrays and the source's preset (``"?"`` when unknown).
+        ``(model, bands, stamp_size, preset)``; ``bands``/``stamp_size`` are ``None`` and
+        ``preset`` is ``"?"`` when no metadata sits beside a ``.keras`` file.
 
     Raises:
-        ModelError: nothing loadable there, or other bands or stamp size than the dataset.
+        ModelError: nothing loadable there.
     """
     from tfdeblend.config import read_yaml_options
     from tfdeblend.errors import ModelError
@@ -136,7 +136,7 @@ def read_init_weights(
         try:
             model = keras.saving.load_model(source, compile=False, safe_mode=True)
         except Exception as err:
-            raise ModelError(f"--init-from {source}: cannot load it ({err})") from err
+            raise ModelError(f"{source}: cannot load it ({err})") from err
         doc: dict = {}
         for run_dir in (source.parent, source.parent.parent):
             if (run_dir / "config.yaml").is_file():
@@ -153,19 +153,63 @@ def read_init_weights(
         info = load_run(source)
         model = getattr(info, net, None)
         if model is None:
-            raise ModelError(f"--init-from {source} holds no {net}.keras")
+            raise ModelError(f"{source} holds no {net}.keras")
         run_bands, run_size, preset = info.bands, info.stamp_size, info.preset
+    bands = tuple(run_bands) if run_bands else None
+    return model, bands, int(run_size) if run_size else None, str(preset or "?")
+
+
+def check_network_fits(
+    source: str | os.PathLike,
+    run_bands: tuple[str, ...] | None,
+    run_size: int | None,
+    bands: tuple[str, ...],
+    stamp_size: int,
+    what: str = "--init-from",
+) -> None:
+    """Refuse a network trained on other bands or stamp size than the dataset's.
+
+    Raises:
+        ModelError: with one line naming the mismatch.
+    """
+    from tfdeblend.errors import ModelError
+
     if run_bands and tuple(run_bands) != tuple(bands):
         raise ModelError(
-            f"--init-from {source} was trained on bands {','.join(run_bands)}, "
+            f"{what} {source} was trained on bands {','.join(run_bands)}, "
             f"the dataset has {','.join(bands)}"
         )
     if run_size and int(run_size) != int(stamp_size):
         raise ModelError(
-            f"--init-from {source} was trained on {run_size}-pixel stamps, "
+            f"{what} {source} was trained on {run_size}-pixel stamps, "
             f"the dataset has {stamp_size}"
         )
-    return model.get_weights(), str(preset or "?")
+
+
+def read_init_weights(
+    source: str | os.PathLike, net: str, bands: tuple[str, ...], stamp_size: int
+) -> tuple[list[np.ndarray], str]:
+    """Load the ``net`` weights that ``--init-from`` names and check they fit the dataset.
+
+    Args:
+        source: a run directory or a ``.keras`` file (see :func:`load_network`).
+        net: ``deblender`` or ``classifier``.
+        bands, stamp_size: the dataset's.
+
+    Returns:
+        ``(weights, preset)``: the weight arrays and the source's preset (``"?"`` when unknown).
+
+    Raises:
+        ModelError: nothing loadable there, or other bands or stamp size than the dataset.
+    """
+    from tfdeblend.errors import ModelError
+
+    try:
+        model, run_bands, run_size, preset = load_network(source, net)
+    except ModelError as err:
+        raise ModelError(f"--init-from {err}") from err
+    check_network_fits(source, run_bands, run_size, bands, stamp_size)
+    return model.get_weights(), preset
 
 
 def apply_init_weights(
@@ -234,7 +278,7 @@ def prepare_out_dir(out: Path, overwrite: bool) -> bool:
 
 
 def train_phase1(
-    dataset_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike | list,
     out_dir: str | os.PathLike,
     net: str,
     config: TrainConfig | None = None,
@@ -251,7 +295,9 @@ def train_phase1(
 
     Args:
         dataset_dir: dataset written by ``tfdeblend simulate`` (``deblender`` kind for the
-            deblender, ``classifier`` kind for the classifier).
+            deblender, ``classifier`` kind for the classifier), or a list of them: the training
+            examples are then drawn from all of them in proportion to their sizes (e.g. a
+            ``classifier`` set and a ``residuals`` set from ``tfdeblend residuals``).
         out_dir: run directory to write (see ``docs/architecture.md``).
         net: ``"deblender"`` or ``"classifier"``.
         config: hyperparameters (default: the paper's, :func:`paper_train_config`).
@@ -277,14 +323,22 @@ def train_phase1(
     config = config or paper_train_config(1, net)
     if config.net != net or config.phase != 1:
         config = config.replace(net=net, phase=1)
-    manifest = dict(load_manifest(dataset_dir))
-    manifest.setdefault("path", str(Path(dataset_dir).resolve()))
-    check_manifest(manifest, net, where=str(dataset_dir))
-    bands = tuple(manifest["bands"])
-    stamp_size = int(manifest["stamp_size"])
-    n_train, n_val = split_sizes(int(manifest["count"]), config.validation_fraction)
+    dirs = dataset_list(dataset_dir)
+    manifests = []
+    for d in dirs:
+        manifest = dict(load_manifest(d))
+        manifest.setdefault("path", str(Path(d).resolve()))
+        first = manifests[0] if manifests else {}
+        check_manifest(manifest, net, first.get("bands"), first.get("stamp_size"), where=str(d))
+        manifests.append(manifest)
+    bands = tuple(manifests[0]["bands"])
+    stamp_size = int(manifests[0]["stamp_size"])
+    sizes = [split_sizes(int(m["count"]), config.validation_fraction) for m in manifests]
+    n_train, n_val = sum(n for n, _ in sizes), sum(n for _, n in sizes)
     if n_train < 1:
-        raise DataError(f"{dataset_dir} has no training records")
+        raise DataError(f"{', '.join(map(str, dirs))}: no training records")
+    train_dirs = [d for d, (n, _) in zip(dirs, sizes) if n > 0]
+    val_dirs = [d for d, (_, n) in zip(dirs, sizes) if n > 0]
     batch = config.batch_size
     drop = n_train >= batch
     steps = config.steps_per_epoch or max(1, n_train // batch if drop else 1)
@@ -304,12 +358,10 @@ def train_phase1(
     chief, work, resume = open_workspace(out, strategy, overwrite)
     keras.utils.set_random_seed(config.seed)
 
-    train_ds = make_dataset(
-        dataset_dir,
+    train_ds = make_mixed_dataset(
+        train_dirs,
         net,
         batch,
-        shuffle=True,
-        repeat=True,
         seed=config.seed,
         validation_fraction=config.validation_fraction,
         subset="train",
@@ -320,8 +372,8 @@ def train_phase1(
     val_ds, val_steps = None, None
     if n_val > 0:
         val_steps = math.ceil(n_val / min(batch, n_val))
-        val_ds = make_dataset(
-            dataset_dir,
+        val_ds = make_mixed_dataset(
+            val_dirs,
             net,
             min(batch, n_val),
             seed=config.seed,
@@ -362,5 +414,29 @@ def train_phase1(
             shutil.rmtree(work, ignore_errors=True)
     history = callbacks[0].history
     if chief:
-        save_run(out, {net: model}, config, {net: model_config}, manifest)
+        save_run(out, {net: model}, config, {net: model_config}, dataset_summary(manifests))
     return history
+
+
+def dataset_list(dataset_dir: str | os.PathLike | list) -> list[str | os.PathLike]:
+    """One dataset directory, or a list/tuple of them, as a non-empty list."""
+    dirs = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else list(dataset_dir)
+    if not dirs:
+        raise DataError("no dataset directory given")
+    return dirs
+
+
+def dataset_summary(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest a run directory records: the dataset's own, or for several datasets their
+    paths, kinds, counts and seeds as lists (``count``: the total)."""
+    if len(manifests) == 1:
+        return manifests[0]
+    return {
+        "path": [m.get("path") for m in manifests],
+        "kind": [m.get("kind") for m in manifests],
+        "bands": manifests[0]["bands"],
+        "stamp_size": manifests[0]["stamp_size"],
+        "max_sources": max(int(m.get("max_sources", 0)) for m in manifests),
+        "count": sum(int(m["count"]) for m in manifests),
+        "seed": [m.get("seed") for m in manifests],
+    }

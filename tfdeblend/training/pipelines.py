@@ -19,7 +19,7 @@ from tfdeblend.normalize import normalize
 NETS: tuple[str, ...] = ("deblender", "classifier")
 #: dataset kinds that must not be used to train each network in phase 1
 _WRONG_KIND: dict[str, tuple[str, ...]] = {
-    "deblender": ("classifier",),
+    "deblender": ("classifier", "residuals"),
     "classifier": ("deblender",),
 }
 
@@ -65,7 +65,8 @@ def check_manifest(
         raise DataError(f"net must be one of {', '.join(NETS)}, not {net!r}")
     kind = manifest.get("kind")
     if kind in _WRONG_KIND[net]:
-        raise DataError(f"{where} is a {kind!r} dataset; the {net} needs a {net!r} dataset")
+        wanted = "a 'classifier' or 'residuals'" if net == "classifier" else f"a {net!r}"
+        raise DataError(f"{where} is a {kind!r} dataset; the {net} needs {wanted} dataset")
     data_bands = tuple(manifest.get("bands", ()))
     if bands is not None and data_bands != tuple(bands):
         raise DataError(
@@ -261,3 +262,54 @@ def make_dataset(
         augment=augment and subset != "validation",
         peel_fraction=peel_fraction if subset != "validation" else 0.0,
     )
+
+
+def make_mixed_dataset(
+    dataset_dirs: list[str | os.PathLike],
+    net: str,
+    batch_size: int,
+    seed: int | None = None,
+    validation_fraction: float = 0.0,
+    subset: str = "train",
+    drop_remainder: bool = False,
+    augment: bool = False,
+    peel_fraction: float = 0.0,
+) -> tf.data.Dataset:
+    """Several dataset directories as one stream of ``(x, y)`` batches (see :func:`make_dataset`).
+
+    ``subset="train"``: each directory's training part is shuffled and repeated on its own, and
+    examples are drawn from them in proportion to their sizes, so every batch mixes them.
+    ``subset="validation"``: the validation parts one after the other (not repeated).
+    One directory gives exactly :func:`make_dataset`'s stream.
+    """
+    from tfdeblend.data import load_manifest
+
+    dirs = list(dataset_dirs)
+    if len(dirs) == 1:
+        return make_dataset(
+            dirs[0], net, batch_size, shuffle=subset == "train", repeat=subset == "train",
+            seed=seed, validation_fraction=validation_fraction, subset=subset,
+            drop_remainder=drop_remainder, augment=augment, peel_fraction=peel_fraction,
+        )
+    parts = [
+        make_dataset(
+            d, net, None, shuffle=subset == "train", repeat=subset == "train",
+            seed=None if seed is None else seed + i,
+            validation_fraction=validation_fraction, subset=subset, augment=augment,
+            peel_fraction=peel_fraction,
+        )
+        for i, d in enumerate(dirs)
+    ]
+    if subset == "train":
+        sizes = [split_sizes(int(load_manifest(d)["count"]), validation_fraction)[0]
+                 for d in dirs]
+        weights = [n / sum(sizes) for n in sizes]
+        mixed = tf.data.Dataset.sample_from_datasets(parts, weights=weights, seed=seed)
+    else:
+        mixed = parts[0]
+        for part in parts[1:]:
+            mixed = mixed.concatenate(part)
+    mixed = mixed.batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return mixed.with_options(options).prefetch(tf.data.AUTOTUNE)
