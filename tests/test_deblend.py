@@ -168,6 +168,24 @@ def test_trained_models_conserve_flux(tiny_peel_models, rendered_blends):
     assert set(np.unique(out["quality"])) <= {0, 1, 2}
 
 
+def test_real_networks_run_on_steps_where_no_blend_peels(tiny_peel_models, rendered_blends):
+    """A batch in which no blend peels hands the networks an empty batch; TensorFlow's oneDNN
+    convolutions (on by default on AVX-512 CPUs) fail on those unless the peel guards them."""
+    deblender, classifier = tiny_peel_models
+    blank = np.zeros((2, *rendered_blends.shape[1:]), "float32")  # always counted 0
+    images = np.concatenate([blank, rendered_blends[:2]])
+    peeler = make_peeler(deblender, classifier, stamp_size=images.shape[1],
+                         n_bands=images.shape[-1])
+    out = peel_numpy(peeler, images, batch_size=2)  # the first batch never peels
+    assert out["n_components"][:2].tolist() == [0, 0]
+    assert out["quality"][:2].tolist() == [2, 2]
+    np.testing.assert_array_equal(out["residual"][:2], blank)
+    empty = tf.zeros((0, *images.shape[1:]))
+    assert peeler.deblend_one(empty).shape == (0, *images.shape[1:])
+    assert peeler.count(empty)["count"].shape == (0,)
+    assert peeler.peel(empty)["components"].shape[0] == 0
+
+
 @pytest.fixture(scope="module")
 def tiny_peel_models(tiny_deblender_run, tiny_classifier_run):
     """The project's tiny trained deblender and classifier (fixtures_models.py)."""

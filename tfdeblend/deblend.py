@@ -89,6 +89,32 @@ def _as_float32(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.float32)
 
 
+def run_deblender(deblender, normalized: tf.Tensor) -> tf.Tensor:
+    """The RDN on a batch of normalized images that may be empty (then zeros, same shape).
+
+    TensorFlow's oneDNN CPU kernels (on by default on recent x86 CPUs, e.g. AVX-512 ones) fail on
+    a convolution over an empty batch ("input depth must be evenly divisible by filter depth").
+    The peel hands the RDN an empty batch whenever no blend of a batch peels at a step, so every
+    network call here is guarded.
+    """
+    return tf.cond(
+        tf.shape(normalized)[0] > 0,
+        lambda: _as_float32(deblender(normalized, training=False)),
+        lambda: tf.zeros_like(normalized, tf.float32),
+    )
+
+
+def run_classifier(classifier, normalized: tf.Tensor) -> tf.Tensor:
+    """Classifier logits ``(N, classes)`` of a batch that may be empty (see
+    :func:`run_deblender`)."""
+    classes = int(classifier.output_shape[-1])
+    return tf.cond(
+        tf.shape(normalized)[0] > 0,
+        lambda: _as_float32(classifier(normalized, training=False)),
+        lambda: tf.zeros([0, classes], tf.float32),
+    )
+
+
 def _counts_from_logits(logits: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
     """Argmax of the logits, except 0 for an image that is exactly zero everywhere."""
     empty = tf.equal(tf.reduce_max(tf.abs(images), axis=[1, 2, 3]), 0.0)
@@ -214,9 +240,9 @@ class Peeler(tf.Module):
     def logits(self, normalized: tf.Tensor) -> tf.Tensor:
         """Classifier logits ``(N, 4)`` of normalized images, averaged over ``count_views``."""
         if self.count_views == 1:
-            return _as_float32(self.classifier(normalized, training=False))
+            return run_classifier(self.classifier, normalized)
         views = dihedral_views(normalized, self.count_views)
-        logits = _as_float32(self.classifier(views, training=False))
+        logits = run_classifier(self.classifier, views)
         shape = tf.shape(logits)
         return tf.reduce_mean(
             tf.reshape(logits, [self.count_views, shape[0] // self.count_views, shape[1]]), 0
@@ -233,7 +259,7 @@ class Peeler(tf.Module):
         """
         images = _as_float32(images)
         normalized, scale = normalize(images)
-        return denormalize(_as_float32(self.deblender(normalized, training=False)), scale)
+        return denormalize(run_deblender(self.deblender, normalized), scale)
 
     def count(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Classifier count of each image.
@@ -274,7 +300,7 @@ class Peeler(tf.Module):
             others = tf.gather(images - tf.reduce_sum(components, axis=1), index[:, 0])
             inputs = others + tf.gather_nd(components, index)
             normalized, scale = normalize(inputs)
-            galaxy = denormalize(_as_float32(self.deblender(normalized, training=False)), scale)
+            galaxy = denormalize(run_deblender(self.deblender, normalized), scale)
             components = tf.tensor_scatter_nd_update(components, index, galaxy)
         return components
 
@@ -343,9 +369,7 @@ class Peeler(tf.Module):
             peel_index = tf.boolean_mask(index, sub_peel)
             peel_normalized = tf.boolean_mask(normalized, sub_peel)
             peel_scale = tf.boolean_mask(scale, sub_peel)
-            galaxy = denormalize(
-                _as_float32(self.deblender(peel_normalized, training=False)), peel_scale
-            )
+            galaxy = denormalize(run_deblender(self.deblender, peel_normalized), peel_scale)
             component = tf.scatter_nd(peel_index, galaxy, tf.shape(residual))
             residual = residual - component
             step = tf.minimum(t, k - 1)  # at t == k nothing peels: component is all zero
