@@ -73,7 +73,7 @@ def residuals(
     for step, counts in sorted(summary["labels"].items(), key=lambda kv: int(kv[0])):
         total = sum(counts.values()) or 1
         shares = ", ".join(
-            f"{label} galaxies {100 * n / total:.1f}%"
+            f"{label} in {100 * n / total:.1f}%"
             for label, n in sorted(counts.items(), key=lambda kv: int(kv[0]))
         )
-        click.echo(f"  after step {step}: {shares}")
+        click.echo(f"  after step {step}, galaxies left: {shares}")

@@ -151,7 +151,7 @@ def test_cli_residuals(deblender_data_dir, tiny_deblender_run, tmp_path):
         cli, ["residuals", str(deblender_data_dir), "--deblender", str(tiny_deblender_run),
               "--out", str(out), "--steps", "1", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "32 stamps" in result.output and "after step 1:" in result.output
+    assert "32 stamps" in result.output and "after step 1, galaxies left: " in result.output
     result = CliRunner().invoke(
         cli, ["residuals", str(tmp_path / "missing"), "--deblender", str(tiny_deblender_run),
               "--out", str(tmp_path / "x")])
