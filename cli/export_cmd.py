@@ -17,14 +17,14 @@ import click
 @click.option(
     "--deblender",
     "deblender_run",
-    type=click.Path(file_okay=False),
-    help="Take the deblender from this run directory.",
+    type=click.Path(),
+    help="Take the deblender from this run directory (or an exported model directory).",
 )
 @click.option(
     "--classifier",
     "classifier_run",
-    type=click.Path(file_okay=False),
-    help="Take the classifier from this run directory.",
+    type=click.Path(),
+    help="Take the classifier from this run directory (or an exported model directory).",
 )
 @click.option(
     "--version", type=click.IntRange(min=1), help="Integer version (default: the next free one)."

@@ -141,6 +141,32 @@ def test_versions_and_overwrite(request, tmp_path_factory, tmp_path):
         )
 
 
+def test_export_takes_a_network_from_an_earlier_export(request, model_dir, images, tmp_path):
+    """Swap one network of a shipped model: the other comes from the export, with its
+    provenance, and the new model peels exactly like one built from the runs."""
+    deblender_run, classifier_run = tiny_runs(request)
+    old = model_dir / "1"
+    for deblender in (model_dir, old / "assets.extra" / "deblender.keras"):
+        new = export_model(None, tmp_path / "m", deblender_run=deblender,
+                           classifier_run=classifier_run, max_iterations=4)
+        meta = yaml.safe_load((new / "assets.extra" / "tfdeblend.yaml").read_text())
+        old_meta = yaml.safe_load((old / "assets.extra" / "tfdeblend.yaml").read_text())
+        assert meta["configs"]["deblender_export"] == str(deblender.resolve())
+        assert meta["configs"]["deblender_run"] == old_meta["configs"]["deblender_run"]
+        assert meta["configs"]["deblender"] == old_meta["configs"]["deblender"]
+        assert meta["configs"]["deblender_train"]["train"] == (
+            old_meta["configs"]["deblender_train"]["train"])
+    ours, theirs = load_model(new).deblend(images), load_model(old).deblend(images)
+    for key in ("components", "counts", "quality"):
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-3)
+    with pytest.raises(ModelError, match="not the classifier of an exported model"):
+        export_model(None, tmp_path / "x", deblender_run=model_dir,
+                     classifier_run=old / "assets.extra" / "deblender.keras")
+    with pytest.raises(ModelError, match="is a file"):
+        export_model(None, tmp_path / "y", deblender_run=deblender_run,
+                     classifier_run=tmp_path / "m" / "1" / "saved_model.pb")
+
+
 def test_load_model_errors(tmp_path, model_dir):
     with pytest.raises(ModelError, match="does not exist"):
         load_model(tmp_path / "nope")

@@ -228,7 +228,8 @@ def test_model_and_output_errors(model_dir, images, tmp_path, monkeypatch):
 
 
 def test_an_exported_network_seeds_fine_tuning(model_dir):
-    """``--init-from`` accepts the ``.keras`` files inside an export, checked against its bands."""
+    """``--init-from`` accepts an export (or the ``.keras`` files inside it), checked against its
+    bands."""
     from tfdeblend.errors import ModelError
     from tfdeblend.export import load_model
     from tfdeblend.training.phase1 import read_init_weights
@@ -240,6 +241,14 @@ def test_an_exported_network_seeds_fine_tuning(model_dir):
         read_init_weights(keras_file, "deblender", ("r", "i", "z"), 80)
     with pytest.raises(ModelError, match="80-pixel stamps"):
         read_init_weights(keras_file, "deblender", ("g", "r", "i"), 64)
+    # the export directory stands for its highest version's networks
+    for net in ("deblender", "classifier"):
+        from_dir, _ = read_init_weights(model_dir, net, ("g", "r", "i"), 80)
+        from_file, _ = read_init_weights(keras_file.with_name(f"{net}.keras"), net,
+                                         ("g", "r", "i"), 80)
+        assert all(np.array_equal(a, b) for a, b in zip(from_dir, from_file))
+    with pytest.raises(ModelError, match="bands g,r,i, the dataset has r,i,z"):
+        read_init_weights(model_dir, "classifier", ("r", "i", "z"), 80)
 
 
 def test_write_results_in_memory(tmp_path):

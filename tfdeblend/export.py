@@ -91,14 +91,69 @@ def default_model_dir() -> Path:
     return path
 
 
+def _network_from_export(source: Path, role: str):
+    """``(run path, RunInfo, network)`` of ``role`` in an exported model directory (``NAME``,
+    ``NAME/<version>``, or the ``.keras`` file in its ``assets.extra/``).
+
+    The RunInfo carries the export's bands and stamp size, and the configuration of the run the
+    network came from (recorded in ``tfdeblend.yaml``), so a re-export keeps its provenance.
+    """
+    import keras
+
+    import tfdeblend.models.layers  # noqa: F401  (registers the custom layers)
+    from tfdeblend.training.rundir import RunInfo
+
+    version_dir = source.parent.parent if source.is_file() else resolve_version_dir(source)
+    metadata = _read_metadata(version_dir)
+    path = version_dir / "assets.extra" / f"{role}.keras"
+    if source.is_file() and source.resolve() != path.resolve():
+        raise ModelError(f"{source} is not the {role} of an exported model ({path})")
+    try:
+        network = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:  # missing or corrupt file
+        raise ModelError(f"cannot load {path}: {err}") from err
+    configs = metadata.get("configs") or {}
+    train = dict(configs.get(f"{role}_train") or {})
+    train.setdefault("models", {})
+    train["models"] = {**train["models"], role: configs.get(role)}
+    info = RunInfo(
+        path=version_dir,
+        bands=tuple(metadata["bands"]),
+        stamp_size=int(metadata["stamp_size"]),
+        preset=str(train.get("preset")),
+        config=train,
+    )
+    origin = configs.get(f"{role}_run") or str(version_dir)
+    return Path(origin), info, network
+
+
+def _is_export(source: Path) -> bool:
+    """Whether ``source`` names an exported model (or a ``.keras`` file inside one)."""
+    if source.is_file():
+        return (source.parent / METADATA_NAME).is_file() and source.parent.name == "assets.extra"
+    return source.is_dir() and not (source / "config.yaml").is_file() and (
+        (source / "saved_model.pb").is_file()
+        or any(p.name.isdigit() and (p / "saved_model.pb").is_file() for p in source.iterdir())
+    )
+
+
 def _bundle_from_runs(run_dir, deblender_run, classifier_run) -> ModelBundle:
     from tfdeblend.training.rundir import load_run
 
     runs = {}
+    sources = {}
     for role, path in (("deblender", deblender_run), ("classifier", classifier_run)):
         source = path if path is not None else run_dir
         if source is None:
             raise TfdeblendError(f"no run directory given for the {role}")
+        if _is_export(Path(source)):
+            runs[role] = _network_from_export(Path(source), role)
+            sources[role] = str(Path(source).resolve())
+            continue
+        if Path(source).is_file():
+            raise ModelError(
+                f"{source} is a file; give a run directory or an exported model directory"
+            )
         info = load_run(source)
         model = getattr(info, role, None)
         if model is None:
@@ -131,6 +186,8 @@ def _bundle_from_runs(run_dir, deblender_run, classifier_run) -> ModelBundle:
         "deblender_train": plain(d_info.config),
         "classifier_train": plain(c_info.config),
     }
+    for role, source in sources.items():  # taken from an earlier export
+        configs[f"{role}_export"] = source
     return ModelBundle(
         deblender=deblender,
         classifier=classifier,
@@ -221,8 +278,9 @@ def export_model(
             ``deblender_run`` and ``classifier_run`` are given.
         out_dir: the model base directory (``NAME``); the export goes to ``NAME/<version>``.
         version: integer version; default the next free one (1 for a new directory).
-        deblender_run: take the deblender from this run directory instead.
-        classifier_run: take the classifier from this run directory instead.
+        deblender_run: take the deblender from this run directory instead, or from an
+            exported model (``NAME``, ``NAME/<version>`` or its ``assets.extra/deblender.keras``).
+        classifier_run: the same for the classifier.
         max_iterations: most components peeled per blend (``K``); default 6.
         overwrite: replace an existing ``NAME/<version>``.
         refine_steps: RDN refinement sweeps after the peel
@@ -450,6 +508,21 @@ class DeblendModel:
         return self._run("count", images, batch_size)
 
 
+def _read_metadata(version_dir: Path) -> dict:
+    """``assets.extra/tfdeblend.yaml`` of a version directory, checked for its key fields.
+
+    Raises:
+        ModelError: unreadable, or without bands, stamp size or max iterations.
+    """
+    try:
+        metadata = yaml.safe_load((version_dir / "assets.extra" / METADATA_NAME).read_text())
+        for key in ("bands", "stamp_size", "max_iterations"):
+            metadata[key]  # noqa: B018
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise ModelError(f"{version_dir}/assets.extra/{METADATA_NAME} is corrupt: {err}") from err
+    return metadata
+
+
 def load_model(model_dir: str | os.PathLike | None = None) -> DeblendModel:
     """Load a model exported by :func:`export_model`.
 
@@ -461,12 +534,7 @@ def load_model(model_dir: str | os.PathLike | None = None) -> DeblendModel:
         ModelError: missing, foreign or unreadable model directory.
     """
     path = resolve_version_dir(model_dir if model_dir is not None else default_model_dir())
-    try:
-        metadata = yaml.safe_load((path / "assets.extra" / METADATA_NAME).read_text())
-        for key in ("bands", "stamp_size", "max_iterations"):
-            metadata[key]  # noqa: B018
-    except (yaml.YAMLError, KeyError, TypeError) as err:
-        raise ModelError(f"{path}/assets.extra/{METADATA_NAME} is corrupt: {err}") from err
+    metadata = _read_metadata(path)
     import tensorflow as tf
 
     try:

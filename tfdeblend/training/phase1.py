@@ -107,6 +107,31 @@ def build_phase1_model(
     return model, model_config
 
 
+def network_file(source: str | os.PathLike, net: str, what: str = "--init-from") -> Path:
+    """The ``.keras`` file that ``source`` stands for.
+
+    ``source`` may be the file itself, a run directory (its ``<net>.keras``), or an exported
+    model directory (``NAME`` with integer versions, or ``NAME/<version>``: the highest
+    version's ``assets.extra/<net>.keras``). A directory holding none of these is returned as
+    it is, so that loading it says why.
+
+    Raises:
+        TfdeblendError: ``source`` does not exist.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise TfdeblendError(f"{what} {path} does not exist")
+    if path.is_dir() and (path / f"{net}.keras").is_file():  # a run directory
+        return path / f"{net}.keras"
+    if path.is_dir() and not (path / "config.yaml").is_file():
+        versions = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+        base = path / str(versions[-1]) if versions else path
+        candidate = base / "assets.extra" / f"{net}.keras"
+        if candidate.is_file():
+            return candidate
+    return path
+
+
 def load_network(
     source: str | os.PathLike, net: str
 ) -> tuple[keras.Model, tuple[str, ...] | None, int | None, str]:
@@ -192,7 +217,8 @@ def read_init_weights(
     """Load the ``net`` weights that ``--init-from`` names and check they fit the dataset.
 
     Args:
-        source: a run directory or a ``.keras`` file (see :func:`load_network`).
+        source: a run directory, a ``.keras`` file or an exported model directory
+            (:func:`network_file`).
         net: ``deblender`` or ``classifier``.
         bands, stamp_size: the dataset's.
 
@@ -205,7 +231,7 @@ def read_init_weights(
     from tfdeblend.errors import ModelError
 
     try:
-        model, run_bands, run_size, preset = load_network(source, net)
+        model, run_bands, run_size, preset = load_network(network_file(source, net), net)
     except ModelError as err:
         raise ModelError(f"--init-from {err}") from err
     check_network_fits(source, run_bands, run_size, bands, stamp_size)

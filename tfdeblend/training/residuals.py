@@ -233,7 +233,7 @@ def mine_residuals(
         verify_dataset,
         write_derived_dataset,
     )
-    from tfdeblend.training.phase1 import check_network_fits, load_network
+    from tfdeblend.training.phase1 import check_network_fits, load_network, network_file
 
     if not 1 <= int(steps) <= 5:
         raise TfdeblendError(f"steps must be between 1 and 5, not {steps}")
@@ -250,7 +250,7 @@ def mine_residuals(
         raise DataError(f"{source_dir} is already a residuals dataset; mine a simulated one")
     if not manifest["complete"]:
         raise DataError(f"{source_dir} is incomplete; finish it with its simulate command first")
-    deblender_path = _deblender_file(Path(deblender))
+    deblender_path = network_file(deblender, "deblender", what="--deblender")
     model, run_bands, run_size, _ = load_network(deblender_path, "deblender")
     bands, stamp_size = tuple(manifest["bands"]), int(manifest["stamp_size"])
     check_network_fits(deblender, run_bands, run_size, bands, stamp_size, what="--deblender")
@@ -311,23 +311,3 @@ def mine_residuals(
                 labels.setdefault(step, {})
                 labels[step][label] = labels[step].get(label, 0) + int(n)
     return {"path": str(out), "count": int(final["count"]), "labels": labels}
-
-
-def _deblender_file(path: Path) -> Path:
-    """The ``.keras`` file a ``--deblender`` argument names (a run directory's
-    ``deblender.keras``); the path itself when it holds none (loading then says why).
-
-    An exported model directory (``NAME/`` with integer versions, or ``NAME/<version>/``) stands
-    for its highest version's ``assets.extra/deblender.keras``.
-    """
-    if not path.exists():
-        raise TfdeblendError(f"--deblender {path} does not exist")
-    if path.is_dir() and (path / "deblender.keras").is_file():  # a run directory
-        return path / "deblender.keras"
-    if path.is_dir() and not (path / "config.yaml").is_file():
-        versions = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
-        base = path / str(versions[-1]) if versions else path
-        candidate = base / "assets.extra" / "deblender.keras"
-        if candidate.is_file():
-            return candidate
-    return path
