@@ -49,10 +49,17 @@ import click
     help="Average the classifier over this many rotations/flips of each image (default 8; "
     "1 = the paper's count).",
 )
+@click.option(
+    "--split/--no-split",
+    default=True,
+    show_default=True,
+    help="After the peel, split a component the classifier counts as two or more galaxies "
+    "(--no-split = the paper's peel).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing NAME/<version>.")
 def export(
     run_dir, out_dir, deblender_run, classifier_run, version, max_iterations, refine_steps,
-    count_views, overwrite,
+    count_views, split, overwrite,
 ):
     """Export RUN_DIR's deblender and classifier as a SavedModel for TF Serving.
 
@@ -73,6 +80,7 @@ def export(
         max_iterations=max_iterations,
         refine_steps=refine_steps,
         count_views=int(count_views) if count_views else None,
+        split=split,
         overwrite=overwrite,
     )
     click.echo(f"Exported {path} (signatures serving_default, deblend_one, count)")

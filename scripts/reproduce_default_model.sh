@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the shipped model saved_models/tfdeblend_cpu (version 3) from scratch on a 2-core CPU
-# machine (about 3 hours of training, 15 minutes of simulation). Every step is a plain tfdeblend
+# Reproduce the shipped model saved_models/tfdeblend_cpu (version 4) from scratch on a 2-core CPU
+# machine (about 3.5 hours of training, about 40 minutes of simulation and residuals). Every step is a plain tfdeblend
 # command; rerunning the script skips finished steps and resumes interrupted ones (simulation
 # finishes missing shards, training resumes from its backup/).
 set -euo pipefail
@@ -17,6 +17,9 @@ complete() {
 complete "$DATA/deblender" || tfdeblend simulate deblender --out "$DATA/deblender" --preset cpu --seed 1
 complete "$DATA/classifier" || tfdeblend simulate classifier --out "$DATA/classifier" --preset cpu --seed 2
 complete "$DATA/deblender_big" || tfdeblend simulate deblender --count 16000 --out "$DATA/deblender_big" --seed 6
+complete "$DATA/classifier_big" || tfdeblend simulate classifier --count 40000 --out "$DATA/classifier_big" --seed 5
+complete "$DATA/mine2" || tfdeblend simulate deblender --count 16000 --out "$DATA/mine2" --seed 7
+complete "$DATA/mine3" || tfdeblend simulate test --n-gal 3 --count 8000 --out "$DATA/mine3" --seed 8
 [ -f "$DATA/test2/blends.fits" ] || tfdeblend simulate test --n-gal 2 --count 1000 --format fits --out "$DATA/test2" --seed 3
 [ -f "$DATA/test3/blends.fits" ] || tfdeblend simulate test --n-gal 3 --count 1000 --format fits --out "$DATA/test3" --seed 4
 
@@ -32,7 +35,13 @@ complete "$DATA/deblender_big" || tfdeblend simulate deblender --count 16000 --o
 #    version-2 classifier is kept (docs/model_card.md says why)
 [ -f "$RUNS/rdn_cpu_v3/deblender.keras" ] || tfdeblend train --phase 1 --net deblender "$DATA/deblender_big" --out "$RUNS/rdn_cpu_v3" --config configs/cpu_deblender_ft3.yaml --init-from "$RUNS/joint_cpu_v2"
 
-# 4. export for TF Serving (saved_models/tfdeblend_cpu/<version>/; 8-view count, 2 refinement
+# 4. version 4: the version-3 classifier fine-tuned on 40,000 new images and on the residuals
+#    that the version-3 RDN leaves when it peels 16,000 2-galaxy and 8,000 3-galaxy blends
+complete "$DATA/res2" || tfdeblend residuals "$DATA/mine2" --deblender "$RUNS/rdn_cpu_v3" --out "$DATA/res2" --steps 2
+complete "$DATA/res3" || tfdeblend residuals "$DATA/mine3" --deblender "$RUNS/rdn_cpu_v3" --out "$DATA/res3" --steps 3
+[ -f "$RUNS/vgg_cpu_res/classifier.keras" ] || tfdeblend train --phase 1 --net classifier "$DATA/classifier_big" "$DATA/res2" "$DATA/res3" --out "$RUNS/vgg_cpu_res" --config configs/cpu_classifier_res.yaml --init-from "$RUNS/joint_cpu_v2"
+
+# 5. export for TF Serving (saved_models/tfdeblend_cpu/<version>/; 8-view count, 2 refinement
 #    sweeps: the defaults) and evaluate
-tfdeblend export --deblender "$RUNS/rdn_cpu_v3" --classifier "$RUNS/joint_cpu_v2" --out "$MODEL"
+tfdeblend export --deblender "$RUNS/rdn_cpu_v3" --classifier "$RUNS/vgg_cpu_res" --out "$MODEL"
 tfdeblend evaluate "$DATA/test2" "$DATA/test3" --model "$MODEL" --out report_cpu --baseline sep --baseline source-extractor --overwrite

@@ -357,3 +357,75 @@ def test_count_averages_the_classifier_logits_over_the_views(tiny_peel_models, r
     plain = peel_numpy(peeler, images)
     turned = peel_numpy(peeler, np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2))[:, ::-1]))
     np.testing.assert_array_equal(plain["counts"][:, 0], turned["counts"][:, 0])
+
+
+# ---------------------------------------------------------------- splitting merged components
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend_tests")
+class MergeInNoise(keras.layers.Layer):
+    """Return the two brightest boxes when the image holds flux outside the boxes (as a noisy
+    blend does), else the brightest box: a deblender that merges close galaxies in a blend but
+    separates them in its own noiseless model."""
+
+    def call(self, images):
+        masks = keras.ops.convert_to_tensor(_masks())
+        flux = keras.ops.sum(images[:, None] * masks, axis=(2, 3, 4))  # (N, 3)
+        outside = keras.ops.sum(keras.ops.abs(images) * (1.0 - keras.ops.sum(masks, 0)), (1, 2, 3))
+        order = keras.ops.argsort(-flux, axis=1)
+        keep = keras.ops.one_hot(order[:, 0], 3)
+        second = keras.ops.cast(outside > 0, "float32")[:, None]
+        keep = keep + second * keras.ops.one_hot(order[:, 1], 3)
+        mask = keras.ops.sum(keep[:, :, None, None, None] * masks[None], axis=1)
+        return images * mask
+
+
+def test_split_separates_a_component_the_classifier_counts_as_two():
+    _, classifier = oracle_models(1)
+    inputs = keras.Input((SIZE, SIZE, 2))
+    deblender = keras.Model(inputs, MergeInNoise()(inputs))
+    noisy = np.zeros((SIZE, SIZE, 2), "float32")
+    noisy[0, 0] = 1.0  # flux outside the boxes: the deblender merges the two brightest
+    images = np.stack([
+        blend([0.0, 64.0, 16.0]) + noisy,  # counts 2, 0: one component holding both galaxies
+        blend([4.0, 64.0, 16.0]) + noisy,  # counts 3, 1, 0: two components for three galaxies
+        blend([0.0, 64.0, 16.0]),  # no merge: peeled one by one
+        blend([0.0, 0.0, 32.0]) + noisy,  # one galaxy: nothing to split
+    ])
+    plain = peel_numpy(make_peeler(deblender, classifier, count_views=1, refine_steps=0), images)
+    np.testing.assert_array_equal(plain["n_components"], [1, 2, 2, 1])
+    np.testing.assert_array_equal(plain["quality"], [1, 1, 2, 2])
+    np.testing.assert_array_equal(plain["split"], 0)
+    for refine_steps in (0, 2):
+        peeler = make_peeler(
+            deblender, classifier, count_views=1, refine_steps=refine_steps, split=True
+        )
+        out = peel_numpy(peeler, images)
+        np.testing.assert_array_equal(out["split"], [1, 1, 0, 0])
+        np.testing.assert_array_equal(out["n_components"], [2, 3, 2, 1])
+        # the merged component keeps its brightest galaxy; the other one comes last
+        np.testing.assert_array_equal(out["components"][0, 0], blend([0, 64.0, 0]))
+        np.testing.assert_array_equal(out["components"][0, 1], blend([0, 0, 16.0]))
+        np.testing.assert_array_equal(out["components"][1, 0], blend([0, 64.0, 0]))
+        np.testing.assert_array_equal(out["components"][1, 1], blend([4.0, 0, 0]))
+        np.testing.assert_array_equal(out["components"][1, 2], blend([0, 0, 16.0]))
+        for i in (2, 3):
+            np.testing.assert_array_equal(out["components"][i], plain["components"][i])
+        # counts and quality describe the peel; the sum of the components does not change
+        for key in ("counts", "quality"):
+            np.testing.assert_array_equal(out[key], plain[key])
+        np.testing.assert_array_equal(out["residual"], plain["residual"])
+        np.testing.assert_allclose(out["components"].sum(1) + out["residual"], images)
+
+
+def test_split_needs_a_free_slot():
+    _, classifier = oracle_models(1)
+    inputs = keras.Input((SIZE, SIZE, 2))
+    deblender = keras.Model(inputs, MergeInNoise()(inputs))
+    noisy = np.zeros((SIZE, SIZE, 2), "float32")
+    noisy[0, 0] = 1.0
+    images = blend([0.0, 64.0, 16.0])[None] + noisy
+    peeler = make_peeler(deblender, classifier, count_views=1, max_iterations=1, split=True)
+    out = peel_numpy(peeler, images)
+    np.testing.assert_array_equal(out["split"], [0])
+    np.testing.assert_array_equal(out["n_components"], [1])

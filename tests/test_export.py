@@ -45,6 +45,11 @@ def test_layout_and_metadata(model_dir):
     assert meta["max_iterations"] == 4
     assert meta["refine_steps"] == 2  # the default: two sweeps after the peel
     assert meta["count_views"] == 8  # and the count averaged over 8 rotations/flips
+    assert meta["split"] is True  # and merged components split
+    # each network's training curves travel with the model
+    for role in ("deblender", "classifier"):
+        history = meta["configs"][f"{role}_train"]["history"]
+        assert history["loss"] and all(np.isfinite(history["loss"]))
     assert meta["version"] == 1 and meta["name"] == "tiny"
     assert meta["signatures"] == ["serving_default", "deblend_one", "count"]
     assert meta["configs"]["deblender"]["num_blocks"] >= 1
@@ -117,12 +122,14 @@ def test_keras_files_and_networks_agree(model_dir, images):
     classifier = keras.saving.load_model(
         model.path / "assets.extra" / "classifier.keras", compile=False, safe_mode=True
     )
-    assert model.refine_steps == 2 and model.count_views == 8
+    assert model.refine_steps == 2 and model.count_views == 8 and model.split
     local = peel_numpy(
-        make_peeler(rdn, classifier, max_iterations=4, refine_steps=2, count_views=8), images
+        make_peeler(rdn, classifier, max_iterations=4, refine_steps=2, count_views=8, split=True),
+        images,
     )
     served = model.deblend(images)
-    np.testing.assert_array_equal(served["counts"], local["counts"])
+    for key in ("counts", "n_components", "split"):
+        np.testing.assert_array_equal(served[key], local[key])
     scale = np.abs(images).max()
     np.testing.assert_allclose(served["components"] / scale, local["components"] / scale, atol=1e-4)
 
@@ -156,6 +163,8 @@ def test_export_takes_a_network_from_an_earlier_export(request, model_dir, image
         assert meta["configs"]["deblender"] == old_meta["configs"]["deblender"]
         assert meta["configs"]["deblender_train"]["train"] == (
             old_meta["configs"]["deblender_train"]["train"])
+        assert meta["configs"]["deblender_train"]["history"] == (
+            old_meta["configs"]["deblender_train"]["history"])
     ours, theirs = load_model(new).deblend(images), load_model(old).deblend(images)
     for key in ("components", "counts", "quality"):
         np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-3)

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,16 @@ def _bundle_from_runs(run_dir, deblender_run, classifier_run) -> ModelBundle:
     }
     for role, source in sources.items():  # taken from an earlier export
         configs[f"{role}_export"] = source
+    # the training curves of each network's last run travel with the model (run directories
+    # are often deleted; an earlier export passes on the history it holds)
+    for role, (run, info, _) in runs.items():
+        if role in sources:
+            history = (info.config or {}).get("history")
+        else:
+            path = Path(run) / "history.json"
+            history = json.loads(path.read_text()) if path.is_file() else None
+        if history:
+            configs[f"{role}_train"] = {**(configs[f"{role}_train"] or {}), "history": history}
     return ModelBundle(
         deblender=deblender,
         classifier=classifier,
@@ -221,7 +232,11 @@ def next_version(out_dir: str | os.PathLike) -> int:
 
 
 def build_serving_module(
-    bundle: ModelBundle, max_iterations: int, refine_steps: int, count_views: int
+    bundle: ModelBundle,
+    max_iterations: int,
+    refine_steps: int,
+    count_views: int,
+    split: bool = False,
 ):
     """A :class:`tf.Module` with the three serving functions (see the module docstring)."""
     import tensorflow as tf
@@ -234,6 +249,7 @@ def build_serving_module(
         max_iterations=max_iterations,
         refine_steps=refine_steps,
         count_views=count_views,
+        split=split,
     )
     spec = tf.TensorSpec(
         [None, bundle.stamp_size, bundle.stamp_size, len(bundle.bands)], tf.float32, name="images"
@@ -269,6 +285,7 @@ def export_model(
     overwrite: bool = False,
     refine_steps: int | None = None,
     count_views: int | None = None,
+    split: bool = True,
 ) -> Path:
     """Export a deblender + classifier pair as a TF Serving SavedModel.
 
@@ -287,6 +304,8 @@ def export_model(
             (:meth:`tfdeblend.deblend.Peeler.refine`); default 2, 0 = the paper's peel.
         count_views: rotations/flips the classifier's logits are averaged over (1, 2, 4 or 8;
             default 8, 1 = the paper's count).
+        split: after the peel, split a component the classifier counts as two or more galaxies
+            (:meth:`tfdeblend.deblend.Peeler.split_merged`); default on, off = the paper's peel.
 
     Returns:
         The version directory written.
@@ -327,7 +346,7 @@ def export_model(
 
     import tensorflow as tf
 
-    module = build_serving_module(bundle, max_iterations, refine_steps, count_views)
+    module = build_serving_module(bundle, max_iterations, refine_steps, count_views, split)
     with atomic_dir(target) as tmp:
         tf.saved_model.save(
             module,
@@ -352,6 +371,7 @@ def export_model(
             "max_iterations": max_iterations,
             "refine_steps": refine_steps,
             "count_views": count_views,
+            "split": bool(split),
             "tfdeblend_version": tfdeblend.__version__,
             "tensorflow_version": tf.__version__,
             "signatures": list(SIGNATURES),
@@ -429,6 +449,8 @@ class DeblendModel:
             refinement existed).
         count_views: views the classifier's logits are averaged over (1 for models exported
             before this existed).
+        split: whether the peel splits components counted as two or more galaxies (False for
+            models exported before this existed).
         metadata: the whole ``tfdeblend.yaml`` dict.
     """
 
@@ -442,6 +464,7 @@ class DeblendModel:
         self.max_iterations = int(metadata["max_iterations"])
         self.refine_steps = int(metadata.get("refine_steps") or 0)
         self.count_views = int(metadata.get("count_views") or 1)
+        self.split = bool(metadata.get("split", False))
         self._saved = saved_model
         self._signatures = {name: saved_model.signatures[name] for name in SIGNATURES}
 
@@ -483,10 +506,13 @@ class DeblendModel:
 
         Returns:
             ``components (N, K, H, W, C)``, ``residual (N, H, W, C)``, ``counts (N, K + 1)``,
-            ``quality (N,)``, ``n_components (N,)``, ``conserved (N, K, H, W, C)`` and
-            ``noise_std (N, C)`` as numpy arrays, input units.
+            ``quality (N,)``, ``n_components (N,)``, ``split (N,)`` (1 where a component was
+            split), ``conserved (N, K, H, W, C)`` and ``noise_std (N, C)`` as numpy arrays,
+            input units.
         """
         out = self._run("serving_default", images, batch_size)
+        if "split" not in out:  # exported before the split step existed
+            out["split"] = np.zeros(len(out["quality"]), np.int32)
         if "conserved" not in out:  # exported before the flux-conserving step existed
             from tfdeblend.deblend import conserve_flux
 

@@ -29,7 +29,8 @@ given it), written atomically (temporary file, then rename), channels first:
   units), ``mu20, mu02, mu11`` (pixels^2, see :mod:`tfdeblend.measure`), ``quality``;
 - ``BLENDS`` table, one row per blend: ``blend_id, n_components, quality`` (2 high, 1 medium,
   0 low), ``quality_name``, ``counts`` (classifier count before each step, ``-1`` where the
-  step was not run), ``noise_<band>`` (robust noise sigma of the residual, input units).
+  step was not run), ``split`` (1 where a component the classifier counted as several galaxies
+  was split after the peel), ``noise_<band>`` (robust noise sigma of the residual, input units).
 """
 
 from __future__ import annotations
@@ -307,9 +308,10 @@ def blends_table(
     first_blend_id: int = 0,
     noise_std: np.ndarray | None = None,
     bands: tuple[str, ...] = (),
+    split: np.ndarray | None = None,
 ) -> Table:
-    """One row per blend: ``blend_id, n_components, quality, quality_name, counts`` and, when
-    ``noise_std`` ``(N, C)`` is given, ``noise_<band>``."""
+    """One row per blend: ``blend_id, n_components, quality, quality_name, counts, split`` and,
+    when ``noise_std`` ``(N, C)`` is given, ``noise_<band>``."""
     n = len(n_components)
     table = Table()
     table["blend_id"] = np.arange(first_blend_id, first_blend_id + n, dtype=np.int64)
@@ -317,6 +319,7 @@ def blends_table(
     table["quality"] = np.asarray(quality, dtype=np.int16)
     table["quality_name"] = np.asarray([QUALITY_NAMES[int(q)] for q in quality], dtype="U6")
     table["counts"] = np.asarray(counts, dtype=np.int16).reshape(n, -1)
+    table["split"] = np.zeros(n, np.int16) if split is None else np.asarray(split, np.int16)
     if noise_std is not None:
         noise_std = np.asarray(noise_std, dtype=np.float32).reshape(n, -1)
         for c, band in enumerate(bands):
@@ -335,6 +338,7 @@ def _primary_header(header_info: dict) -> fits.Header:
         "max_iterations": ("MAXITER", "K, most components per blend"),
         "refine_steps": ("REFINE", "RDN refinement sweeps after the peel"),
         "count_views": ("NVIEWS", "rotations/flips averaged by the classifier"),
+        "split": ("SPLIT", "merged components split after the peel"),
         "n_blends": ("NBLENDS", "number of blends"),
     }
     for key, (card, comment) in keys.items():
@@ -481,6 +485,7 @@ class ResultWriter:
                 self._written,
                 noise_std=result.get("noise_std"),
                 bands=self.bands,
+                split=result.get("split"),
             )
         )
         self._written += n
