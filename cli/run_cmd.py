@@ -58,9 +58,10 @@ def run(blends, output, model_dir, batch_size, preview_dir, preview_count, overw
         progress=not quiet,
     )
     quality = ", ".join(f"{k} {v}" for k, v in summary["quality"].items())
+    split = f", {summary['n_split']} split" if summary.get("n_split") else ""
     click.echo(
         f"Deblended {summary['n_blends']} blend(s) into {summary['n_components']} component(s) "
-        f"in {summary['seconds']:.1f} s (quality: {quality}); wrote {summary['output']}"
+        f"in {summary['seconds']:.1f} s (quality: {quality}{split}); wrote {summary['output']}"
     )
     if summary["previews"]:
         click.echo(f"Previews: {len(summary['previews'])} PNG(s) in {preview_dir}")

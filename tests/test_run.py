@@ -126,6 +126,8 @@ def test_run_file_matches_the_model_and_streams_batches(model_dir, images, tmp_p
             hdul["RESIDUAL"].data, np.transpose(expected["residual"], (0, 3, 1, 2)), atol=1e-2
         )
         np.testing.assert_array_equal(hdul["BLENDS"].data["quality"], expected["quality"])
+        np.testing.assert_array_equal(hdul["BLENDS"].data["split"], expected["split"])
+    assert summary["n_split"] == int(expected["split"].sum())
 
 
 def test_reading_single_stamps_extensions_and_band_selection(images, tmp_path):

@@ -343,20 +343,21 @@ class Peeler(tf.Module):
         """
         k = self.max_iterations
         n = tf.shape(components)[0]
-        slots = tf.range(k)[None, :]
-        index = tf.cast(tf.where(slots < n_components[:, None]), tf.int32)  # (M, 2)
-        sub = tf.gather_nd(components, index)
-        normalized, _ = normalize(sub)
-        logits = self.logits(normalized)
-        probabilities = tf.nn.softmax(logits, axis=-1)
-        several = tf.logical_and(
-            _counts_from_logits(logits, sub) >= 2, tf.reduce_max(tf.abs(sub), [1, 2, 3]) > 0
-        )
         eligible = tf.logical_and(
             n_components < k,
             tf.logical_or(tf.equal(n_components, 1), n_components < first_count),
         )
-        candidate = tf.logical_and(several, tf.gather(eligible, index[:, 0]))
+        # only the components of eligible blends are counted (most blends are not eligible)
+        slots = tf.range(k)[None, :]
+        real = tf.logical_and(slots < n_components[:, None], eligible[:, None])
+        index = tf.cast(tf.where(real), tf.int32)  # (M, 2): blend, slot
+        sub = tf.gather_nd(components, index)
+        normalized, _ = normalize(sub)
+        logits = self.logits(normalized)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        candidate = tf.logical_and(
+            _counts_from_logits(logits, sub) >= 2, tf.reduce_max(tf.abs(sub), [1, 2, 3]) > 0
+        )
         score = tf.where(candidate, tf.reduce_sum(probabilities[:, 2:], axis=-1), -1.0)
         scores = tf.tensor_scatter_nd_update(tf.fill([n, k], -1.0), index, score)
         chosen = tf.cast(tf.argmax(scores, axis=1), tf.int32)
@@ -593,7 +594,8 @@ def run_file(
 
     Returns:
         Summary dict: ``n_blends``, ``quality`` (count per quality name), ``n_components``
-        (total), ``output``, ``previews`` (list of PNG paths), ``seconds``.
+        (total), ``n_split`` (blends where a merged component was split), ``output``,
+        ``previews`` (list of PNG paths), ``seconds``.
 
     Raises:
         TfdeblendError: bad input, missing model, existing output without ``overwrite``.
@@ -632,6 +634,7 @@ def run_file(
     }
     quality_total = {name: 0 for name in QUALITY_NAMES.values()}
     n_components_total = 0
+    split_total = 0
     with open_blends(input_path, bands=model.bands, stamp_size=model.stamp_size) as blends:
         info = {
             "model": model.name,
@@ -661,6 +664,7 @@ def run_file(
                 for q in result["quality"]:
                     quality_total[QUALITY_NAMES[int(q)]] += 1
                 n_components_total += int(result["n_components"].sum())
+                split_total += int(np.sum(result.get("split", 0)))
                 room = preview_count - len(kept["blend"]) if preview_dir is not None else 0
                 if room > 0:
                     kept["blend"].extend(chunk[:room])
@@ -676,6 +680,7 @@ def run_file(
         "n_blends": blends.n,
         "quality": quality_total,
         "n_components": n_components_total,
+        "n_split": split_total,
         "output": str(output_path),
         "previews": [str(p) for p in previews],
         "seconds": time.perf_counter() - started,
