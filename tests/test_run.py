@@ -276,3 +276,24 @@ def test_write_results_in_memory(tmp_path):
         assert len(hdul["CATALOG"].data) == 3
     with fits.open(tmp_path / "b.fits") as hdul:
         assert "CONSERVED" not in [h.name for h in hdul]
+
+
+def test_preview_marks_a_split_blend(tmp_path):
+    from matplotlib.image import imread
+
+    from tfdeblend.preview import save_previews
+
+    rng = np.random.default_rng(0)
+    blend = rng.normal(size=(1, 20, 20, 3)).astype("float32")
+    results = {
+        "blend": blend,
+        "components": np.stack([blend, blend], axis=1),
+        "residual": blend * 0,
+        "counts": np.array([[2, 0, -1]]),
+        "quality": np.array([1]),
+        "n_components": np.array([2]),
+    }
+    plain = save_previews(tmp_path / "plain", results, ("g", "r", "i"))
+    split = save_previews(tmp_path / "split", {**results, "split": np.array([1])}, ("g", "r", "i"))
+    a, b = imread(plain[0]), imread(split[0])
+    assert a.shape == b.shape and not np.array_equal(a, b)  # the title and the last panel say so

@@ -631,6 +631,7 @@ def run_file(
         "counts": [],
         "quality": [],
         "n_components": [],
+        "split": [],
     }
     quality_total = {name: 0 for name in QUALITY_NAMES.values()}
     n_components_total = 0
@@ -670,6 +671,7 @@ def run_file(
                     kept["blend"].extend(chunk[:room])
                     for key in ("components", "residual", "counts", "quality", "n_components"):
                         kept[key].extend(result[key][:room])
+                    kept["split"].extend(np.asarray(result.get("split", np.zeros(len(chunk))))[:room])
                 bar.update(len(chunk))
     previews = []
     if preview_dir is not None and kept["blend"]:

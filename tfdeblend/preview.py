@@ -36,6 +36,7 @@ def save_preview(
     n_components: int,
     bands: tuple[str, ...] = ("g", "r", "i"),
     title: str = "",
+    split: bool = False,
 ) -> Path:
     """Write one blend's panel PNG.
 
@@ -49,6 +50,8 @@ def save_preview(
         n_components: number of real components.
         bands: band names (for the caption).
         title: prefix of the figure title.
+        split: whether the peel split a merged component (its last component; noted in the
+            title and on that panel).
     """
     import matplotlib
 
@@ -57,6 +60,8 @@ def save_preview(
 
     panels = [("input", blend)]
     panels += [(f"component {j + 1}", components[j]) for j in range(int(n_components))]
+    if split and n_components >= 2:
+        panels[-1] = (f"component {int(n_components)} (split)", panels[-1][1])
     panels.append(("residual", residual))
     peak = float(np.abs(blend).max()) or 1.0
     stretch = 0.05 * peak
@@ -69,7 +74,8 @@ def save_preview(
     steps = [str(int(c)) for c in counts if c >= 0]
     fig.suptitle(
         f"{title}counts per step: {' -> '.join(steps) or '-'}; quality "
-        f"{QUALITY_NAMES.get(int(quality), '?')}; bands {','.join(bands)}",
+        f"{QUALITY_NAMES.get(int(quality), '?')}{'; split' if split else ''}; "
+        f"bands {','.join(bands)}",
         fontsize=9,
     )
     fig.tight_layout()
@@ -98,6 +104,7 @@ def save_previews(
                 results["n_components"][i],
                 bands,
                 title=f"blend {first_id + i}: ",
+                split=bool(results["split"][i]) if "split" in results else False,
             )
         )
     return paths
