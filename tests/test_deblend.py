@@ -380,12 +380,19 @@ class MergeInNoise(keras.layers.Layer):
         return images * mask
 
 
-def test_split_separates_a_component_the_classifier_counts_as_two():
+def merging_models():
+    """The oracle classifier, the :class:`MergeInNoise` deblender, and a one-pixel "noise" image
+    (flux outside the boxes: added to a blend, it makes the deblender merge the two brightest)."""
     _, classifier = oracle_models(1)
     inputs = keras.Input((SIZE, SIZE, 2))
     deblender = keras.Model(inputs, MergeInNoise()(inputs))
     noisy = np.zeros((SIZE, SIZE, 2), "float32")
-    noisy[0, 0] = 1.0  # flux outside the boxes: the deblender merges the two brightest
+    noisy[0, 0] = 1.0
+    return deblender, classifier, noisy
+
+
+def test_split_separates_a_component_the_classifier_counts_as_two():
+    deblender, classifier, noisy = merging_models()
     images = np.stack([
         blend([0.0, 64.0, 16.0]) + noisy,  # counts 2, 0: one component holding both galaxies
         blend([4.0, 64.0, 16.0]) + noisy,  # counts 3, 1, 0: two components for three galaxies
@@ -419,11 +426,7 @@ def test_split_separates_a_component_the_classifier_counts_as_two():
 
 
 def test_split_needs_a_free_slot():
-    _, classifier = oracle_models(1)
-    inputs = keras.Input((SIZE, SIZE, 2))
-    deblender = keras.Model(inputs, MergeInNoise()(inputs))
-    noisy = np.zeros((SIZE, SIZE, 2), "float32")
-    noisy[0, 0] = 1.0
+    deblender, classifier, noisy = merging_models()
     images = blend([0.0, 64.0, 16.0])[None] + noisy
     peeler = make_peeler(deblender, classifier, count_views=1, max_iterations=1, split=True)
     out = peel_numpy(peeler, images)

@@ -117,6 +117,12 @@ def run_deblender(deblender, normalized: tf.Tensor) -> tf.Tensor:
     )
 
 
+def deblend_flux(deblender, images: tf.Tensor) -> tf.Tensor:
+    """One RDN pass on images in flux units: normalize, :func:`run_deblender`, denormalize."""
+    normalized, scale = normalize(_as_float32(images))
+    return denormalize(run_deblender(deblender, normalized), scale)
+
+
 def run_classifier(classifier, normalized: tf.Tensor) -> tf.Tensor:
     """Classifier logits ``(N, classes)`` of a batch that may be empty (see
     :func:`run_deblender`)."""
@@ -274,9 +280,7 @@ class Peeler(tf.Module):
         Returns:
             float32 ``(N, H, W, C)``.
         """
-        images = _as_float32(images)
-        normalized, scale = normalize(images)
-        return denormalize(run_deblender(self.deblender, normalized), scale)
+        return deblend_flux(self.deblender, images)
 
     def count(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Classifier count of each image.
@@ -316,8 +320,7 @@ class Peeler(tf.Module):
         for _ in range(self.refine_steps):
             others = tf.gather(images - tf.reduce_sum(components, axis=1), index[:, 0])
             inputs = others + tf.gather_nd(components, index)
-            normalized, scale = normalize(inputs)
-            galaxy = denormalize(run_deblender(self.deblender, normalized), scale)
+            galaxy = deblend_flux(self.deblender, inputs)
             components = tf.tensor_scatter_nd_update(components, index, galaxy)
         return components
 
@@ -355,9 +358,7 @@ class Peeler(tf.Module):
         normalized, _ = normalize(sub)
         logits = self.logits(normalized)
         probabilities = tf.nn.softmax(logits, axis=-1)
-        candidate = tf.logical_and(
-            _counts_from_logits(logits, sub) >= 2, tf.reduce_max(tf.abs(sub), [1, 2, 3]) > 0
-        )
+        candidate = _counts_from_logits(logits, sub) >= 2  # an all-zero component counts 0
         score = tf.where(candidate, tf.reduce_sum(probabilities[:, 2:], axis=-1), -1.0)
         scores = tf.tensor_scatter_nd_update(tf.fill([n, k], -1.0), index, score)
         chosen = tf.cast(tf.argmax(scores, axis=1), tf.int32)
@@ -366,8 +367,7 @@ class Peeler(tf.Module):
         old = tf.stack([blends, tf.gather(chosen, blends)], axis=1)
         new = tf.stack([blends, tf.gather(n_components, blends)], axis=1)
         merged = tf.gather_nd(components, old)
-        normalized, scale = normalize(merged)
-        brightest = denormalize(run_deblender(self.deblender, normalized), scale)
+        brightest = deblend_flux(self.deblender, merged)
         components = tf.tensor_scatter_nd_update(
             components, tf.concat([old, new], 0), tf.concat([brightest, merged - brightest], 0)
         )
@@ -642,7 +642,7 @@ def run_file(
             "version": model.version,
             "refine_steps": model.refine_steps,
             "count_views": model.count_views,
-            "split": bool(getattr(model, "split", False)),
+            "split": model.split,
             "bunit": blends.bunit,
             "input": Path(input_path).name,
         }
@@ -665,13 +665,12 @@ def run_file(
                 for q in result["quality"]:
                     quality_total[QUALITY_NAMES[int(q)]] += 1
                 n_components_total += int(result["n_components"].sum())
-                split_total += int(np.sum(result.get("split", 0)))
+                split_total += int(result["split"].sum())
                 room = preview_count - len(kept["blend"]) if preview_dir is not None else 0
                 if room > 0:
                     kept["blend"].extend(chunk[:room])
-                    for key in ("components", "residual", "counts", "quality", "n_components"):
+                    for key in kept.keys() - {"blend"}:
                         kept[key].extend(result[key][:room])
-                    kept["split"].extend(np.asarray(result.get("split", np.zeros(len(chunk))))[:room])
                 bar.update(len(chunk))
     previews = []
     if preview_dir is not None and kept["blend"]:
