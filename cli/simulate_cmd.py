@@ -30,6 +30,13 @@ import click
 @click.option("--bands", default="g,r,i", show_default=True, help="LSST bands to draw, in order.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(
+    "--max-shift",
+    type=float,
+    default=None,
+    help="Largest shift of a galaxy centre from the stamp centre along x and y, arcsec "
+    "(default 2.4, BTK's: a tenth of the 24\" stamp). Smaller values give closer pairs.",
+)
+@click.option(
     "--catalog",
     "catalog_path",
     type=click.Path(),
@@ -50,6 +57,7 @@ def simulate(
     fmt: str,
     bands: str,
     seed: int,
+    max_shift: float | None,
     catalog_path: str | None,
     num_shards: int | None,
     shard_index: int | None,
@@ -86,6 +94,7 @@ def simulate(
         seed=seed,
         preset=preset,
         catalog=catalog_path,
+        **({} if max_shift is None else {"max_shift": max_shift}),
     )
     path = write_dataset(
         config,

@@ -208,6 +208,7 @@ def test_cli_bad_kind_ngal_catalog_and_output(tmp_path, catalog_path, catalog_ta
     nocol = tmp_path / "nocol.fits"
     catalog_table[[c for c in catalog_table.colnames if c != "b_d"]].write(nocol)
     cases.append((["simulate", "test", "--out", out, "--catalog", nocol], "b_d"))
+    cases.append((["simulate", "test", "--out", out, "--max-shift", "9"], "max_shift must be"))
     for args, message in cases:
         result = _run(*args, "--count", 2, "--quiet")
         assert result.exit_code == 1, (args, result.output)
@@ -257,3 +258,26 @@ def test_fits_testset_missing_or_foreign_truth(tmp_path, fits_testset):
     Table({"a": [1]}).write(only_blends / "truth.fits")
     with pytest.raises(DataError, match="cannot read FITS test set"):
         load_testset(only_blends)
+
+
+def test_cli_max_shift_gives_close_pairs(tmp_path, catalog_path):
+    out = tmp_path / "close"
+    result = _run("simulate", "test", "--count", 6, "--format", "fits", "--seed", 5,
+                  "--max-shift", 0.4, "--catalog", catalog_path, "--quiet", "--jobs", 1,
+                  "--out", out)
+    assert result.exit_code == 0, result.output
+    arrays = load_testset(out)
+    # centres within 0.4" = 2 px of the stamp centre (39.5) along x and y, up to the PSF's
+    # and the pixel grid's shift of the light-weighted centroid
+    assert arrays["x"].shape == (6, 2)
+    assert np.all(np.abs(arrays["x"] - 39.5) < 2.6) and np.all(np.abs(arrays["y"] - 39.5) < 2.6)
+    default = load_testset(_run_default(tmp_path, catalog_path))
+    assert np.abs(default["x"] - 39.5).max() > 2.6  # the default spreads them over 12 px
+
+
+def _run_default(tmp_path, catalog_path):
+    out = tmp_path / "default"
+    result = _run("simulate", "test", "--count", 6, "--format", "fits", "--seed", 5,
+                  "--catalog", catalog_path, "--quiet", "--jobs", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
