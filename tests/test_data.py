@@ -261,23 +261,15 @@ def test_fits_testset_missing_or_foreign_truth(tmp_path, fits_testset):
 
 
 def test_cli_max_shift_gives_close_pairs(tmp_path, catalog_path):
-    out = tmp_path / "close"
-    result = _run("simulate", "test", "--count", 6, "--format", "fits", "--seed", 5,
-                  "--max-shift", 0.4, "--catalog", catalog_path, "--quiet", "--jobs", 1,
-                  "--out", out)
-    assert result.exit_code == 0, result.output
-    arrays = load_testset(out)
+    common = ("--count", 6, "--seed", 5)
+    close, default = tmp_path / "close", tmp_path / "default"
+    for out, extra in ((close, ("--max-shift", 0.4)), (default, ())):
+        result = _run(*_sim_args(catalog_path, out, *common, *extra))
+        assert result.exit_code == 0, result.output
+    arrays = load_testset(close)
     # centres within 0.4" = 2 px of the stamp centre (39.5) along x and y, up to the PSF's
     # and the pixel grid's shift of the light-weighted centroid
     assert arrays["x"].shape == (6, 2)
     assert np.all(np.abs(arrays["x"] - 39.5) < 2.6) and np.all(np.abs(arrays["y"] - 39.5) < 2.6)
-    default = load_testset(_run_default(tmp_path, catalog_path))
-    assert np.abs(default["x"] - 39.5).max() > 2.6  # the default spreads them over 12 px
-
-
-def _run_default(tmp_path, catalog_path):
-    out = tmp_path / "default"
-    result = _run("simulate", "test", "--count", 6, "--format", "fits", "--seed", 5,
-                  "--catalog", catalog_path, "--quiet", "--jobs", 1, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+    # the default spreads them over 12 px
+    assert np.abs(load_testset(default)["x"] - 39.5).max() > 2.6
