@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped model saved_models/tfdeblend_cpu (version 4) from scratch on a 2-core CPU
+# Reproduce the shipped model saved_models/tfdeblend_cpu (version 5) from scratch on a 2-core CPU
 # machine (about 3.5 hours of training, about 40 minutes of simulation and residuals). Every step is a plain tfdeblend
 # command; rerunning the script skips finished steps and resumes interrupted ones (simulation
 # finishes missing shards, training resumes from its backup/).
