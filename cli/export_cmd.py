@@ -56,10 +56,17 @@ import click
     help="After the peel, split a component the classifier counts as two or more galaxies "
     "(--no-split = the paper's peel).",
 )
+@click.option(
+    "--detect-snr",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="After the split, add a galaxy where the residual still holds a source above this "
+    "matched-filter S/N, away from the galaxies found (default 0 = off, the paper's peel).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing NAME/<version>.")
 def export(
     run_dir, out_dir, deblender_run, classifier_run, version, max_iterations, refine_steps,
-    count_views, split, overwrite,
+    count_views, split, detect_snr, overwrite,
 ):
     """Export RUN_DIR's deblender and classifier as a SavedModel for TF Serving.
 
@@ -81,6 +88,7 @@ def export(
         refine_steps=refine_steps,
         count_views=int(count_views) if count_views else None,
         split=split,
+        detect_snr=detect_snr,
         overwrite=overwrite,
     )
     click.echo(f"Exported {path} (signatures serving_default, deblend_one, count)")

@@ -59,6 +59,8 @@ def run(blends, output, model_dir, batch_size, preview_dir, preview_count, overw
     )
     quality = ", ".join(f"{k} {v}" for k, v in summary["quality"].items())
     split = f", {summary['n_split']} split" if summary.get("n_split") else ""
+    if summary.get("n_recovered"):
+        split += f", {summary['n_recovered']} found in the residual"
     click.echo(
         f"Deblended {summary['n_blends']} blend(s) into {summary['n_components']} component(s) "
         f"in {summary['seconds']:.1f} s (quality: {quality}{split}); wrote {summary['output']}"

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfdeblend.deblend import QUALITY_NAMES, Peeler, make_peeler, peel_numpy
+from tfdeblend.deblend import (
+    QUALITY_NAMES,
+    Peeler,
+    centroids,
+    make_peeler,
+    peel_numpy,
+    residual_snr,
+)
 
 SIZE = 16
 BOXES = [(slice(1, 5), slice(1, 5)), (slice(6, 10), slice(6, 10)), (slice(11, 15), slice(11, 15))]
@@ -432,3 +439,109 @@ def test_split_needs_a_free_slot():
     out = peel_numpy(peeler, images)
     np.testing.assert_array_equal(out["split"], [0])
     np.testing.assert_array_equal(out["n_components"], [1])
+
+
+# ---------------------------------------------------------------- residual detection
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend_tests")
+class BlindBoxCount(keras.layers.Layer):
+    """:class:`BoxCount` blind to the last box: a classifier that misses one galaxy."""
+
+    def call(self, images):
+        masks = keras.ops.convert_to_tensor(_masks()[:2])
+        flux = keras.ops.sum(keras.ops.abs(images)[:, None] * masks, axis=(2, 3, 4))
+        count = keras.ops.sum(keras.ops.cast(flux > 0, "int32"), axis=1)
+        return 10.0 * keras.ops.one_hot(count, 4)
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend_tests")
+class HalfDeblend(keras.layers.Layer):
+    """Half of the brightest box: a deblender that leaves part of each core in the residual."""
+
+    def call(self, images):
+        return 0.5 * BoxDeblend(1)(images)
+
+
+def blind_models(half: bool = False):
+    inputs = keras.Input((SIZE, SIZE, 2))
+    classifier = keras.Model(inputs, BlindBoxCount()(inputs))
+    inputs = keras.Input((SIZE, SIZE, 2))
+    layer = HalfDeblend() if half else BoxDeblend(1)
+    return keras.Model(inputs, layer(inputs)), classifier
+
+
+def sky(n: int, seed: int = 0) -> np.ndarray:
+    """Unit Gaussian noise outside the boxes (the oracles only look inside them)."""
+    outside = 1.0 - _masks().sum(0)  # (H, W, 1)
+    noise = np.random.default_rng(seed).normal(size=(n, SIZE, SIZE, 2))
+    return (noise * outside).astype("float32")
+
+
+def test_residual_snr_of_pure_noise_is_unit_and_a_source_stands_out():
+    noise = np.random.default_rng(1).normal(size=(4, 64, 64, 3)).astype("float32")
+    noise *= np.array([1.0, 3.0, 10.0], "float32")  # the bands' noise levels differ
+    snr = residual_snr(noise).numpy()
+    assert snr.shape == (4, 64, 64)
+    assert 0.9 < snr[:, 8:-8, 8:-8].std() < 1.1  # away from the zero-padded edges
+    source = noise.copy()
+    source[:, 30:34, 30:34, :] += 3.0 * np.array([1.0, 3.0, 10.0], "float32")
+    peak = residual_snr(source).numpy()[:, 28:36, 28:36].max(axis=(1, 2))
+    # 16 pixels at 3 sigma in 3 bands: S/N 21 with the box's own filter, ~15 with the PSF's
+    assert np.all((peak > 10) & (peak < 21))
+
+
+def test_residual_detection_adds_a_galaxy_the_classifier_missed():
+    deblender, classifier = blind_models()
+    images = np.stack([
+        blend([0.0, 64.0, 16.0]),  # the third galaxy is missed by the count: recovered
+        blend([0.0, 64.0, 1.0]),  # missed, but below the S/N threshold: left alone
+        blend([0.0, 64.0, 0.0]),  # nothing left
+    ]) + sky(3)
+    plain = peel_numpy(make_peeler(deblender, classifier, count_views=1, refine_steps=0), images)
+    np.testing.assert_array_equal(plain["n_components"], [1, 1, 1])
+    np.testing.assert_array_equal(plain["recovered"], 0)
+    for refine_steps in (0, 2):
+        peeler = make_peeler(deblender, classifier, count_views=1, refine_steps=refine_steps,
+                             detect_snr=10.0)
+        out = peel_numpy(peeler, images)
+        np.testing.assert_array_equal(out["recovered"], [1, 0, 0])
+        np.testing.assert_array_equal(out["n_components"], [2, 1, 1])
+        np.testing.assert_array_equal(out["components"][0, 0], blend([0, 64.0, 0]))
+        np.testing.assert_array_equal(out["components"][0, 1], blend([0, 0, 16.0]))
+        for i in (1, 2):
+            np.testing.assert_array_equal(out["components"][i], plain["components"][i])
+        for key in ("counts", "quality"):  # they describe the peel
+            np.testing.assert_array_equal(out[key], plain[key])
+        np.testing.assert_allclose(out["components"].sum(1) + out["residual"], images)
+    # no free slot: nothing is added
+    peeler = make_peeler(deblender, classifier, count_views=1, max_iterations=1, detect_snr=10.0)
+    np.testing.assert_array_equal(peel_numpy(peeler, images)["recovered"], [0, 0, 0])
+
+
+def test_residual_detection_ignores_core_errors_and_mismatched_models():
+    deblender, classifier = blind_models(half=True)
+    # peeling halves of the bright core leaves a quarter of it (8 per pixel, S/N ~100) in the
+    # residual, brighter than the missed galaxy (4 per pixel). The leftover lies within the
+    # exclusion radius of the galaxy found, so the peak searched is the missed galaxy's; but the
+    # RDN's brightest galaxy of the residual is the leftover, far from that peak: nothing is added
+    images = np.stack([blend([0.0, 64.0, 0.0]), blend([0.0, 64.0, 8.0])]) + sky(2, seed=2)
+    peeler = make_peeler(deblender, classifier, count_views=1, max_iterations=3, refine_steps=0,
+                         detect_snr=10.0)
+    out = peel_numpy(peeler, images)
+    np.testing.assert_array_equal(out["n_components"], [2, 2])
+    np.testing.assert_array_equal(out["recovered"], [0, 0])
+    # with a deblender that models the whole brightest box, the missed galaxy is the one found
+    deblender, _ = blind_models()
+    out = peel_numpy(make_peeler(deblender, classifier, count_views=1, refine_steps=0,
+                                 detect_snr=10.0), images)
+    np.testing.assert_array_equal(out["recovered"], [0, 1])
+    x, y = centroids(out["components"][1, 1]).numpy()
+    assert 11 <= x <= 15 and 11 <= y <= 15
+
+
+def test_detect_snr_is_checked():
+    deblender, classifier = blind_models()
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="detect_snr"):
+            Peeler(deblender, classifier, detect_snr=bad)

@@ -46,6 +46,7 @@ def test_layout_and_metadata(model_dir):
     assert meta["refine_steps"] == 2  # the default: two sweeps after the peel
     assert meta["count_views"] == 8  # and the count averaged over 8 rotations/flips
     assert meta["split"] is True  # and merged components split
+    assert meta["detect_snr"] == 10.0  # and galaxies left in the residual recovered
     # each network's training curves travel with the model
     for role in ("deblender", "classifier"):
         history = meta["configs"][f"{role}_train"]["history"]
@@ -123,12 +124,14 @@ def test_keras_files_and_networks_agree(model_dir, images):
         model.path / "assets.extra" / "classifier.keras", compile=False, safe_mode=True
     )
     assert model.refine_steps == 2 and model.count_views == 8 and model.split
+    assert model.detect_snr == 10.0
     local = peel_numpy(
-        make_peeler(rdn, classifier, max_iterations=4, refine_steps=2, count_views=8, split=True),
+        make_peeler(rdn, classifier, max_iterations=4, refine_steps=2, count_views=8, split=True,
+                    detect_snr=10.0),
         images,
     )
     served = model.deblend(images)
-    for key in ("counts", "n_components", "split"):
+    for key in ("counts", "n_components", "split", "recovered"):
         np.testing.assert_array_equal(served[key], local[key])
     scale = np.abs(images).max()
     np.testing.assert_allclose(served["components"] / scale, local["components"] / scale, atol=1e-4)
@@ -239,6 +242,9 @@ def test_cli_export(request, tmp_path_factory, tmp_path):
             "0",
             "--count-views",
             "1",
+            "--no-split",
+            "--detect-snr",
+            "0",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -246,6 +252,13 @@ def test_cli_export(request, tmp_path_factory, tmp_path):
     assert "Exported" in result.output
     paper = load_model(out)  # the paper's peel and count, recorded in the metadata
     assert paper.refine_steps == 0 and paper.count_views == 1
+    assert not paper.split and paper.detect_snr == 0.0
+    # a negative S/N threshold is refused before anything is written
+    result = runner.invoke(cli, ["export", "--deblender", str(deblender_run), "--classifier",
+                                 str(classifier_run), "--out", str(tmp_path / "neg"),
+                                 "--detect-snr", "-1"])
+    assert result.exit_code == 2 and "--detect-snr" in result.output
+    assert not (tmp_path / "neg").exists()
     # again, with an explicit existing version: refused, nothing changed
     args = ["--deblender", str(deblender_run), "--classifier", str(classifier_run)]
     result = runner.invoke(cli, ["export", *args, "--out", str(out), "--version", "1"])
@@ -273,6 +286,7 @@ def test_the_shipped_default_model_deblends_rendered_blends(monkeypatch, fits_te
     model = load_model()
     assert model.path.parent.name == "tfdeblend_cpu" and model.bands == ("g", "r", "i")
     assert model.refine_steps == 2 and model.count_views == 8
+    assert model.split and model.detect_snr == 10.0
     for name in ("deblender.keras", "classifier.keras"):
         keras.saving.load_model(model.path / "assets.extra" / name, safe_mode=True)
     testset = load_testset(fits_testset)

@@ -56,7 +56,7 @@ def test_run_writes_every_hdu(model_dir, images, tmp_path):
         assert head["MODEL"] == "tiny" and head["MODELVER"] == 1 and head["BANDS"] == "g,r,i"
         assert head["BUNIT"] == "electron" and head["TFDBVER"]
         assert head["MAXITER"] == 4 and head["REFINE"] == 2 and head["NVIEWS"] == 8
-        assert head["SPLIT"] is True
+        assert head["SPLIT"] is True and head["DETECTSN"] == 10.0
         comps, resid = hdul["COMPONENTS"].data, hdul["RESIDUAL"].data
         assert comps.shape == (n, 4, 3, 80, 80) and comps.dtype.kind == "f"
         assert resid.shape == (n, 3, 80, 80)
@@ -69,7 +69,7 @@ def test_run_writes_every_hdu(model_dir, images, tmp_path):
         np.testing.assert_array_equal(table["blend_id"], np.arange(n))
         assert table["counts"].shape == (n, 5)
         assert set(table["quality"]) <= {0, 1, 2}
-        assert set(table["split"]) <= {0, 1}
+        assert set(table["split"]) <= {0, 1} and set(table["recovered"]) <= {0, 1}
         assert len(catalog) == table["n_components"].sum()
         for name in (
             "blend_id",
@@ -127,7 +127,9 @@ def test_run_file_matches_the_model_and_streams_batches(model_dir, images, tmp_p
         )
         np.testing.assert_array_equal(hdul["BLENDS"].data["quality"], expected["quality"])
         np.testing.assert_array_equal(hdul["BLENDS"].data["split"], expected["split"])
+        np.testing.assert_array_equal(hdul["BLENDS"].data["recovered"], expected["recovered"])
     assert summary["n_split"] == int(expected["split"].sum())
+    assert summary["n_recovered"] == int(expected["recovered"].sum())
 
 
 def test_reading_single_stamps_extensions_and_band_selection(images, tmp_path):

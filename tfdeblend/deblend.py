@@ -49,6 +49,17 @@ from 0.840 to 0.848 and from 0.630 to 0.673, the fainter galaxy's recall from 0.
 from 0.862 to 0.877 (``docs/model_card.md``). The split comes before the refinement sweeps, which
 then re-estimate both halves from the blend minus the other galaxies.
 
+Residual detection (``detect_snr``, :meth:`Peeler.recover_missed`; an addition to the paper's
+peel). The classifier sometimes counts 0 on a residual that still holds a faint galaxy, most
+often the fainter galaxy of a well-separated pair, and the peel stops without it. After the
+split, the residual's matched-filter S/N map (:func:`residual_snr`: the bands coadded with
+inverse-variance weights, smoothed with a Gaussian of about the PSF's size) is searched outside
+discs of ``DETECT_EXCLUDE_RADIUS`` pixels around the components found, where the models' own
+core errors live. Where the peak is above ``detect_snr``, the RDN models the residual and its
+galaxy becomes a new component if it lies at the peak. At most one
+per blend, before the refinement sweeps; counts and quality are the peel's, and ``recovered``
+flags the blends where it happened. ``detect_snr=0`` turns it off.
+
 Counting over several views (``count_views``; an addition to the paper's peel). The classifier's
 logits are averaged over ``count_views`` rotations and flips of the image (1: the image only, as
 in the paper; 2: and its mirror image; 4: the four 90-degree rotations; 8: all eight). The PSF is
@@ -96,6 +107,15 @@ _VIEW_ORDER: dict[int, tuple[int, ...]] = {1: (0,), 2: (0, 1), 4: (0, 2, 3, 4), 
 COUNT_VIEWS: tuple[int, ...] = tuple(_VIEW_ORDER)
 #: Footprint of the flux-conserving components: summed model above this many noise sigmas.
 FOOTPRINT_SIGMA: float = 0.5
+#: Default S/N threshold of the residual detection (:meth:`Peeler.recover_missed`; 0 = off).
+DEFAULT_DETECT_SNR: float = 10.0
+#: Residual detection: Gaussian smoothing sigma (pixels) of the
+#: residual's S/N map, about the LSST PSF's (0.7 arcsec FWHM at 0.2 arcsec per pixel).
+DETECT_SMOOTH_SIGMA: float = 1.5
+#: Residual detection: peaks closer than this (pixels) to a component's centroid are ignored.
+DETECT_EXCLUDE_RADIUS: float = 5.0
+#: Residual detection: the new component's centroid must lie within this (pixels) of the peak.
+DETECT_MATCH_RADIUS: float = 4.0
 
 
 def _as_float32(x: tf.Tensor) -> tf.Tensor:
@@ -156,9 +176,13 @@ def dihedral_views(images: tf.Tensor, views: int) -> tf.Tensor:
     return tf.concat([out[i] for i in _VIEW_ORDER[views]], axis=0)
 
 
-def check_peel_options(max_iterations: int, refine_steps: int, count_views: int) -> None:
-    """Raise ``ValueError`` unless the peel's options are valid (K >= 1, sweeps >= 0, and
-    ``count_views`` one of :data:`COUNT_VIEWS`)."""
+def check_peel_options(
+    max_iterations: int, refine_steps: int, count_views: int, detect_snr: float = 0.0
+) -> None:
+    """Raise ``ValueError`` unless the peel's options are valid (K >= 1, sweeps >= 0,
+    ``count_views`` one of :data:`COUNT_VIEWS`, ``detect_snr`` finite and >= 0)."""
+    if not np.isfinite(float(detect_snr)) or float(detect_snr) < 0:
+        raise ValueError(f"detect_snr must be 0 (off) or a positive S/N, not {detect_snr}")
     if int(max_iterations) < 1:
         raise ValueError(f"max_iterations must be at least 1, not {max_iterations}")
     if int(refine_steps) < 0:
@@ -190,6 +214,53 @@ def noise_std(residual: tf.Tensor) -> tf.Tensor:
     )
     median = _median_last_axis(flat)
     return MAD_TO_SIGMA * _median_last_axis(tf.abs(flat - median[..., None]))
+
+
+def _gaussian_kernel(sigma: float) -> tf.Tensor:
+    """Normalized 2-D Gaussian ``(S, S, 1, 1)``, truncated at 4 sigma."""
+    half = int(np.ceil(4.0 * sigma))
+    x = np.arange(-half, half + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    k = np.outer(g, g)
+    k /= k.sum()
+    return tf.constant(k[:, :, None, None], tf.float32)
+
+
+def residual_snr(residual: tf.Tensor, smooth_sigma: float = DETECT_SMOOTH_SIGMA) -> tf.Tensor:
+    """Matched-filter S/N map of a residual, all bands together ``(N, H, W, C) -> (N, H, W)``.
+
+    The bands are combined with inverse-variance weights (noise from :func:`noise_std`) into a
+    coadd of unit noise per pixel, smoothed with a Gaussian of ``smooth_sigma`` pixels and divided
+    by the smoothed noise, so a pure-noise residual has unit variance everywhere (zero padding at
+    the edges lowers it there).
+    """
+    residual = _as_float32(residual)
+    sigma = tf.maximum(noise_std(residual), 1e-30)
+    weight = 1.0 / tf.square(sigma)  # (N, C)
+    coadd = tf.reduce_sum(residual * weight[:, None, None, :], axis=-1) / tf.sqrt(
+        tf.reduce_sum(weight, axis=-1)
+    )[:, None, None]
+    kernel = _gaussian_kernel(smooth_sigma)
+    smoothed = tf.nn.conv2d(coadd[..., None], kernel, strides=1, padding="SAME")[..., 0]
+    return smoothed / tf.sqrt(tf.reduce_sum(tf.square(kernel)))
+
+
+def centroids(images: tf.Tensor) -> tf.Tensor:
+    """Flux-weighted centroid ``(..., 2)`` as (x, y) pixels of the band sum, negatives clipped.
+
+    ``images`` is ``(..., H, W, C)``; an image with no positive flux gets ``nan``.
+    """
+    images = _as_float32(images)
+    total = tf.nn.relu(tf.reduce_sum(images, axis=-1))  # (..., H, W)
+    h, w = tf.shape(total)[-2], tf.shape(total)[-1]
+    ys = tf.cast(tf.range(h), tf.float32)[:, None]
+    xs = tf.cast(tf.range(w), tf.float32)[None, :]
+    flux = tf.reduce_sum(total, axis=[-2, -1])
+    safe = tf.where(flux > 0, flux, tf.ones_like(flux))
+    cx = tf.reduce_sum(total * xs, axis=[-2, -1]) / safe
+    cy = tf.reduce_sum(total * ys, axis=[-2, -1]) / safe
+    nan = tf.fill(tf.shape(flux), np.float32(np.nan))
+    return tf.stack([tf.where(flux > 0, cx, nan), tf.where(flux > 0, cy, nan)], axis=-1)
 
 
 def conserve_flux(
@@ -232,6 +303,8 @@ class Peeler(tf.Module):
             each image (1, 2, 4 or 8; 1 = the paper).
         split: after the peel, split a component the classifier counts as two or more galaxies
             (:meth:`split_merged`; False = the paper).
+        detect_snr: after the split, add a component where the residual still holds a source
+            above this matched-filter S/N (:meth:`recover_missed`; 0 = off, the paper).
         name: module name.
 
     Example:
@@ -248,16 +321,18 @@ class Peeler(tf.Module):
         refine_steps: int = DEFAULT_REFINE_STEPS,
         count_views: int = DEFAULT_COUNT_VIEWS,
         split: bool = False,
+        detect_snr: float = 0.0,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        check_peel_options(max_iterations, refine_steps, count_views)
+        check_peel_options(max_iterations, refine_steps, count_views, detect_snr)
         self.deblender = deblender
         self.classifier = classifier
         self.max_iterations = int(max_iterations)
         self.refine_steps = int(refine_steps)
         self.count_views = int(count_views)
         self.split = bool(split)
+        self.detect_snr = float(detect_snr)
 
     # ---------------------------------------------------------------- single networks
     def logits(self, normalized: tf.Tensor) -> tf.Tensor:
@@ -373,6 +448,71 @@ class Peeler(tf.Module):
         )
         split = tf.cast(do_split, tf.int32)
         return components, n_components + split, split
+
+    def recover_missed(
+        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Add one component per blend where a significant source is left in the residual.
+
+        The classifier sometimes counts 0 on a residual that still holds a faint galaxy, and the
+        peel stops with that galaxy unmodelled. Here the residual's matched-filter S/N map
+        (:func:`residual_snr`) is searched outside discs of ``DETECT_EXCLUDE_RADIUS`` pixels
+        around every component's centroid (the models' own core errors live there). Where its
+        peak exceeds ``detect_snr`` and the blend has a free slot, the RDN's brightest galaxy
+        of the residual becomes a new component (the last one), provided its centroid lies
+        within ``DETECT_MATCH_RADIUS`` pixels of the peak (otherwise the RDN modelled something
+        else, such as a model's core error, and nothing is added).
+
+        Zeroing the discs in the RDN's input instead, so that a core error cannot set the
+        normalization scale, added more components on a validation set (1,000 2-galaxy blends,
+        seed 31, threshold 10: 26 against 14) but about the same recovered galaxies and lower
+        precision (0.940 against 0.945), so the residual is used as it is.
+
+        Args:
+            images: float32 ``(N, H, W, C)`` blends.
+            components: float32 ``(N, K, H, W, C)`` (zero padded).
+            n_components: int32 ``(N,)``.
+
+        Returns:
+            ``(components, n_components, recovered)``; ``recovered`` int32 ``(N,)`` is 1 where
+            a component was added. The residual is ``images - components.sum(1)`` as before.
+        """
+        k = self.max_iterations
+        residual = images - tf.reduce_sum(components, axis=1)
+        snr = residual_snr(residual)  # (N, H, W)
+        shape = tf.shape(snr)
+        n, h, w = shape[0], shape[1], shape[2]
+        centre = centroids(components)  # (N, K, 2)
+        slots = tf.range(k)[None, :]
+        real = tf.logical_and(slots < n_components[:, None], tf.reduce_all(
+            tf.math.is_finite(centre), axis=-1))
+        ys = tf.cast(tf.range(h), tf.float32)[None, None, :, None]
+        xs = tf.cast(tf.range(w), tf.float32)[None, None, None, :]
+        cx = tf.where(real, centre[..., 0], 0.0)[:, :, None, None]
+        cy = tf.where(real, centre[..., 1], 0.0)[:, :, None, None]
+        near = tf.logical_and(
+            real[:, :, None, None],
+            tf.square(xs - cx) + tf.square(ys - cy) < DETECT_EXCLUDE_RADIUS**2,
+        )
+        masked = tf.where(tf.reduce_any(near, axis=1), -np.inf, snr)
+        flat = tf.reshape(masked, [n, h * w])
+        peak = tf.reduce_max(flat, axis=1)
+        where = tf.cast(tf.argmax(flat, axis=1), tf.int32)
+        peak_x = tf.cast(where % w, tf.float32)
+        peak_y = tf.cast(where // w, tf.float32)
+        candidate = tf.logical_and(n_components < k, peak > self.detect_snr)
+        blends = tf.cast(tf.where(candidate)[:, 0], tf.int32)
+        galaxy = deblend_flux(self.deblender, tf.gather(residual, blends))
+        centre_new = centroids(galaxy)  # (M, 2), nan for no positive flux
+        dist2 = tf.square(centre_new[:, 0] - tf.gather(peak_x, blends)) + tf.square(
+            centre_new[:, 1] - tf.gather(peak_y, blends)
+        )
+        keep = dist2 < DETECT_MATCH_RADIUS**2  # false for nan
+        kept = tf.boolean_mask(blends, keep)
+        index = tf.stack([kept, tf.gather(n_components, kept)], axis=1)
+        components = tf.tensor_scatter_nd_update(components, index, tf.boolean_mask(galaxy, keep))
+        recovered = tf.scatter_nd(kept[:, None], tf.ones_like(kept), [n])
+        return components, n_components + recovered, recovered
 
     # ---------------------------------------------------------------- the peel
     def __call__(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -491,6 +631,12 @@ class Peeler(tf.Module):
             components, n_components, split = self.split_merged(
                 components, n_components, counts[:, 0]
             )
+        recovered = tf.zeros([n], tf.int32)
+        if self.detect_snr > 0:
+            components, n_components, recovered = self.recover_missed(
+                images, components, n_components
+            )
+            residual = images - tf.reduce_sum(components, axis=1)
         if self.refine_steps:
             components = self.refine(images, components, n_components)
             residual = images - tf.reduce_sum(components, axis=1)
@@ -502,6 +648,7 @@ class Peeler(tf.Module):
             "quality": quality,
             "n_components": n_components,
             "split": split,
+            "recovered": recovered,
         }
 
 
@@ -514,6 +661,7 @@ def make_peeler(
     refine_steps: int = DEFAULT_REFINE_STEPS,
     count_views: int = DEFAULT_COUNT_VIEWS,
     split: bool = False,
+    detect_snr: float = 0.0,
 ) -> Peeler:
     """Build a :class:`Peeler` whose methods are compiled ``tf.function``s.
 
@@ -527,6 +675,8 @@ def make_peeler(
         count_views: rotations/flips the classifier's logits are averaged over (1 = the paper).
         split: split a component the classifier counts as two or more galaxies
             (:meth:`Peeler.split_merged`).
+        detect_snr: add a component for a source left in the residual above this S/N
+            (:meth:`Peeler.recover_missed`; 0 = off).
 
     Returns:
         A peeler whose ``peel``, ``deblend_one`` and ``count`` are traced once per signature.
@@ -538,6 +688,7 @@ def make_peeler(
         refine_steps=refine_steps,
         count_views=count_views,
         split=split,
+        detect_snr=detect_snr,
     )
     spec = tf.TensorSpec([None, stamp_size, stamp_size, n_bands], tf.float32, name="images")
     peeler.peel = tf.function(peeler.peel, input_signature=[spec], reduce_retracing=True)
@@ -594,7 +745,8 @@ def run_file(
 
     Returns:
         Summary dict: ``n_blends``, ``quality`` (count per quality name), ``n_components``
-        (total), ``n_split`` (blends where a merged component was split), ``output``,
+        (total), ``n_split`` (blends where a merged component was split), ``n_recovered``
+        (blends where the residual detection added one), ``output``,
         ``previews`` (list of PNG paths), ``seconds``.
 
     Raises:
@@ -636,6 +788,7 @@ def run_file(
     quality_total = {name: 0 for name in QUALITY_NAMES.values()}
     n_components_total = 0
     split_total = 0
+    recovered_total = 0
     with open_blends(input_path, bands=model.bands, stamp_size=model.stamp_size) as blends:
         info = {
             "model": model.name,
@@ -643,6 +796,7 @@ def run_file(
             "refine_steps": model.refine_steps,
             "count_views": model.count_views,
             "split": model.split,
+            "detect_snr": model.detect_snr,
             "bunit": blends.bunit,
             "input": Path(input_path).name,
         }
@@ -666,6 +820,7 @@ def run_file(
                     quality_total[QUALITY_NAMES[int(q)]] += 1
                 n_components_total += int(result["n_components"].sum())
                 split_total += int(result["split"].sum())
+                recovered_total += int(result["recovered"].sum())
                 room = preview_count - len(kept["blend"]) if preview_dir is not None else 0
                 if room > 0:
                     kept["blend"].extend(chunk[:room])
@@ -682,6 +837,7 @@ def run_file(
         "quality": quality_total,
         "n_components": n_components_total,
         "n_split": split_total,
+        "n_recovered": recovered_total,
         "output": str(output_path),
         "previews": [str(p) for p in previews],
         "seconds": time.perf_counter() - started,

@@ -237,6 +237,7 @@ def build_serving_module(
     refine_steps: int,
     count_views: int,
     split: bool = False,
+    detect_snr: float = 0.0,
 ):
     """A :class:`tf.Module` with the three serving functions (see the module docstring)."""
     import tensorflow as tf
@@ -250,6 +251,7 @@ def build_serving_module(
         refine_steps=refine_steps,
         count_views=count_views,
         split=split,
+        detect_snr=detect_snr,
     )
     spec = tf.TensorSpec(
         [None, bundle.stamp_size, bundle.stamp_size, len(bundle.bands)], tf.float32, name="images"
@@ -286,6 +288,7 @@ def export_model(
     refine_steps: int | None = None,
     count_views: int | None = None,
     split: bool = True,
+    detect_snr: float | None = None,
 ) -> Path:
     """Export a deblender + classifier pair as a TF Serving SavedModel.
 
@@ -306,6 +309,9 @@ def export_model(
             default 8, 1 = the paper's count).
         split: after the peel, split a component the classifier counts as two or more galaxies
             (:meth:`tfdeblend.deblend.Peeler.split_merged`); default on, off = the paper's peel.
+        detect_snr: after the split, add a component where the residual still holds a source
+            above this matched-filter S/N (:meth:`tfdeblend.deblend.Peeler.recover_missed`);
+            default :data:`tfdeblend.deblend.DEFAULT_DETECT_SNR`, 0 = off (the paper's peel).
 
     Returns:
         The version directory written.
@@ -315,6 +321,7 @@ def export_model(
     """
     from tfdeblend.deblend import (
         DEFAULT_COUNT_VIEWS,
+        DEFAULT_DETECT_SNR,
         DEFAULT_MAX_ITERATIONS,
         DEFAULT_REFINE_STEPS,
         check_peel_options,
@@ -323,8 +330,9 @@ def export_model(
     max_iterations = int(max_iterations or DEFAULT_MAX_ITERATIONS)
     refine_steps = int(DEFAULT_REFINE_STEPS if refine_steps is None else refine_steps)
     count_views = int(count_views or DEFAULT_COUNT_VIEWS)
+    detect_snr = float(DEFAULT_DETECT_SNR if detect_snr is None else detect_snr)
     try:  # before any network is loaded
-        check_peel_options(max_iterations, refine_steps, count_views)
+        check_peel_options(max_iterations, refine_steps, count_views, detect_snr)
     except ValueError as err:
         raise TfdeblendError(str(err)) from err
     if isinstance(run_dir_or_models, ModelBundle):
@@ -346,7 +354,9 @@ def export_model(
 
     import tensorflow as tf
 
-    module = build_serving_module(bundle, max_iterations, refine_steps, count_views, split)
+    module = build_serving_module(
+        bundle, max_iterations, refine_steps, count_views, split, detect_snr
+    )
     with atomic_dir(target) as tmp:
         tf.saved_model.save(
             module,
@@ -372,6 +382,7 @@ def export_model(
             "refine_steps": refine_steps,
             "count_views": count_views,
             "split": bool(split),
+            "detect_snr": detect_snr,
             "tfdeblend_version": tfdeblend.__version__,
             "tensorflow_version": tf.__version__,
             "signatures": list(SIGNATURES),
@@ -451,6 +462,8 @@ class DeblendModel:
             before this existed).
         split: whether the peel splits components counted as two or more galaxies (False for
             models exported before this existed).
+        detect_snr: S/N threshold of the residual detection after the peel (0: off, and for
+            models exported before this existed).
         metadata: the whole ``tfdeblend.yaml`` dict.
     """
 
@@ -465,6 +478,7 @@ class DeblendModel:
         self.refine_steps = int(metadata.get("refine_steps") or 0)
         self.count_views = int(metadata.get("count_views") or 1)
         self.split = bool(metadata.get("split", False))
+        self.detect_snr = float(metadata.get("detect_snr") or 0.0)
         self._saved = saved_model
         self._signatures = {name: saved_model.signatures[name] for name in SIGNATURES}
 
@@ -507,12 +521,14 @@ class DeblendModel:
         Returns:
             ``components (N, K, H, W, C)``, ``residual (N, H, W, C)``, ``counts (N, K + 1)``,
             ``quality (N,)``, ``n_components (N,)``, ``split (N,)`` (1 where a component was
-            split), ``conserved (N, K, H, W, C)`` and ``noise_std (N, C)`` as numpy arrays,
+            split), ``recovered (N,)`` (1 where the residual detection added one), ``conserved (N, K, H, W, C)`` and ``noise_std (N, C)`` as numpy arrays,
             input units.
         """
         out = self._run("serving_default", images, batch_size)
         if "split" not in out:  # exported before the split step existed
             out["split"] = np.zeros(len(out["quality"]), np.int32)
+        if "recovered" not in out:  # exported before the residual detection existed
+            out["recovered"] = np.zeros(len(out["quality"]), np.int32)
         if "conserved" not in out:  # exported before the flux-conserving step existed
             from tfdeblend.deblend import conserve_flux
 

@@ -309,9 +309,10 @@ def blends_table(
     noise_std: np.ndarray | None = None,
     bands: tuple[str, ...] = (),
     split: np.ndarray | None = None,
+    recovered: np.ndarray | None = None,
 ) -> Table:
-    """One row per blend: ``blend_id, n_components, quality, quality_name, counts, split`` and,
-    when ``noise_std`` ``(N, C)`` is given, ``noise_<band>``."""
+    """One row per blend: ``blend_id, n_components, quality, quality_name, counts, split,
+    recovered`` and, when ``noise_std`` ``(N, C)`` is given, ``noise_<band>``."""
     n = len(n_components)
     table = Table()
     table["blend_id"] = np.arange(first_blend_id, first_blend_id + n, dtype=np.int64)
@@ -320,6 +321,9 @@ def blends_table(
     table["quality_name"] = np.asarray([QUALITY_NAMES[int(q)] for q in quality], dtype="U6")
     table["counts"] = np.asarray(counts, dtype=np.int16).reshape(n, -1)
     table["split"] = np.zeros(n, np.int16) if split is None else np.asarray(split, np.int16)
+    table["recovered"] = (
+        np.zeros(n, np.int16) if recovered is None else np.asarray(recovered, np.int16)
+    )
     if noise_std is not None:
         noise_std = np.asarray(noise_std, dtype=np.float32).reshape(n, -1)
         for c, band in enumerate(bands):
@@ -339,6 +343,7 @@ def _primary_header(header_info: dict) -> fits.Header:
         "refine_steps": ("REFINE", "RDN refinement sweeps after the peel"),
         "count_views": ("NVIEWS", "rotations/flips averaged by the classifier"),
         "split": ("SPLIT", "merged components split after the peel"),
+        "detect_snr": ("DETECTSN", "residual detection S/N after the peel (0 off)"),
         "n_blends": ("NBLENDS", "number of blends"),
     }
     for key, (card, comment) in keys.items():
@@ -486,6 +491,7 @@ class ResultWriter:
                 noise_std=result.get("noise_std"),
                 bands=self.bands,
                 split=result.get("split"),
+                recovered=result.get("recovered"),
             )
         )
         self._written += n
