@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the shipped model saved_models/tfdeblend_cpu (version 5) from scratch on a 2-core CPU
-# machine (about 3.5 hours of training, about 40 minutes of simulation and residuals). Every step is a plain tfdeblend
+# Reproduce the shipped model saved_models/tfdeblend_cpu (version 6) from scratch on a 2-core CPU
+# machine (about 4.4 hours of training, about 55 minutes of simulation and residuals). Every step is a plain tfdeblend
 # command; rerunning the script skips finished steps and resumes interrupted ones (simulation
 # finishes missing shards, training resumes from its backup/).
 set -euo pipefail
@@ -41,7 +41,17 @@ complete "$DATA/res2" || tfdeblend residuals "$DATA/mine2" --deblender "$RUNS/rd
 complete "$DATA/res3" || tfdeblend residuals "$DATA/mine3" --deblender "$RUNS/rdn_cpu_v3" --out "$DATA/res3" --steps 3
 [ -f "$RUNS/vgg_cpu_res/classifier.keras" ] || tfdeblend train --phase 1 --net classifier "$DATA/classifier_big" "$DATA/res2" "$DATA/res3" --out "$RUNS/vgg_cpu_res" --config configs/cpu_classifier_res.yaml --init-from "$RUNS/joint_cpu_v2"
 
-# 5. export for TF Serving (saved_models/tfdeblend_cpu/<version>/; 8-view count, 2 refinement
-#    sweeps: the defaults) and evaluate
-tfdeblend export --deblender "$RUNS/rdn_cpu_v3" --classifier "$RUNS/vgg_cpu_res" --out "$MODEL"
+# 5. version 6: the version-3 deblender fine-tuned twice more (RDN stages 5 and 7): 30 minutes on
+#    16,000 new blends, then 24 minutes on 15,000 of which 3,000 are close pairs; the version-4
+#    classifier is kept
+complete "$DATA/deblender_s5" || tfdeblend simulate deblender --count 16000 --out "$DATA/deblender_s5" --seed 9
+complete "$DATA/close15" || tfdeblend simulate deblender --count 3000 --max-shift 0.8 --out "$DATA/close15" --seed 15
+complete "$DATA/norm11" || tfdeblend simulate deblender --count 8000 --out "$DATA/norm11" --seed 11
+complete "$DATA/norm16" || tfdeblend simulate deblender --count 4000 --out "$DATA/norm16" --seed 16
+[ -f "$RUNS/rdn_cpu_stage5/deblender.keras" ] || tfdeblend train --phase 1 --net deblender "$DATA/deblender_s5" --out "$RUNS/rdn_cpu_stage5" --config configs/experiment_cpu_deblender_ft4.yaml --init-from "$RUNS/rdn_cpu_v3"
+[ -f "$RUNS/rdn_cpu_stage7/deblender.keras" ] || tfdeblend train --phase 1 --net deblender "$DATA/close15" "$DATA/norm11" "$DATA/norm16" --out "$RUNS/rdn_cpu_stage7" --config configs/experiment_cpu_deblender_ft6.yaml --init-from "$RUNS/rdn_cpu_stage5"
+
+# 6. export for TF Serving (saved_models/tfdeblend_cpu/<version>/; 8-view count, split, residual
+#    detection at S/N DETECT, 2 refinement sweeps: the defaults) and evaluate
+tfdeblend export --deblender "$RUNS/rdn_cpu_stage7" --classifier "$RUNS/vgg_cpu_res" --out "$MODEL"
 tfdeblend evaluate "$DATA/test2" "$DATA/test3" --model "$MODEL" --out report_cpu --baseline sep --baseline source-extractor --overwrite
