@@ -61,7 +61,7 @@ import click
     type=click.FloatRange(min=0.0),
     default=None,
     help="After the split, add a galaxy where the residual still holds a source above this "
-    "matched-filter S/N, away from the galaxies found (default 0 = off, the paper's peel).",
+    "matched-filter S/N, away from the galaxies found (default 10; 0 = off, the paper's peel).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing NAME/<version>.")
 def export(

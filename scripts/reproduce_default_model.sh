@@ -42,8 +42,8 @@ complete "$DATA/res3" || tfdeblend residuals "$DATA/mine3" --deblender "$RUNS/rd
 [ -f "$RUNS/vgg_cpu_res/classifier.keras" ] || tfdeblend train --phase 1 --net classifier "$DATA/classifier_big" "$DATA/res2" "$DATA/res3" --out "$RUNS/vgg_cpu_res" --config configs/cpu_classifier_res.yaml --init-from "$RUNS/joint_cpu_v2"
 
 # 5. version 6: the version-3 deblender fine-tuned twice more (RDN stages 5 and 7): 30 minutes on
-#    16,000 new blends, then 24 minutes on 15,000 of which 3,000 are close pairs; the version-4
-#    classifier is kept
+#    16,000 new blends, then 24 minutes on 15,000 of which 3,000 are close pairs; the version-5
+#    classifier (= version 4's) is kept
 complete "$DATA/deblender_s5" || tfdeblend simulate deblender --count 16000 --out "$DATA/deblender_s5" --seed 9
 complete "$DATA/close15" || tfdeblend simulate deblender --count 3000 --max-shift 0.8 --out "$DATA/close15" --seed 15
 complete "$DATA/norm11" || tfdeblend simulate deblender --count 8000 --out "$DATA/norm11" --seed 11
@@ -52,6 +52,6 @@ complete "$DATA/norm16" || tfdeblend simulate deblender --count 4000 --out "$DAT
 [ -f "$RUNS/rdn_cpu_stage7/deblender.keras" ] || tfdeblend train --phase 1 --net deblender "$DATA/close15" "$DATA/norm11" "$DATA/norm16" --out "$RUNS/rdn_cpu_stage7" --config configs/experiment_cpu_deblender_ft6.yaml --init-from "$RUNS/rdn_cpu_stage5"
 
 # 6. export for TF Serving (saved_models/tfdeblend_cpu/<version>/; 8-view count, split, residual
-#    detection at S/N DETECT, 2 refinement sweeps: the defaults) and evaluate
+#    detection at S/N 10, 2 refinement sweeps: the defaults) and evaluate
 tfdeblend export --deblender "$RUNS/rdn_cpu_stage7" --classifier "$RUNS/vgg_cpu_res" --out "$MODEL"
 tfdeblend evaluate "$DATA/test2" "$DATA/test3" --model "$MODEL" --out report_cpu --baseline sep --baseline source-extractor --overwrite

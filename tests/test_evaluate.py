@@ -94,12 +94,18 @@ def test_metrics_json_keys_and_consistency(full_report, eval_dirs, tiny_model_di
         assert ts["sky_noise_std"]["g"] == pytest.approx(158, rel=0.1)
         assert ts["sky_noise_std"]["i"] == pytest.approx(430, rel=0.1)
     assert [row["deblend_index"] for row in ts3["table2_image_metrics"]["3"]] == [1, 2, 3]
-    # Table I is what the model itself says
+    # Table I and the post-peel counts are what the model itself says
     from tfdeblend.data import load_testset
     from tfdeblend.export import load_model
 
-    quality = load_model(tiny_model_dir).deblend(load_testset(eval_dirs[0])["blend"])["quality"]
-    assert ts2["table1_quality"]["2"]["high"] == pytest.approx(np.mean(quality == 2))
+    out2 = load_model(tiny_model_dir).deblend(load_testset(eval_dirs[0])["blend"])
+    assert ts2["table1_quality"]["2"]["high"] == pytest.approx(np.mean(out2["quality"] == 2))
+    assert ts2["post_peel_blends"] == {
+        "split": int(out2["split"].sum()), "recovered": int(out2["recovered"].sum())
+    }
+    assert f"{ts2['post_peel_blends']['split']} blend(s) had a merged component split" in (
+        out / "report.md"
+    ).read_text()
     # sep finds nearly all the bright galaxies of these blends
     assert ts2["methods"]["sep"]["x"]["found_fraction"] >= 0.75
 
