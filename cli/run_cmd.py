@@ -58,12 +58,12 @@ def run(blends, output, model_dir, batch_size, preview_dir, preview_count, overw
         progress=not quiet,
     )
     quality = ", ".join(f"{k} {v}" for k, v in summary["quality"].items())
-    split = f", {summary['n_split']} split" if summary.get("n_split") else ""
+    added = f", {summary['n_split']} split" if summary.get("n_split") else ""
     if summary.get("n_recovered"):
-        split += f", {summary['n_recovered']} found in the residual"
+        added += f", {summary['n_recovered']} found in the residual"
     click.echo(
         f"Deblended {summary['n_blends']} blend(s) into {summary['n_components']} component(s) "
-        f"in {summary['seconds']:.1f} s (quality: {quality}{split}); wrote {summary['output']}"
+        f"in {summary['seconds']:.1f} s (quality: {quality}{added}); wrote {summary['output']}"
     )
     if summary["previews"]:
         click.echo(f"Previews: {len(summary['previews'])} PNG(s) in {preview_dir}")

@@ -639,9 +639,9 @@ class Peeler(tf.Module):
             components, n_components, recovered = self.recover_missed(
                 images, components, n_components
             )
-            residual = images - tf.reduce_sum(components, axis=1)
         if self.refine_steps:
             components = self.refine(images, components, n_components)
+        if self.detect_snr > 0 or self.refine_steps:  # the split keeps the components' sum
             residual = images - tf.reduce_sum(components, axis=1)
         return {
             "components": components,

@@ -525,10 +525,9 @@ class DeblendModel:
             input units.
         """
         out = self._run("serving_default", images, batch_size)
-        if "split" not in out:  # exported before the split step existed
-            out["split"] = np.zeros(len(out["quality"]), np.int32)
-        if "recovered" not in out:  # exported before the residual detection existed
-            out["recovered"] = np.zeros(len(out["quality"]), np.int32)
+        for key in ("split", "recovered"):  # exported before the split / detection existed
+            if key not in out:
+                out[key] = np.zeros(len(out["quality"]), np.int32)
         if "conserved" not in out:  # exported before the flux-conserving step existed
             from tfdeblend.deblend import conserve_flux
 
