@@ -62,6 +62,12 @@ import click
 )
 @click.option("--loss", type=click.Choice(["l1", "symmetric"]), help="Deblender loss.")
 @click.option(
+    "--flux-weight",
+    type=click.FloatRange(min=0),
+    help="Weight of the relative band-flux error added to the deblender loss (default 0, the "
+    "paper's loss).",
+)
+@click.option(
     "--validation-fraction",
     type=click.FloatRange(0, 1, max_open=True),
     help="Share of the dataset held out for validation.",
@@ -119,6 +125,7 @@ def train(
     learning_rate,
     classifier_learning_rate,
     loss,
+    flux_weight,
     validation_fraction,
     strategy,
     config_path,
@@ -168,6 +175,7 @@ def train(
         learning_rate=learning_rate,
         classifier_learning_rate=classifier_learning_rate,
         loss=loss,
+        flux_weight=flux_weight,
         validation_fraction=validation_fraction,
         seed=seed,
         mixed_precision=mixed_precision,

@@ -15,7 +15,15 @@ from click.testing import CliRunner
 
 from tfdeblend.errors import DataError, ModelError, TfdeblendError
 from tfdeblend.training.config import TrainConfig, paper_train_config
-from tfdeblend.training.losses import SymmetricL1Loss, l1_loss, symmetric_l1_loss
+from tfdeblend.training.losses import (
+    FLUX_EPS,
+    L1Loss,
+    SymmetricL1Loss,
+    flux_error,
+    get_deblender_loss,
+    l1_loss,
+    symmetric_l1_loss,
+)
 from tfdeblend.training.pipelines import (
     check_manifest,
     classifier_example,
@@ -137,6 +145,34 @@ def test_symmetric_loss_rule():
     assert float(SymmetricL1Loss()(batch, pred)) == pytest.approx(per.mean(), rel=1e-6)
 
 
+def test_flux_weight_adds_the_relative_band_flux_error():
+    a = blob(16, 8, 8, 100.0, bands=2)  # (16, 16, 2), band 1 is 10 % brighter
+    fluxes = a.sum(axis=(0, 1))
+    # the same shape, 10 % too faint in band 0 and exact in band 1: a tiny pixel error
+    p = a.copy()
+    p[..., 0] *= 0.9
+    expected = 0.5 * (0.1 * fluxes[0]) / (fluxes.mean() + FLUX_EPS)
+    assert flux_error(a[None], p[None]).numpy()[0] == pytest.approx(expected, rel=1e-4)
+    assert flux_error(a[None], a[None]).numpy()[0] == 0.0
+    # an empty target (a peeled blend with nothing left) stays finite
+    assert np.isfinite(flux_error(np.zeros_like(a)[None], p[None]).numpy()[0])
+    l1 = l1_loss(a[None], p[None]).numpy()[0]
+    assert l1_loss(a[None], p[None], flux_weight=0.01).numpy()[0] == pytest.approx(
+        l1 + 0.01 * expected, rel=1e-4)
+    # a uniform offset spread over the stamp barely moves the L1 but is a large flux error
+    q = a + 0.05 * a.max()
+    assert flux_error(a[None], q[None]).numpy()[0] > 10 * flux_error(a[None], p[None]).numpy()[0]
+    # the symmetric loss adds it to both candidates; Keras wrappers keep the weight
+    pair = np.stack([a, a[:, ::-1]])[None]
+    assert symmetric_l1_loss(pair, p[None], flux_weight=0.01).numpy()[0] == pytest.approx(
+        l1 + 0.01 * expected, rel=1e-4)
+    for loss in (get_deblender_loss("l1", 0.01), get_deblender_loss("symmetric", 0.01)):
+        clone = type(loss).from_config(loss.get_config())
+        assert clone.flux_weight == 0.01
+        assert float(clone(a[None], p[None])) == pytest.approx(l1 + 0.01 * expected, rel=1e-4)
+    assert L1Loss().flux_weight == 0.0
+
+
 # ---------------------------------------------------------------- strategy, config
 
 
@@ -176,6 +212,11 @@ def test_train_config_layers(tmp_path):
         build_train_config(1, "deblender", str(path))
     with pytest.raises(TfdeblendError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+    path.write_text("flux_weight: 0.002\n")
+    assert build_train_config(1, "deblender", str(path)).flux_weight == 0.002
+    assert build_train_config(1, "deblender").flux_weight == 0.0
+    with pytest.raises(TfdeblendError, match="flux weight"):
+        TrainConfig(flux_weight=-1.0)
 
 
 def test_train_config_file_with_wrong_types_or_bytes_is_one_error(tmp_path):

@@ -100,6 +100,8 @@ class JointModel(keras.Model):
         loss: ``"l1"`` (the paper's) or ``"symmetric"``
             (:func:`~tfdeblend.training.losses.symmetric_l1_loss`: the smaller L1 to either truth
             when the two are close in brightness).
+        flux_weight: weight of the relative band-flux error added to that loss
+            (:func:`~tfdeblend.training.losses.flux_error`; 0, the paper's loss, turns it off).
         **kwargs: passed to :class:`keras.Model` (e.g. ``name``).
 
     Attributes:
@@ -118,6 +120,7 @@ class JointModel(keras.Model):
         ce_weight: float = 1e-4,
         single_weight: float = 0.2,
         loss: str = "l1",
+        flux_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -135,6 +138,7 @@ class JointModel(keras.Model):
         self.ce_weight = float(ce_weight)
         self.single_weight = float(single_weight)
         self.loss_kind = loss
+        self.flux_weight = float(flux_weight)
         self.rdn_optimizer = keras.optimizers.Adam(self.learning_rate, name="rdn_adam")
         self.classifier_optimizer = keras.optimizers.Adam(
             self.classifier_learning_rate, name="classifier_adam"
@@ -175,6 +179,7 @@ class JointModel(keras.Model):
             "ce_weight": self.ce_weight,
             "single_weight": self.single_weight,
             "loss": self.loss_kind,
+            "flux_weight": self.flux_weight,
             "name": self.name,
         }
 
@@ -257,9 +262,9 @@ class JointModel(keras.Model):
         # the targets are divided by the blend's scale, as in training/pipelines.py
         targets = normalize(tf.stack([t1, t2], axis=1), scale[:, None])[0]
         if self.loss_kind == "symmetric":
-            l1 = symmetric_l1_loss(targets, d1_normalized)
+            l1 = symmetric_l1_loss(targets, d1_normalized, flux_weight=self.flux_weight)
         else:
-            l1 = l1_loss(targets, d1_normalized)
+            l1 = l1_loss(targets, d1_normalized, flux_weight=self.flux_weight)
         ce = per_example_ce(self.classifier(normalize(d1)[0], training=False), 1)
         return {"l1": l1, "ce_rdn": ce, "rdn_loss": l1 + self.ce_weight * ce, "d1": d1}
 
@@ -464,6 +469,7 @@ def train_phase2(
             ce_weight=config.ce_weight,
             single_weight=config.single_weight,
             loss=config.loss,
+            flux_weight=config.flux_weight,
         )
         model.compile(jit_compile=config.jit_compile)
     prepare_fit(model, strategy, train_ds)

@@ -20,9 +20,42 @@ import tensorflow as tf
 #: has at least this fraction of the brightest one's flux (summed over pixels and bands).
 SYMMETRIC_RATIO: float = 0.8
 
+#: Added to the target's mean band flux in the denominator of :func:`flux_error`, in normalized
+#: units. A galaxy's normalized flux is its flux over the input's peak pixel, about 10-100 for a
+#: target (a point source of peak 1 under the LSST PSF sums to about 14), so this only guards
+#: empty targets (a peeled blend with nothing left).
+FLUX_EPS: float = 1.0
+
 
 def _per_example_l1(target: tf.Tensor, prediction: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.abs(target - prediction), axis=[-3, -2, -1])
+
+
+def flux_error(target: tf.Tensor, prediction: tf.Tensor) -> tf.Tensor:
+    """Relative error of the summed flux per band, averaged over bands, per example.
+
+    ``mean_b |sum(prediction_b) - sum(target_b)| / (mean_b sum(target_b) + FLUX_EPS)``: the
+    band errors are divided by the target's *mean* band flux, so a band where the galaxy is faint
+    (g for a red galaxy) cannot dominate. The pixel L1 hardly feels a small error spread over a
+    galaxy's faint wings; this term does, and photometry is measured from exactly those sums.
+
+    Args:
+        target, prediction: ``(N, H, W, C)`` normalized images.
+
+    Returns:
+        ``(N,)`` per-example relative flux error.
+    """
+    target_flux = tf.reduce_sum(target, axis=[-3, -2])  # (N, C)
+    predicted_flux = tf.reduce_sum(prediction, axis=[-3, -2])
+    denominator = tf.reduce_mean(target_flux, axis=-1) + FLUX_EPS
+    return tf.reduce_mean(tf.abs(predicted_flux - target_flux), axis=-1) / denominator
+
+
+def _per_example_loss(target: tf.Tensor, prediction: tf.Tensor, flux_weight: float) -> tf.Tensor:
+    loss = _per_example_l1(target, prediction)
+    if flux_weight:
+        loss = loss + flux_weight * flux_error(target, prediction)
+    return loss
 
 
 def _split_targets(y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
@@ -32,23 +65,25 @@ def _split_targets(y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.
     return y_true, None
 
 
-def l1_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+def l1_loss(y_true: tf.Tensor, y_pred: tf.Tensor, flux_weight: float = 0.0) -> tf.Tensor:
     """Mean absolute error to the brightest galaxy (the paper's loss), per example.
 
     Args:
         y_true: ``(N, H, W, C)`` or ``(N, 2, H, W, C)`` normalized targets (brightest first).
         y_pred: ``(N, H, W, C)`` network output.
+        flux_weight: weight of :func:`flux_error` added to the L1 (0: the paper's loss).
 
     Returns:
-        ``(N,)`` mean over pixels and bands of ``|y_true[brightest] - y_pred|``.
+        ``(N,)`` mean over pixels and bands of ``|y_true[brightest] - y_pred|`` (plus
+        ``flux_weight`` times the relative flux error).
     """
     y_pred = tf.convert_to_tensor(y_pred)
     first, _ = _split_targets(tf.convert_to_tensor(y_true), y_pred)
-    return _per_example_l1(first, y_pred)
+    return _per_example_loss(first, y_pred, flux_weight)
 
 
 def symmetric_l1_loss(
-    y_true: tf.Tensor, y_pred: tf.Tensor, ratio: float = SYMMETRIC_RATIO
+    y_true: tf.Tensor, y_pred: tf.Tensor, ratio: float = SYMMETRIC_RATIO, flux_weight: float = 0.0
 ) -> tf.Tensor:
     """Permutation-invariant L1 when the two brightest galaxies are close in brightness.
 
@@ -61,16 +96,17 @@ def symmetric_l1_loss(
         y_true: ``(N, 2, H, W, C)`` normalized targets (brightest, second brightest).
         y_pred: ``(N, H, W, C)`` network output.
         ratio: flux ratio above which the two are interchangeable.
+        flux_weight: weight of :func:`flux_error` added to each of the two losses.
 
     Returns:
         ``(N,)`` per-example loss.
     """
     y_pred = tf.convert_to_tensor(y_pred)
     first, second = _split_targets(tf.convert_to_tensor(y_true), y_pred)
-    loss_first = _per_example_l1(first, y_pred)
+    loss_first = _per_example_loss(first, y_pred, flux_weight)
     if second is None:
         return loss_first
-    loss_second = _per_example_l1(second, y_pred)
+    loss_second = _per_example_loss(second, y_pred, flux_weight)
     flux_first = tf.reduce_sum(first, axis=[-3, -2, -1])
     flux_second = tf.reduce_sum(second, axis=[-3, -2, -1])
     close = tf.logical_and(flux_second > 0, flux_second >= ratio * flux_first)
@@ -81,34 +117,48 @@ def symmetric_l1_loss(
 class L1Loss(keras.losses.Loss):
     """Keras loss wrapping :func:`l1_loss` (mean over the global batch)."""
 
-    def __init__(self, name: str = "l1", **kwargs):
+    def __init__(self, flux_weight: float = 0.0, name: str = "l1", **kwargs):
         super().__init__(name=name, **kwargs)
+        self.flux_weight = float(flux_weight)
 
     def call(self, y_true, y_pred):
-        return l1_loss(y_true, y_pred)
+        return l1_loss(y_true, y_pred, self.flux_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "flux_weight": self.flux_weight}
 
 
 @keras.saving.register_keras_serializable(package="tfdeblend")
 class SymmetricL1Loss(keras.losses.Loss):
     """Keras loss wrapping :func:`symmetric_l1_loss` (mean over the global batch)."""
 
-    def __init__(self, ratio: float = SYMMETRIC_RATIO, name: str = "symmetric_l1", **kwargs):
+    def __init__(
+        self,
+        ratio: float = SYMMETRIC_RATIO,
+        flux_weight: float = 0.0,
+        name: str = "symmetric_l1",
+        **kwargs,
+    ):
         super().__init__(name=name, **kwargs)
         self.ratio = float(ratio)
+        self.flux_weight = float(flux_weight)
 
     def call(self, y_true, y_pred):
-        return symmetric_l1_loss(y_true, y_pred, self.ratio)
+        return symmetric_l1_loss(y_true, y_pred, self.ratio, self.flux_weight)
 
     def get_config(self):
-        return {**super().get_config(), "ratio": self.ratio}
+        return {**super().get_config(), "ratio": self.ratio, "flux_weight": self.flux_weight}
 
 
-def get_deblender_loss(name: str) -> keras.losses.Loss:
-    """``"l1"`` -> :class:`L1Loss`, ``"symmetric"`` -> :class:`SymmetricL1Loss`."""
+def get_deblender_loss(name: str, flux_weight: float = 0.0) -> keras.losses.Loss:
+    """``"l1"`` -> :class:`L1Loss`, ``"symmetric"`` -> :class:`SymmetricL1Loss`.
+
+    ``flux_weight`` adds that many times :func:`flux_error` to the per-example loss.
+    """
     if name == "l1":
-        return L1Loss()
+        return L1Loss(flux_weight=flux_weight)
     if name == "symmetric":
-        return SymmetricL1Loss()
+        return SymmetricL1Loss(flux_weight=flux_weight)
     from tfdeblend.errors import TfdeblendError
 
     raise TfdeblendError(f"loss must be l1 or symmetric, not {name!r}")

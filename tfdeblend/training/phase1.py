@@ -69,7 +69,7 @@ def compile_phase1(
     if net == "deblender":
         model.compile(
             optimizer=optimizer,
-            loss=get_deblender_loss(config.loss),
+            loss=get_deblender_loss(config.loss, config.flux_weight),
             jit_compile=config.jit_compile,
         )
     else:
