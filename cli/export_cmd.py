@@ -60,13 +60,27 @@ import click
     "--detect-snr",
     type=click.FloatRange(min=0.0),
     default=None,
-    help="After the split, add a galaxy where the residual still holds a source above this "
+    help="After the sweeps, add a galaxy where the residual still holds a source above this "
     "matched-filter S/N, away from the galaxies found (default 10; 0 = off, the paper's peel).",
+)
+@click.option(
+    "--detect-window",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Radius in pixels of the disc around the residual's peak that the detection's RDN "
+    "sees (default 8; 0 = the whole residual).",
+)
+@click.option(
+    "--merge-radius",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="After the peel, merge a galaxy into a brighter one whose centroid lies closer than "
+    "this many pixels (default 3; 0 = off, the paper's peel).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing NAME/<version>.")
 def export(
     run_dir, out_dir, deblender_run, classifier_run, version, max_iterations, refine_steps,
-    count_views, split, detect_snr, overwrite,
+    count_views, split, detect_snr, detect_window, merge_radius, overwrite,
 ):
     """Export RUN_DIR's deblender and classifier as a SavedModel for TF Serving.
 
@@ -89,6 +103,8 @@ def export(
         count_views=int(count_views) if count_views else None,
         split=split,
         detect_snr=detect_snr,
+        detect_window=detect_window,
+        merge_radius=merge_radius,
         overwrite=overwrite,
     )
     click.echo(f"Exported {path} (signatures serving_default, deblend_one, count)")

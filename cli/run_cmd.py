@@ -61,6 +61,8 @@ def run(blends, output, model_dir, batch_size, preview_dir, preview_count, overw
     added = f", {summary['n_split']} split" if summary.get("n_split") else ""
     if summary.get("n_recovered"):
         added += f", {summary['n_recovered']} found in the residual"
+    if summary.get("n_merged"):
+        added += f", {summary['n_merged']} merged into a brighter galaxy"
     click.echo(
         f"Deblended {summary['n_blends']} blend(s) into {summary['n_components']} component(s) "
         f"in {summary['seconds']:.1f} s (quality: {quality}{added}); wrote {summary['output']}"

@@ -545,3 +545,81 @@ def test_detect_snr_is_checked():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="detect_snr"):
             Peeler(deblender, classifier, detect_snr=bad)
+
+
+def test_detection_window_finds_a_faint_galaxy_beside_a_core_error():
+    # as above, the half deblender leaves a quarter of the bright core, and given the whole
+    # residual it models that leftover; given only a disc around the residual's peak, it sees
+    # the missed galaxy alone and models it
+    deblender, classifier = blind_models(half=True)
+    images = np.stack([blend([0.0, 64.0, 0.0]), blend([0.0, 64.0, 8.0])]) + sky(2, seed=2)
+    peeler = make_peeler(deblender, classifier, count_views=1, max_iterations=3, refine_steps=0,
+                         detect_snr=10.0, detect_window=4.0)
+    out = peel_numpy(peeler, images)
+    np.testing.assert_array_equal(out["recovered"], [0, 1])
+    np.testing.assert_array_equal(out["n_components"], [2, 3])
+    x, y = centroids(out["components"][1, 2]).numpy()
+    assert 11 <= x <= 15 and 11 <= y <= 15
+    np.testing.assert_allclose(out["components"].sum(1) + out["residual"], images, atol=1e-5)
+
+
+def test_merge_joins_components_of_one_galaxy_and_keeps_the_sum():
+    deblender, classifier = blind_models(half=True)
+    images = np.stack([blend([0.0, 64.0, 0.0]), blend([4.0, 64.0, 0.0])]) + sky(2, seed=3)
+    # the half deblender peels the bright core in halves: two components on the same galaxy
+    plain = peel_numpy(make_peeler(deblender, classifier, count_views=1, max_iterations=3,
+                                   refine_steps=0), images)
+    np.testing.assert_array_equal(plain["n_components"], [2, 2])
+    peeler = make_peeler(deblender, classifier, count_views=1, max_iterations=3, refine_steps=0,
+                         merge_radius=3.0)
+    out = peel_numpy(peeler, images)
+    np.testing.assert_array_equal(out["merged"], [1, 1])
+    np.testing.assert_array_equal(out["n_components"], [1, 1])
+    np.testing.assert_allclose(out["components"][:, 0], plain["components"][:, :2].sum(1))
+    assert not out["components"][:, 1:].any()
+    np.testing.assert_array_equal(out["residual"], plain["residual"])
+    # the flux-conserving split hands the merged component what its parts had
+    np.testing.assert_allclose(out["conserved"][:, 0], plain["conserved"][:, :2].sum(1),
+                               atol=1e-4)
+    for key in ("counts", "quality"):  # they describe the peel
+        np.testing.assert_array_equal(out[key], plain[key])
+
+
+def test_merge_close_follows_chains_and_packs_the_rest():
+    def gaussian(x, y, amplitude=1.0):
+        yy, xx = np.mgrid[:40, :40]
+        image = amplitude * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0)
+        return np.repeat(image[..., None], 2, -1).astype("float32")
+
+    components = np.zeros((2, 4, 40, 40, 2), "float32")
+    # blend 0: slot 1 -> slot 0; slot 3 -> slot 2 (1.1 px apart)
+    components[0, :4] = [gaussian(10, 10), gaussian(11, 11, 0.2), gaussian(30, 30, 0.5),
+                         gaussian(30.5, 31, 0.1)]
+    # blend 1: slot 2 lies 2.5 px from slot 1, which lies 2.5 px from slot 0: both end in slot 0
+    components[1, :3] = [gaussian(10, 10), gaussian(12.5, 10, 0.3), gaussian(15, 10, 0.1)]
+    n_components = np.array([4, 3], "int32")
+    peeler = Peeler(None, None, max_iterations=4, merge_radius=3.0)
+    merged, n_kept, n_merged = (t.numpy() for t in peeler.merge_close(
+        tf.constant(components), tf.constant(n_components)))
+    np.testing.assert_array_equal(n_kept, [2, 1])
+    np.testing.assert_array_equal(n_merged, [2, 2])
+    np.testing.assert_allclose(merged.sum(1), components.sum(1), atol=1e-6)
+    np.testing.assert_allclose(merged[0, 0], components[0, :2].sum(0), atol=1e-6)
+    np.testing.assert_allclose(merged[0, 1], components[0, 2:].sum(0), atol=1e-6)
+    np.testing.assert_allclose(merged[1, 0], components[1, :3].sum(0), atol=1e-6)
+    assert not merged[0, 2:].any() and not merged[1, 1:].any()
+    # nothing closer than the radius: unchanged
+    far = Peeler(None, None, max_iterations=4, merge_radius=1.0)
+    same, n_same, none = (t.numpy() for t in far.merge_close(
+        tf.constant(components[:1]), tf.constant(n_components[:1])))
+    np.testing.assert_array_equal(n_same, [4])
+    np.testing.assert_array_equal(none, [0])
+    np.testing.assert_allclose(same, components[:1], rtol=1e-6, atol=1e-30)
+
+
+def test_detect_window_and_merge_radius_are_checked():
+    deblender, classifier = blind_models()
+    for key in ("detect_window", "merge_radius"):
+        for bad in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=key):
+                Peeler(deblender, classifier, **{key: bad})

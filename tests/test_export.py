@@ -47,6 +47,8 @@ def test_layout_and_metadata(model_dir):
     assert meta["count_views"] == 8  # and the count averaged over 8 rotations/flips
     assert meta["split"] is True  # and merged components split
     assert meta["detect_snr"] == 10.0  # and galaxies left in the residual recovered
+    assert meta["detect_window"] == 8.0  # seen by the RDN through an 8-px disc
+    assert meta["merge_radius"] == 3.0  # and components closer than 3 px merged
     # each network's training curves travel with the model
     for role in ("deblender", "classifier"):
         history = meta["configs"][f"{role}_train"]["history"]
@@ -124,14 +126,14 @@ def test_keras_files_and_networks_agree(model_dir, images):
         model.path / "assets.extra" / "classifier.keras", compile=False, safe_mode=True
     )
     assert model.refine_steps == 2 and model.count_views == 8 and model.split
-    assert model.detect_snr == 10.0
+    assert model.detect_snr == 10.0 and model.detect_window == 8.0 and model.merge_radius == 3.0
     local = peel_numpy(
         make_peeler(rdn, classifier, max_iterations=4, refine_steps=2, count_views=8, split=True,
-                    detect_snr=10.0),
+                    detect_snr=10.0, detect_window=8.0, merge_radius=3.0),
         images,
     )
     served = model.deblend(images)
-    for key in ("counts", "n_components", "split", "recovered"):
+    for key in ("counts", "n_components", "split", "recovered", "merged"):
         np.testing.assert_array_equal(served[key], local[key])
     scale = np.abs(images).max()
     np.testing.assert_allclose(served["components"] / scale, local["components"] / scale, atol=1e-4)
@@ -245,6 +247,8 @@ def test_cli_export(request, tmp_path_factory, tmp_path):
             "--no-split",
             "--detect-snr",
             "0",
+            "--merge-radius",
+            "0",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -252,12 +256,17 @@ def test_cli_export(request, tmp_path_factory, tmp_path):
     assert "Exported" in result.output
     paper = load_model(out)  # the paper's peel and count, recorded in the metadata
     assert paper.refine_steps == 0 and paper.count_views == 1
-    assert not paper.split and paper.detect_snr == 0.0
+    assert not paper.split and paper.detect_snr == 0.0 and paper.merge_radius == 0.0
     # a negative S/N threshold is refused before anything is written
     result = runner.invoke(cli, ["export", "--deblender", str(deblender_run), "--classifier",
                                  str(classifier_run), "--out", str(tmp_path / "neg"),
                                  "--detect-snr", "-1"])
     assert result.exit_code == 2 and "--detect-snr" in result.output
+    assert not (tmp_path / "neg").exists()
+    result = runner.invoke(cli, ["export", "--deblender", str(deblender_run), "--classifier",
+                                 str(classifier_run), "--out", str(tmp_path / "neg"),
+                                 "--merge-radius", "-3"])
+    assert result.exit_code == 2 and "--merge-radius" in result.output
     assert not (tmp_path / "neg").exists()
     # again, with an explicit existing version: refused, nothing changed
     args = ["--deblender", str(deblender_run), "--classifier", str(classifier_run)]

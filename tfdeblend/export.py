@@ -14,8 +14,9 @@ flux unit; every output is in the input's units):
 - ``serving_default``: the whole iterative peel (:class:`tfdeblend.deblend.Peeler`):
   ``components [batch, K, H, W, bands]``, ``residual [batch, H, W, bands]``,
   ``counts [batch, K + 1]`` int32 (``-1`` where a step was not run), ``quality [batch]`` int32
-  (2 high, 1 medium, 0 low), ``n_components [batch]`` int32, ``conserved [batch, K, H, W, bands]``
-  (flux-conserving components, :func:`tfdeblend.deblend.conserve_flux`) and
+  (2 high, 1 medium, 0 low), ``n_components [batch]`` int32, ``split``, ``recovered`` and
+  ``merged [batch]`` int32 (what the steps after the peel did), ``conserved [batch, K, H, W,
+  bands]`` (flux-conserving components, :func:`tfdeblend.deblend.conserve_flux`) and
   ``noise_std [batch, bands]``.
 - ``deblend_one``: one RDN pass, ``component [batch, H, W, bands]``.
 - ``count``: the classifier, ``count [batch]`` int32 and ``probabilities [batch, 4]``.
@@ -238,6 +239,8 @@ def build_serving_module(
     count_views: int,
     split: bool = False,
     detect_snr: float = 0.0,
+    detect_window: float = 0.0,
+    merge_radius: float = 0.0,
 ):
     """A :class:`tf.Module` with the three serving functions (see the module docstring)."""
     import tensorflow as tf
@@ -252,6 +255,8 @@ def build_serving_module(
         count_views=count_views,
         split=split,
         detect_snr=detect_snr,
+        detect_window=detect_window,
+        merge_radius=merge_radius,
     )
     spec = tf.TensorSpec(
         [None, bundle.stamp_size, bundle.stamp_size, len(bundle.bands)], tf.float32, name="images"
@@ -289,6 +294,8 @@ def export_model(
     count_views: int | None = None,
     split: bool = True,
     detect_snr: float | None = None,
+    detect_window: float | None = None,
+    merge_radius: float | None = None,
 ) -> Path:
     """Export a deblender + classifier pair as a TF Serving SavedModel.
 
@@ -309,9 +316,15 @@ def export_model(
             default 8, 1 = the paper's count).
         split: after the peel, split a component the classifier counts as two or more galaxies
             (:meth:`tfdeblend.deblend.Peeler.split_merged`); default on, off = the paper's peel.
-        detect_snr: after the split, add a component where the residual still holds a source
+        detect_snr: after the sweeps, add a component where the residual still holds a source
             above this matched-filter S/N (:meth:`tfdeblend.deblend.Peeler.recover_missed`);
             default :data:`tfdeblend.deblend.DEFAULT_DETECT_SNR`, 0 = off (the paper's peel).
+        detect_window: the residual detection's RDN sees a disc of this radius (pixels) around
+            the residual's peak; default :data:`tfdeblend.deblend.DEFAULT_DETECT_WINDOW`,
+            0 = the whole residual.
+        merge_radius: after the sweeps, merge a component into an earlier one whose centroid
+            lies closer than this (pixels; :meth:`tfdeblend.deblend.Peeler.merge_close`);
+            default :data:`tfdeblend.deblend.DEFAULT_MERGE_RADIUS`, 0 = off (the paper's peel).
 
     Returns:
         The version directory written.
@@ -322,7 +335,9 @@ def export_model(
     from tfdeblend.deblend import (
         DEFAULT_COUNT_VIEWS,
         DEFAULT_DETECT_SNR,
+        DEFAULT_DETECT_WINDOW,
         DEFAULT_MAX_ITERATIONS,
+        DEFAULT_MERGE_RADIUS,
         DEFAULT_REFINE_STEPS,
         check_peel_options,
     )
@@ -331,8 +346,12 @@ def export_model(
     refine_steps = int(DEFAULT_REFINE_STEPS if refine_steps is None else refine_steps)
     count_views = int(count_views or DEFAULT_COUNT_VIEWS)
     detect_snr = float(DEFAULT_DETECT_SNR if detect_snr is None else detect_snr)
+    detect_window = float(DEFAULT_DETECT_WINDOW if detect_window is None else detect_window)
+    merge_radius = float(DEFAULT_MERGE_RADIUS if merge_radius is None else merge_radius)
     try:  # before any network is loaded
-        check_peel_options(max_iterations, refine_steps, count_views, detect_snr)
+        check_peel_options(
+            max_iterations, refine_steps, count_views, detect_snr, detect_window, merge_radius
+        )
     except ValueError as err:
         raise TfdeblendError(str(err)) from err
     if isinstance(run_dir_or_models, ModelBundle):
@@ -355,7 +374,8 @@ def export_model(
     import tensorflow as tf
 
     module = build_serving_module(
-        bundle, max_iterations, refine_steps, count_views, split, detect_snr
+        bundle, max_iterations, refine_steps, count_views, split, detect_snr, detect_window,
+        merge_radius,
     )
     with atomic_dir(target) as tmp:
         tf.saved_model.save(
@@ -383,6 +403,8 @@ def export_model(
             "count_views": count_views,
             "split": bool(split),
             "detect_snr": detect_snr,
+            "detect_window": detect_window,
+            "merge_radius": merge_radius,
             "tfdeblend_version": tfdeblend.__version__,
             "tensorflow_version": tf.__version__,
             "signatures": list(SIGNATURES),
@@ -464,6 +486,10 @@ class DeblendModel:
             models exported before this existed).
         detect_snr: S/N threshold of the residual detection after the peel (0: off, and for
             models exported before this existed).
+        detect_window: radius (pixels) of the residual detection's window (0: the whole
+            residual, and for models exported before this existed).
+        merge_radius: components closer than this (pixels) are merged after the peel (0: off,
+            and for models exported before this existed).
         metadata: the whole ``tfdeblend.yaml`` dict.
     """
 
@@ -479,6 +505,8 @@ class DeblendModel:
         self.count_views = int(metadata.get("count_views") or 1)
         self.split = bool(metadata.get("split", False))
         self.detect_snr = float(metadata.get("detect_snr") or 0.0)
+        self.detect_window = float(metadata.get("detect_window") or 0.0)
+        self.merge_radius = float(metadata.get("merge_radius") or 0.0)
         self._saved = saved_model
         self._signatures = {name: saved_model.signatures[name] for name in SIGNATURES}
 
@@ -521,11 +549,12 @@ class DeblendModel:
         Returns:
             ``components (N, K, H, W, C)``, ``residual (N, H, W, C)``, ``counts (N, K + 1)``,
             ``quality (N,)``, ``n_components (N,)``, ``split (N,)`` (1 where a component was
-            split), ``recovered (N,)`` (1 where the residual detection added one), ``conserved (N, K, H, W, C)`` and ``noise_std (N, C)`` as numpy arrays,
+            split), ``recovered (N,)`` (1 where the residual detection added one), ``merged (N,)``
+            (components merged into a brighter one), ``conserved (N, K, H, W, C)`` and ``noise_std (N, C)`` as numpy arrays,
             input units.
         """
         out = self._run("serving_default", images, batch_size)
-        for key in ("split", "recovered"):  # exported before the split / detection existed
+        for key in ("split", "recovered", "merged"):  # exported before these steps existed
             if key not in out:
                 out[key] = np.zeros(len(out["quality"]), np.int32)
         if "conserved" not in out:  # exported before the flux-conserving step existed

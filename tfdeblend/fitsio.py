@@ -310,9 +310,10 @@ def blends_table(
     bands: tuple[str, ...] = (),
     split: np.ndarray | None = None,
     recovered: np.ndarray | None = None,
+    merged: np.ndarray | None = None,
 ) -> Table:
     """One row per blend: ``blend_id, n_components, quality, quality_name, counts, split,
-    recovered`` and, when ``noise_std`` ``(N, C)`` is given, ``noise_<band>``."""
+    recovered, merged`` and, when ``noise_std`` ``(N, C)`` is given, ``noise_<band>``."""
     n = len(n_components)
     table = Table()
     table["blend_id"] = np.arange(first_blend_id, first_blend_id + n, dtype=np.int64)
@@ -324,6 +325,7 @@ def blends_table(
     table["recovered"] = (
         np.zeros(n, np.int16) if recovered is None else np.asarray(recovered, np.int16)
     )
+    table["merged"] = np.zeros(n, np.int16) if merged is None else np.asarray(merged, np.int16)
     if noise_std is not None:
         noise_std = np.asarray(noise_std, dtype=np.float32).reshape(n, -1)
         for c, band in enumerate(bands):
@@ -344,6 +346,8 @@ def _primary_header(header_info: dict) -> fits.Header:
         "count_views": ("NVIEWS", "rotations/flips averaged by the classifier"),
         "split": ("SPLIT", "merged components split after the peel"),
         "detect_snr": ("DETECTSN", "residual detection S/N after the peel (0 off)"),
+        "detect_window": ("DETECTWN", "residual detection window radius, px (0 all)"),
+        "merge_radius": ("MERGERAD", "components closer than this merged, px (0 off)"),
         "n_blends": ("NBLENDS", "number of blends"),
     }
     for key, (card, comment) in keys.items():
@@ -492,6 +496,7 @@ class ResultWriter:
                 bands=self.bands,
                 split=result.get("split"),
                 recovered=result.get("recovered"),
+                merged=result.get("merged"),
             )
         )
         self._written += n

@@ -406,7 +406,8 @@ def evaluate_loaded(
             n_stamps = len(blends)
             quality = np.zeros(n_stamps, dtype=np.int64)
             n_comp = np.zeros(n_stamps, dtype=np.int64)
-            added = {"split": 0, "recovered": 0}  # blends changed by the post-peel steps
+            # blends changed by the post-peel steps, and the components merged away
+            added = {"split": 0, "recovered": 0, "merged": 0}
             img_parts, cat_parts = [], []
             for start, part in zip(
                 range(0, n_stamps, batch_size),
@@ -582,7 +583,9 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
         post = ts.get("post_peel_blends")
         if post:
             lines += [f"After the peel, {post['split']} blend(s) had a merged component split "
-                      f"and {post['recovered']} gained a galaxy from the residual detection.", ""]
+                      f"and {post['recovered']} gained a galaxy from the residual detection; "
+                      f"{post.get('merged', 0)} component(s) were merged into a brighter one.",
+                      ""]
         # Table I
         lines += ["### Table I: quality of the deblends (%)", "",
                   "| galaxies | stamps | high | medium | low | paper high | paper medium | "
