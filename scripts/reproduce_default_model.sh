@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped model saved_models/tfdeblend_cpu (version 6) from scratch on a 2-core CPU
+# Reproduce the shipped model saved_models/tfdeblend_cpu (version 7) from scratch on a 2-core CPU
 # machine (about 4.4 hours of training, about 55 minutes of simulation and residuals). Every step is a plain tfdeblend
 # command; rerunning the script skips finished steps and resumes interrupted ones (simulation
 # finishes missing shards, training resumes from its backup/).
@@ -51,7 +51,9 @@ complete "$DATA/norm16" || tfdeblend simulate deblender --count 4000 --out "$DAT
 [ -f "$RUNS/rdn_cpu_stage5/deblender.keras" ] || tfdeblend train --phase 1 --net deblender "$DATA/deblender_s5" --out "$RUNS/rdn_cpu_stage5" --config configs/experiment_cpu_deblender_ft4.yaml --init-from "$RUNS/rdn_cpu_v3"
 [ -f "$RUNS/rdn_cpu_stage7/deblender.keras" ] || tfdeblend train --phase 1 --net deblender "$DATA/close15" "$DATA/norm11" "$DATA/norm16" --out "$RUNS/rdn_cpu_stage7" --config configs/experiment_cpu_deblender_ft6.yaml --init-from "$RUNS/rdn_cpu_stage5"
 
-# 6. export for TF Serving (saved_models/tfdeblend_cpu/<version>/; 8-view count, split, residual
-#    detection at S/N 10, 2 refinement sweeps: the defaults) and evaluate
+# 6. export for TF Serving (saved_models/tfdeblend_cpu/<version>/; 8-view count, split, 2
+#    refinement sweeps, residual detection at S/N 10 within 8 px of the peak, merging of
+#    components closer than 3 px: the defaults; version 7 = version 6's networks with the last
+#    two) and evaluate
 tfdeblend export --deblender "$RUNS/rdn_cpu_stage7" --classifier "$RUNS/vgg_cpu_res" --out "$MODEL"
 tfdeblend evaluate "$DATA/test2" "$DATA/test3" --model "$MODEL" --out report_cpu --baseline sep --baseline source-extractor --overwrite

@@ -296,6 +296,7 @@ def test_the_shipped_default_model_deblends_rendered_blends(monkeypatch, fits_te
     assert model.path.parent.name == "tfdeblend_cpu" and model.bands == ("g", "r", "i")
     assert model.refine_steps == 2 and model.count_views == 8
     assert model.split and model.detect_snr == 10.0
+    assert model.detect_window == 8.0 and model.merge_radius == 3.0
     for name in ("deblender.keras", "classifier.keras"):
         keras.saving.load_model(model.path / "assets.extra" / name, safe_mode=True)
     testset = load_testset(fits_testset)
