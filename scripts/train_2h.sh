@@ -33,7 +33,7 @@ complete "$DATA/b2h_cls" || timed sim_cls tfdeblend simulate classifier --count 
 complete "$DATA/b2h_mine2" || timed sim_mine2 tfdeblend simulate deblender --count 8000 --out "$DATA/b2h_mine2" --seed 64
 complete "$DATA/b2h_mine3" || timed sim_mine3 tfdeblend simulate test --n-gal 3 --count 4000 --out "$DATA/b2h_mine3" --seed 65
 
-# 2. phase 1, deblender (about 67 minutes)
+# 2. phase 1, deblender (about an hour)
 [ -f "$RUNS/b2h_rdn/deblender.keras" ] || timed train_rdn tfdeblend train --phase 1 --net deblender "$DATA/b2h_norm" "$DATA/b2h_close" --out "$RUNS/b2h_rdn" --config configs/budget2h_deblender.yaml
 
 # 3. the peel residuals of that RDN (about 5 minutes), then phase 1, classifier (about 40 minutes)
