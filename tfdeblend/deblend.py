@@ -34,7 +34,7 @@ components (``images - sum_{j != k} components_j``), all at once (a Jacobi sweep
 repeated ``refine_steps`` times. Counts, quality and the number of components do not change; the
 residual becomes ``images - components.sum(1)``. With the version-2 networks, two sweeps cut the
 fainter galaxy's r-band 3-sigma outliers from 15.1 % to 12.1 % and its flux bias from -0.019 to
--0.013 (``docs/model_card.md``). ``refine_steps=0`` is the paper's peel exactly.
+-0.013 (``docs/model_history.md``). ``refine_steps=0`` is the paper's peel exactly.
 
 Splitting merged components (``split``, :meth:`Peeler.split_merged`; an addition to the paper's
 peel). For close pairs the RDN's first pass sometimes returns *both* galaxies as one component;
@@ -46,7 +46,7 @@ it stays, and the rest becomes a new component. At most one split per blend; cou
 are the peel's, and ``split`` flags the blends where it happened. With the version-4 networks it
 splits 3.0 % of the 2-galaxy and 5.7 % of the 3-galaxy test blends; the exact-count fraction goes
 from 0.840 to 0.848 and from 0.630 to 0.673, the fainter galaxy's recall from 0.859 to 0.872 and
-from 0.862 to 0.877 (``docs/model_card.md``). The split comes before the refinement sweeps, which
+from 0.862 to 0.877 (``docs/model_history.md``). The split comes before the refinement sweeps, which
 then re-estimate both halves from the blend minus the other galaxies.
 
 Residual detection (``detect_snr``, :meth:`Peeler.recover_missed`; an addition to the paper's
@@ -63,7 +63,7 @@ peel's, and ``recovered`` flags the blends where it happened. ``detect_snr=0`` t
 With the version-6 networks at S/N 10 it added a component to 16 of the 1,000 2-galaxy test
 blends; the fainter galaxy's recall rose from 0.891 to 0.899 (half of the galaxies won back in
 pairs 4-8 px apart) and the exact-count fraction from 0.849 to 0.850 (3 galaxies: 0.690 to
-0.700), for 0.004 of precision (3 galaxies: 0.009; ``docs/model_card.md``).
+0.700), for 0.004 of precision (3 galaxies: 0.009; ``docs/model_history.md``).
 
 Detection window (``detect_window``). A faint galaxy far from a bright one is often left in the
 residual while the RDN, given the whole residual, models the bright galaxy's leftover core
@@ -80,7 +80,7 @@ does not change; ``merged`` counts the components merged away.
 On a validation set of 1,000 2-galaxy blends (seed 31, version-6 networks), window 8 and
 merging at 3 pixels raised the exact-count fraction from 0.870 to 0.90 and the precision
 from 0.945 to 0.97, and the fainter galaxy's recall from 0.919 to 0.94
-(``docs/model_card.md`` gives the test-set numbers).
+(``docs/model_history.md`` gives the test-set numbers).
 
 Counting over several views (``count_views``; an addition to the paper's peel). The classifier's
 logits are averaged over ``count_views`` rotations and flips of the image (1: the image only, as
@@ -101,7 +101,7 @@ scarlet's flux re-apportioning): inside the footprint, where the summed model is
 the data, split among the galaxies. Use them for photometry and moments (what ``tfdeblend run``
 puts in its catalog); use the models (``components``) for images and PSNR/SSIM. On the 2-galaxy
 test set this cut the brighter galaxy's r-band flux scatter from 0.136 to 0.080 with the first
-shipped model (``docs/model_card.md``).
+shipped model (``docs/model_history.md``).
 
 Axis order: channels last, ``(N, H, W, C)`` blends and ``(N, K, H, W, C)`` components, in the
 input's linear flux units.
