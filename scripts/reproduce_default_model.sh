@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the shipped model saved_models/tfdeblend_cpu (version 8) from scratch on a 2-core CPU
-# machine, in one pass of about two hours of training: phase 1 for the RDN (about 65 minutes),
-# the peel residuals of that RDN (about 7), phase 1 for the classifier (about 45), phase 2 (about
-# 6), plus about 20 minutes of simulation. It applies from the first step what the staged
+# machine, in one pass of about two hours of training (measured: 116 minutes): phase 1 for the
+# RDN (65 minutes), the peel residuals of that RDN (7), phase 1 for the classifier (42), phase 2
+# (2), plus 16 minutes of simulation and about 5 of evaluation. It applies from the first step what the staged
 # version 7 (scripts/reproduce_v7.sh, 4.4 hours of training in ten runs) learned along the way:
 # the symmetric L1, rotations/flips, the peel fraction, a fifth of close pairs, and a classifier
 # that sees the peel's residuals. docs/model_card.md has the numbers of every step.
@@ -38,15 +38,15 @@ complete "$DATA/b2h_cls" || timed sim_cls tfdeblend simulate classifier --count 
 complete "$DATA/b2h_mine2" || timed sim_mine2 tfdeblend simulate deblender --count 8000 --out "$DATA/b2h_mine2" --seed 64
 complete "$DATA/b2h_mine3" || timed sim_mine3 tfdeblend simulate test --n-gal 3 --count 4000 --out "$DATA/b2h_mine3" --seed 65
 
-# 2. phase 1, deblender (about an hour)
+# 2. phase 1, deblender (65 minutes)
 [ -f "$RUNS/b2h_rdn/deblender.keras" ] || timed train_rdn tfdeblend train --phase 1 --net deblender "$DATA/b2h_norm" "$DATA/b2h_close" --out "$RUNS/b2h_rdn" --config configs/budget2h_deblender.yaml
 
-# 3. the peel residuals of that RDN (about 5 minutes), then phase 1, classifier (about 40 minutes)
+# 3. the peel residuals of that RDN (7 minutes), then phase 1, classifier (42 minutes)
 complete "$DATA/b2h_res2" || timed residuals2 tfdeblend residuals "$DATA/b2h_mine2" --deblender "$RUNS/b2h_rdn" --out "$DATA/b2h_res2" --steps 2
 complete "$DATA/b2h_res3" || timed residuals3 tfdeblend residuals "$DATA/b2h_mine3" --deblender "$RUNS/b2h_rdn" --out "$DATA/b2h_res3" --steps 3
 [ -f "$RUNS/b2h_vgg/classifier.keras" ] || timed train_vgg tfdeblend train --phase 1 --net classifier "$DATA/b2h_cls" "$DATA/b2h_res2" "$DATA/b2h_res3" --out "$RUNS/b2h_vgg" --config configs/budget2h_classifier.yaml
 
-# 4. phase 2, both together at the paper's rates (about 6 minutes)
+# 4. phase 2, both together at the paper's rates (2 minutes)
 [ -f "$RUNS/b2h_joint/deblender.keras" ] || timed train_joint tfdeblend train --phase 2 "$DATA/b2h_norm" --deblender "$RUNS/b2h_rdn" --classifier "$RUNS/b2h_vgg" --out "$RUNS/b2h_joint" --config configs/cpu_joint_v2.yaml
 
 # 5. export with the default peel (8-view count, split, 2 sweeps, residual detection, merge)
