@@ -65,7 +65,7 @@ def test_report_writes_every_table_and_figure(full_report, eval_dirs):
             assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", png
     text = (out / "report.md").read_text()
     for heading in ("Table I", "Table II", "side by side", "by quality bin", "Figures",
-                    "by separation from the nearest other galaxy"):
+                    "by separation from the nearest other galaxy", "Flux on the same galaxies"):
         assert heading in text
     for paper_number in ("77.3", "50.4", "36.9", "56.51", "59.29", "97.9"):
         assert paper_number in text
@@ -109,6 +109,33 @@ def test_metrics_json_keys_and_consistency(full_report, eval_dirs, tiny_model_di
     ).read_text()
     # sep finds nearly all the bright galaxies of these blends
     assert ts2["methods"]["sep"]["x"]["found_fraction"] >= 0.75
+    # the same-galaxies comparison counts only galaxies both methods found
+    for base in results["baselines"]:
+        for label in ("x", "y"):
+            same = ts2["same_galaxies"][base][label]
+            found = [ts2["methods"][m][label]["n_found"] for m in ("tfdeblend", base)]
+            assert 0 <= same["n"] <= min(found)
+            assert same["ours"]["flux_band_sum"]["n"] <= same["n"]
+            assert set(same["theirs"]["flux"]) == {"g", "r", "i"}
+
+
+def test_same_galaxies_compares_only_the_galaxies_both_found():
+    true = np.array([[100.0, 50.0], [100.0, 50.0], [100.0, 50.0]])
+
+    def arrays(found, measured):
+        found = np.array(found)
+        meas = np.where(found[:, None], np.array(measured, dtype=float), np.nan)
+        rel = (meas - true) / true
+        return {"x": {"found": found, "rel": rel, "rel_sum": (meas.sum(1) - 150.0) / 150.0}}
+
+    ours = arrays([True, True, False], [[110.0, 55.0], [90.0, 45.0], [0.0, 0.0]])
+    theirs = arrays([True, False, True], [[80.0, 40.0], [0.0, 0.0], [100.0, 50.0]])
+    same = report.same_galaxies(ours, theirs, ["g", "r"])
+    assert set(same) == {"x"} and same["x"]["n"] == 1
+    # only the first galaxy counts: +10 % for us, -20 % for them, in every band and the sum
+    assert same["x"]["ours"]["flux_band_sum"]["bias"] == pytest.approx(0.1)
+    assert same["x"]["theirs"]["flux"]["r"]["bias"] == pytest.approx(-0.2)
+    assert same["x"]["ours"]["flux"]["g"]["n"] == 1
 
 
 class TruthDeblender:

@@ -284,6 +284,35 @@ def found_by_separation(present: np.ndarray, found: np.ndarray, sep: np.ndarray)
     return out
 
 
+def same_galaxies(ours: dict[str, Any], theirs: dict[str, Any], bands: Sequence[str]) -> dict:
+    """Flux errors of two methods on the galaxies *both* found (x and y separately).
+
+    A method that finds more galaxies is otherwise measured on a harder sample (the close pairs
+    the other one misses); this compares the two on the same galaxies.
+
+    Args:
+        ours, theirs: the ``"arrays"`` of :func:`analyze_catalog` for the two methods.
+        bands: band names, in the order of the flux arrays.
+
+    Returns:
+        ``{label: {"n": galaxies found by both, "ours"/"theirs": {"flux_band_sum": stats,
+        "flux": {band: stats}}}}`` with :func:`metrics.robust_stats` of the relative errors.
+    """
+    out: dict[str, Any] = {}
+    for label in GALAXIES:
+        if label not in ours or label not in theirs:
+            continue
+        both = ours[label]["found"] & theirs[label]["found"]
+        entry: dict[str, Any] = {"n": int(both.sum())}
+        for key, arrays in (("ours", ours[label]), ("theirs", theirs[label])):
+            entry[key] = {
+                "flux_band_sum": mt.robust_stats(arrays["rel_sum"][both]),
+                "flux": {b: mt.robust_stats(arrays["rel"][both, c]) for c, b in enumerate(bands)},
+            }
+        out[label] = entry
+    return out
+
+
 def _quality_breakdown(analysis: dict[str, Any], quality: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label in GALAXIES:
@@ -452,6 +481,12 @@ def evaluate_loaded(
                 },
                 "methods": {m: a["summary"] for m, a in methods.items()},
                 "tfdeblend_by_quality": _quality_breakdown(methods["tfdeblend"], quality),
+                # each baseline against tfdeblend on the galaxies both found
+                "same_galaxies": {
+                    base: same_galaxies(methods["tfdeblend"]["arrays"], methods[base]["arrays"],
+                                        list(model.bands))
+                    for base in methods if base != "tfdeblend"
+                },
             }
             results["testsets"][name] = entry
             figure_blocks[name] = _figures(
@@ -666,6 +701,30 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
                     vals = [_pct(methods[m][label]["found_by_separation"][key]["found_fraction"])
                             for m in names]
                     lines.append(f"| {label} | {key} | {cell['n']} | " + " | ".join(vals) + " |")
+        # the same galaxies
+        same = ts.get("same_galaxies") or {}
+        if any(same.values()):
+            lines += ["", "### Flux on the same galaxies: tfdeblend against each baseline", "",
+                      "Relative flux error on the galaxies that both tfdeblend and the baseline "
+                      "found (a method that finds more galaxies is otherwise measured on a "
+                      "harder sample). Bias / robust scatter / 3-sigma outliers (%).", "",
+                      "| baseline | galaxy | flux | galaxies | tfdeblend | baseline |",
+                      "|---|---|---|---|---|---|"]
+
+            def _cell(st):
+                return (f"{_num(st['bias'])} / {_num(st['scatter'])} / "
+                        f"{_pct(st['outlier_fraction'])}")
+
+            for base, by_label in same.items():
+                for label, entry in by_label.items():
+                    fluxes = [("band sum", "flux_band_sum", None)] + [
+                        (b, "flux", b) for b in results["model"]["bands"]]
+                    for flux_name, key, band in fluxes:
+                        ours = entry["ours"][key] if band is None else entry["ours"][key][band]
+                        theirs = (entry["theirs"][key] if band is None
+                                  else entry["theirs"][key][band])
+                        lines.append(f"| {base} | {label} | {flux_name} | {entry['n']} | "
+                                     f"{_cell(ours)} | {_cell(theirs)} |")
         # by quality
         lines += ["", "### tfdeblend flux recovery by quality bin (band sum)", "",
                   "| galaxy | quality | stamps | found (%) | bias | scatter | fit slope |",
