@@ -584,6 +584,11 @@ def _num(v: float, fmt: str = ".3f") -> str:
     return "n/a" if v is None or not np.isfinite(v) else format(v, fmt)
 
 
+def _stats_cell(stats: dict[str, float]) -> str:
+    """``bias / scatter / outliers (%)`` of a :func:`metrics.robust_stats` dict."""
+    return f"{_num(stats['bias'])} / {_num(stats['scatter'])} / {_pct(stats['outlier_fraction'])}"
+
+
 def _side_row(lines, methods, names, label, getter, fmt=_num, paper=""):
     vals = []
     for n in names:
@@ -710,21 +715,14 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
                       "harder sample). Bias / robust scatter / 3-sigma outliers (%).", "",
                       "| baseline | galaxy | flux | galaxies | tfdeblend | baseline |",
                       "|---|---|---|---|---|---|"]
-
-            def _cell(st):
-                return (f"{_num(st['bias'])} / {_num(st['scatter'])} / "
-                        f"{_pct(st['outlier_fraction'])}")
-
+            fluxes = [("band sum", lambda d: d["flux_band_sum"])] + [
+                (b, lambda d, b=b: d["flux"][b]) for b in results["model"]["bands"]]
             for base, by_label in same.items():
                 for label, entry in by_label.items():
-                    fluxes = [("band sum", "flux_band_sum", None)] + [
-                        (b, "flux", b) for b in results["model"]["bands"]]
-                    for flux_name, key, band in fluxes:
-                        ours = entry["ours"][key] if band is None else entry["ours"][key][band]
-                        theirs = (entry["theirs"][key] if band is None
-                                  else entry["theirs"][key][band])
+                    for flux_name, pick in fluxes:
                         lines.append(f"| {base} | {label} | {flux_name} | {entry['n']} | "
-                                     f"{_cell(ours)} | {_cell(theirs)} |")
+                                     f"{_stats_cell(pick(entry['ours']))} | "
+                                     f"{_stats_cell(pick(entry['theirs']))} |")
         # by quality
         lines += ["", "### tfdeblend flux recovery by quality bin (band sum)", "",
                   "| galaxy | quality | stamps | found (%) | bias | scatter | fit slope |",
