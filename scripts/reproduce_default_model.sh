@@ -20,6 +20,7 @@ REPORT=${REPORT:-report_repro}
 LOG="$RUNS/train_2h_times.log"
 mkdir -p "$RUNS"
 
+# a TFRecord dataset is done when every shard is (its manifest is written first)
 complete() {
   python -c "import sys; from tfdeblend.data import load_manifest; sys.exit(0 if load_manifest(sys.argv[1])['complete'] else 1)" "$1" 2>/dev/null
 }
