@@ -201,7 +201,10 @@ def _serialize(record: dict[str, np.ndarray]) -> bytes:
     for key in _INT_FIELDS:
         feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(record[key])]))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
-    return example.SerializeToString()
+    # deterministic: the feature map in key order. Otherwise protobuf (upb) writes map entries in
+    # hash-table order, which is seeded per process, so the same record gives other bytes in
+    # another run and the shards' SHA-256 would differ between two identical simulate commands.
+    return example.SerializeToString(deterministic=True)
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
