@@ -233,6 +233,13 @@ def test_cli_writes_catalog_and_prints_statistics(tmp_path):
     table = catalog.read_catalog(out)
     assert len(table) > 1000
     assert f"Wrote {len(table)} galaxies" in result.output
+    # the summary says which galaxies the statistics describe
+    n_gold = int(np.sum(np.asarray(table["i_ab"]) < 25.3))
+    assert (
+        f"The rows above describe the {n_gold} of the {len(table)} galaxies (0.01 deg^2) "
+        "brighter than i = 25.3,\nthe gold sample that tfdeblend simulate draws from; "
+        f"'density, all' counts all {len(table)}."
+    ) in result.output
     same = catalog.synthesize_catalog(area_deg2=0.01, seed=1)
     assert np.array_equal(table["i_ab"], same["i_ab"])
 
@@ -280,6 +287,17 @@ def test_statistics_without_area_metadata_use_the_bounding_box(cat01):
     assert stats["density"] == pytest.approx(catalog.catalog_statistics(cat01)["density"], rel=0.01)
     with pytest.raises(CatalogError, match="no galaxy"):
         catalog.catalog_statistics(table, max_mag=10.0)
+
+
+def test_statistics_summary_names_the_cut(cat01):
+    stats = catalog.catalog_statistics(cat01, max_mag=24.0)
+    text = catalog.format_statistics(stats)
+    assert stats["max_mag"] == 24.0 and "density i<24.0 (/arcmin^2)" in text
+    assert text.endswith(
+        f"the {stats['n']} of the {stats['n_all']} galaxies (0.1 deg^2) brighter than i = 24;\n"
+        f"'density, all' counts all {stats['n_all']}."
+    )
+    assert "gold sample" not in text
 
 
 @pytest.mark.parametrize("name", ["cat.ecsv", "cat.txt"])

@@ -569,11 +569,12 @@ def catalog_statistics(table: Table, max_mag: float = GOLD_MAX_MAG) -> dict[str,
         max_mag: i-band magnitude cut.
 
     Returns:
-        Dict with ``n`` (galaxies kept), ``n_all``, ``area_deg2``, ``density`` (per arcmin^2),
-        ``density_all``, ``rms_ellipticity``, ``frac_disk_only``, ``frac_small_bulge``
-        (0 < B/T <= 0.1), ``frac_large_bulge`` (B/T > 0.1), ``median_a_disk`` (arcsec, over
-        galaxies with a disk), ``median_hlr`` (arcsec, flux-weighted sqrt(a b) of the
-        components), ``median_redshift``, ``median_g_r``, ``median_r_i``, ``median_i``.
+        Dict with ``n`` (galaxies kept: ``i_ab < max_mag``), ``n_all``, ``max_mag``,
+        ``area_deg2``, ``density`` (per arcmin^2), ``density_all``, ``rms_ellipticity``,
+        ``frac_disk_only``, ``frac_small_bulge`` (0 < B/T <= 0.1), ``frac_large_bulge``
+        (B/T > 0.1), ``median_a_disk`` (arcsec, over galaxies with a disk), ``median_hlr``
+        (arcsec, flux-weighted sqrt(a b) of the components), ``median_redshift``,
+        ``median_g_r``, ``median_r_i``, ``median_i``.
 
     Raises:
         CatalogError: the table is not a CatSim catalog or no galaxy passes the cut.
@@ -598,6 +599,7 @@ def catalog_statistics(table: Table, max_mag: float = GOLD_MAX_MAG) -> dict[str,
     return {
         "n": int(len(t)),
         "n_all": int(len(table)),
+        "max_mag": float(max_mag),
         "area_deg2": area,
         "density": len(t) / (area * 3600.0) if area > 0 else float("nan"),
         "density_all": len(table) / (area * 3600.0) if area > 0 else float("nan"),
@@ -629,13 +631,23 @@ _LABELS = {
 
 
 def format_statistics(stats: dict[str, float], max_mag: float = GOLD_MAX_MAG) -> str:
-    """A small text table of :func:`catalog_statistics` next to the OneDegSq targets."""
+    """A small text table of :func:`catalog_statistics` next to the OneDegSq targets.
+
+    The last two lines say which galaxies the rows describe: those brighter than the cut
+    (``stats['max_mag']``, else ``max_mag``), except ``density, all``, which counts every one.
+    """
+    cut = stats.get("max_mag", max_mag)
     lines = [f"{'quantity':<30} {'catalog':>9} {'OneDegSq':>9}", "-" * 50]
     for key, label in _LABELS.items():
         target = ONEDEGSQ_TARGETS.get(key)
-        if key == "density_all" and max_mag == GOLD_MAX_MAG:
+        if key == "density_all" and cut == GOLD_MAX_MAG:
             target = None
         target_text = f"{target:9.3f}" if target is not None else f"{'':>9}"
-        lines.append(f"{label.format(cut=max_mag):<30} {stats[key]:9.3f} {target_text}")
-    lines.append(f"({stats['n']} of {stats['n_all']} galaxies on {stats['area_deg2']:g} deg^2)")
+        lines.append(f"{label.format(cut=cut):<30} {stats[key]:9.3f} {target_text}")
+    sample = "the gold sample that tfdeblend simulate draws from" if cut == GOLD_MAX_MAG else ""
+    lines.append(
+        f"The rows above describe the {stats['n']} of the {stats['n_all']} galaxies "
+        f"({stats['area_deg2']:g} deg^2) brighter than i = {cut:g}{',' if sample else ';'}"
+    )
+    lines.append(f"{sample}{'; ' if sample else ''}'density, all' counts all {stats['n_all']}.")
     return "\n".join(lines)
