@@ -1,7 +1,7 @@
 """Inference benchmark: blends/s and peak memory of ``tfdeblend run`` next to ``sep``.
 
 Renders (or reads) N 2-galaxy stamps, writes them as a blends FITS file, times
-:func:`tfdeblend.deblend.run_file` (what ``tfdeblend run`` calls: FITS read, peel, FITS write)
+:func:`tfdeblend.run.run_file` (what ``tfdeblend run`` calls: FITS read, peel, FITS write)
 and ``sep`` with the DES Y6 settings on the g+r+i coadd
 (:func:`tfdeblend.evaluate.baselines.run_sep`) on the same stamps in the same process, and prints
 a markdown table. Peak memory: ``tracemalloc`` (Python allocations) and the process's peak RSS
@@ -48,10 +48,10 @@ def main() -> None:
 
     from astropy.io import fits
 
-    from tfdeblend.deblend import run_file
     from tfdeblend.evaluate.baselines import run_sep
     from tfdeblend.export import load_model
     from tfdeblend.fitsio import read_blends
+    from tfdeblend.run import run_file
 
     model = load_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="tfdeblend-bench-"))

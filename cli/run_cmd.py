@@ -13,7 +13,8 @@ import click
     "output",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Output FITS file (COMPONENTS, RESIDUAL, CATALOG, BLENDS).",
+    help="Output FITS file (HDUs COMPONENTS, RESIDUAL, CONSERVED, CATALOG, BLENDS; the "
+    "primary header names the model and its peel).",
 )
 @click.option(
     "--model",
@@ -45,7 +46,7 @@ import click
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(blends, output, model_dir, batch_size, preview_dir, preview_count, overwrite, quiet):
     """Deblend every stamp of BLENDS (FITS, (N, C, H, W) with a BANDS header)."""
-    from tfdeblend.deblend import run_file
+    from tfdeblend.run import run_file, summary_line
 
     summary = run_file(
         blends,
@@ -57,15 +58,6 @@ def run(blends, output, model_dir, batch_size, preview_dir, preview_count, overw
         overwrite=overwrite,
         progress=not quiet,
     )
-    quality = ", ".join(f"{k} {v}" for k, v in summary["quality"].items())
-    added = f", {summary['n_split']} split" if summary.get("n_split") else ""
-    if summary.get("n_recovered"):
-        added += f", {summary['n_recovered']} found in the residual"
-    if summary.get("n_merged"):
-        added += f", {summary['n_merged']} merged into a brighter galaxy"
-    click.echo(
-        f"Deblended {summary['n_blends']} blend(s) into {summary['n_components']} component(s) "
-        f"in {summary['seconds']:.1f} s (quality: {quality}{added}); wrote {summary['output']}"
-    )
+    click.echo(summary_line(summary))
     if summary["previews"]:
         click.echo(f"Previews: {len(summary['previews'])} PNG(s) in {preview_dir}")

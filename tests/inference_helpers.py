@@ -52,11 +52,13 @@ def exported_model(request, tmp_path_factory) -> Path:
     if "model" in _CACHE:
         return _CACHE["model"]
     from tfdeblend.export import export_model
+    from tfdeblend.peel_config import PeelConfig
 
     deblender_run, classifier_run = tiny_runs(request)
     base = tmp_path_factory.mktemp("models") / "tiny"
     export_model(
-        None, base, deblender_run=deblender_run, classifier_run=classifier_run, max_iterations=4
+        None, base, deblender_run=deblender_run, classifier_run=classifier_run,
+        peel=PeelConfig(max_iterations=4),
     )
     _CACHE["model"] = base
     return base

@@ -14,15 +14,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from peel_helpers import make_peeler, peel_config, peel_numpy
 
-from tfdeblend.deblend import (
-    QUALITY_NAMES,
-    Peeler,
-    centroids,
-    make_peeler,
-    peel_numpy,
-    residual_snr,
-)
+from tfdeblend.config import QUALITY_NAMES
+from tfdeblend.deblend import Peeler, centroids, residual_snr
+from tfdeblend.errors import TfdeblendError
 
 SIZE = 16
 BOXES = [(slice(1, 5), slice(1, 5)), (slice(6, 10), slice(6, 10)), (slice(11, 15), slice(11, 15))]
@@ -152,7 +148,7 @@ def test_eager_and_compiled_agree_and_batches_are_independent():
     models = oracle_models(1)
     rng = np.random.default_rng(0)
     images = np.stack([blend(list(2.0 ** rng.integers(0, 8, 3))) for _ in range(5)])
-    eager = Peeler(*models, count_views=1)(tf.constant(images))
+    eager = Peeler(*models, peel_config(count_views=1))(tf.constant(images))
     compiled = peel_numpy(make_peeler(*models, count_views=1), images, batch_size=2)
     for key in compiled:
         np.testing.assert_array_equal(eager[key].numpy(), compiled[key])
@@ -260,7 +256,7 @@ def test_conserve_flux_recovers_what_the_models_got_wrong():
 
 
 def test_an_empty_batch_peels_to_empty_outputs():
-    out = Peeler(*oracle_models(1), count_views=1)(tf.zeros((0, SIZE, SIZE, 2)))
+    out = Peeler(*oracle_models(1), peel_config(count_views=1))(tf.zeros((0, SIZE, SIZE, 2)))
     assert out["components"].shape[0] == 0 and out["conserved"].shape[0] == 0
     assert out["noise_std"].shape == (0, 2)
 
@@ -268,7 +264,7 @@ def test_an_empty_batch_peels_to_empty_outputs():
 def test_peel_outputs_conserved_components():
     from tfdeblend.deblend import conserve_flux
 
-    peeler = Peeler(*oracle_models(1), count_views=1)
+    peeler = Peeler(*oracle_models(1), peel_config(count_views=1))
     images = np.stack([blend([4.0, 2.0, 0.0]), blend([0.0, 8.0, 16.0])])
     out = peeler(tf.constant(images))
     assert out["conserved"].shape == out["components"].shape
@@ -313,10 +309,10 @@ def test_refinement_reestimates_each_galaxy_from_the_blend_minus_the_others():
         np.testing.assert_allclose(
             out["components"].sum(axis=1) + out["residual"], images, atol=1e-5
         )
-    with pytest.raises(ValueError):
-        Peeler(*models, refine_steps=-1)
-    with pytest.raises(ValueError):
-        Peeler(*models, count_views=3)
+    with pytest.raises(TfdeblendError, match="refine_steps"):
+        peel_config(refine_steps=-1)
+    with pytest.raises(TfdeblendError, match="count_views"):
+        peel_config(count_views=3)
 
 
 # ---------------------------------------------------------------- counting over several views
@@ -541,10 +537,9 @@ def test_residual_detection_ignores_core_errors_and_mismatched_models():
 
 
 def test_detect_snr_is_checked():
-    deblender, classifier = blind_models()
     for bad in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="detect_snr"):
-            Peeler(deblender, classifier, detect_snr=bad)
+        with pytest.raises(TfdeblendError, match="detect_snr"):
+            peel_config(detect_snr=bad)
 
 
 def test_detection_window_finds_a_faint_galaxy_beside_a_core_error():
@@ -598,7 +593,7 @@ def test_merge_close_follows_chains_and_packs_the_rest():
     # blend 1: slot 2 lies 2.5 px from slot 1, which lies 2.5 px from slot 0: both end in slot 0
     components[1, :3] = [gaussian(10, 10), gaussian(12.5, 10, 0.3), gaussian(15, 10, 0.1)]
     n_components = np.array([4, 3], "int32")
-    peeler = Peeler(None, None, max_iterations=4, merge_radius=3.0)
+    peeler = Peeler(None, None, peel_config(max_iterations=4, merge_radius=3.0))
     merged, n_kept, n_merged = (t.numpy() for t in peeler.merge_close(
         tf.constant(components), tf.constant(n_components)))
     np.testing.assert_array_equal(n_kept, [2, 1])
@@ -609,7 +604,7 @@ def test_merge_close_follows_chains_and_packs_the_rest():
     np.testing.assert_allclose(merged[1, 0], components[1, :3].sum(0), atol=1e-6)
     assert not merged[0, 2:].any() and not merged[1, 1:].any()
     # nothing closer than the radius: unchanged
-    far = Peeler(None, None, max_iterations=4, merge_radius=1.0)
+    far = Peeler(None, None, peel_config(max_iterations=4, merge_radius=1.0))
     same, n_same, none = (t.numpy() for t in far.merge_close(
         tf.constant(components[:1]), tf.constant(n_components[:1])))
     np.testing.assert_array_equal(n_same, [4])
@@ -618,8 +613,7 @@ def test_merge_close_follows_chains_and_packs_the_rest():
 
 
 def test_detect_window_and_merge_radius_are_checked():
-    deblender, classifier = blind_models()
     for key in ("detect_window", "merge_radius"):
         for bad in (-1.0, float("nan"), float("inf")):
-            with pytest.raises(ValueError, match=key):
-                Peeler(deblender, classifier, **{key: bad})
+            with pytest.raises(TfdeblendError, match=key):
+                peel_config(**{key: bad})

@@ -23,6 +23,7 @@ from tfdeblend.export import (
     next_version,
     rest_request_body,
 )
+from tfdeblend.peel_config import PeelConfig
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +43,9 @@ def test_layout_and_metadata(model_dir):
     meta = yaml.safe_load((version / "assets.extra" / "tfdeblend.yaml").read_text())
     assert meta["bands"] == ["g", "r", "i"]
     assert meta["stamp_size"] == 80
-    assert meta["max_iterations"] == 4
-    assert meta["refine_steps"] == 2  # the default: two sweeps after the peel
-    assert meta["count_views"] == 8  # and the count averaged over 8 rotations/flips
-    assert meta["split"] is True  # and merged components split
-    assert meta["detect_snr"] == 10.0  # and galaxies left in the residual recovered
-    assert meta["detect_window"] == 8.0  # seen by the RDN through an 8-px disc
-    assert meta["merge_radius"] == 3.0  # and components closer than 3 px merged
+    # the peel is stored as one mapping: the shipped peel by default, here with K = 4
+    assert meta["peel"] == {**PeelConfig().to_dict(), "max_iterations": 4}
+    assert PeelConfig.from_metadata(meta) == PeelConfig(max_iterations=4)
     # each network's training curves travel with the model
     for role in ("deblender", "classifier"):
         history = meta["configs"][f"{role}_train"]["history"]
@@ -120,18 +117,13 @@ def test_keras_files_and_networks_agree(model_dir, images):
     expected = np.asarray(rdn(x, training=False)) * np.asarray(scale)
     np.testing.assert_allclose(model.deblend_one(images), expected, rtol=1e-4, atol=1e-2)
     # the served peel is the in-process peel of the same networks, refinement included
-    from tfdeblend.deblend import make_peeler, peel_numpy
+    from peel_helpers import make_peeler, peel_numpy
 
     classifier = keras.saving.load_model(
         model.path / "assets.extra" / "classifier.keras", compile=False, safe_mode=True
     )
-    assert model.refine_steps == 2 and model.count_views == 8 and model.split
-    assert model.detect_snr == 10.0 and model.detect_window == 8.0 and model.merge_radius == 3.0
-    local = peel_numpy(
-        make_peeler(rdn, classifier, max_iterations=4, refine_steps=2, count_views=8, split=True,
-                    detect_snr=10.0, detect_window=8.0, merge_radius=3.0),
-        images,
-    )
+    assert model.peel_config == PeelConfig(max_iterations=4)  # the shipped peel, K = 4
+    local = peel_numpy(make_peeler(rdn, classifier, **model.peel_config.to_dict()), images)
     served = model.deblend(images)
     for key in ("counts", "n_components", "split", "recovered", "merged"):
         np.testing.assert_array_equal(served[key], local[key])
@@ -160,7 +152,8 @@ def test_export_takes_a_network_from_an_earlier_export(request, model_dir, image
     old = model_dir / "1"
     for deblender in (model_dir, old / "assets.extra" / "deblender.keras"):
         new = export_model(None, tmp_path / "m", deblender_run=deblender,
-                           classifier_run=classifier_run, max_iterations=4)
+                           classifier_run=classifier_run,
+                           peel=PeelConfig(max_iterations=4))
         meta = yaml.safe_load((new / "assets.extra" / "tfdeblend.yaml").read_text())
         old_meta = yaml.safe_load((old / "assets.extra" / "tfdeblend.yaml").read_text())
         assert meta["configs"]["deblender_export"] == str(deblender.resolve())
@@ -240,23 +233,15 @@ def test_cli_export(request, tmp_path_factory, tmp_path):
             str(classifier_run),
             "--out",
             str(out),
-            "--refine-steps",
-            "0",
-            "--count-views",
-            "1",
-            "--no-split",
-            "--detect-snr",
-            "0",
-            "--merge-radius",
-            "0",
+            "--peel",
+            "paper",
         ],
     )
     assert result.exit_code == 0, result.output
     assert (out / "1" / "saved_model.pb").is_file()
     assert "Exported" in result.output
     paper = load_model(out)  # the paper's peel and count, recorded in the metadata
-    assert paper.refine_steps == 0 and paper.count_views == 1
-    assert not paper.split and paper.detect_snr == 0.0 and paper.merge_radius == 0.0
+    assert paper.peel_config == PeelConfig.preset("paper")
     # a negative S/N threshold is refused before anything is written
     result = runner.invoke(cli, ["export", "--deblender", str(deblender_run), "--classifier",
                                  str(classifier_run), "--out", str(tmp_path / "neg"),
@@ -294,9 +279,7 @@ def test_the_shipped_default_model_deblends_rendered_blends(monkeypatch, fits_te
     monkeypatch.delenv("TFDEBLEND_MODEL", raising=False)
     model = load_model()
     assert model.path.parent.name == "tfdeblend_cpu" and model.bands == ("g", "r", "i")
-    assert model.refine_steps == 2 and model.count_views == 8
-    assert model.split and model.detect_snr == 10.0
-    assert model.detect_window == 8.0 and model.merge_radius == 3.0
+    assert model.peel_config == PeelConfig.preset("shipped")  # read from version 8's metadata
     for name in ("deblender.keras", "classifier.keras"):
         keras.saving.load_model(model.path / "assets.extra" / name, safe_mode=True)
     testset = load_testset(fits_testset)

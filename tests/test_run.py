@@ -1,4 +1,4 @@
-"""``tfdeblend run`` and the FITS layer (tfdeblend.fitsio, tfdeblend.deblend.run_file)."""
+"""``tfdeblend run`` and the FITS layer (tfdeblend.fitsio, tfdeblend.run.run_file)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from inference_helpers import blend_images, exported_model, write_blends_fits
 from tfdeblend.cli.main import cli
 
-from tfdeblend.deblend import run_file
 from tfdeblend.errors import DataError
 from tfdeblend.fitsio import open_blends, read_blends
+from tfdeblend.run import run_file
 
 
 @pytest.fixture(scope="module")

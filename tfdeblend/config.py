@@ -39,9 +39,9 @@ MAD_TO_SIGMA: float = 1.4826
 QUALITY_NAMES: dict[int, str] = {2: "high", 1: "medium", 0: "low"}
 
 
-@dataclasses.dataclass
 class YamlConfig:
-    """Base class: dataclass <-> dict <-> YAML with unknown-key checking."""
+    """Base class of the configuration dataclasses: dataclass <-> dict <-> YAML with unknown-key
+    checking. Not a dataclass itself, so that subclasses may be frozen or not."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain dict (tuples become lists) suitable for YAML/JSON."""

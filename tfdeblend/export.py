@@ -41,6 +41,7 @@ import yaml
 
 import tfdeblend
 from tfdeblend.errors import ModelError, TfdeblendError
+from tfdeblend.peel_config import PeelConfig
 from tfdeblend.utils import atomic_dir
 
 #: Environment variable naming the default model directory.
@@ -232,32 +233,13 @@ def next_version(out_dir: str | os.PathLike) -> int:
     return max(versions, default=0) + 1
 
 
-def build_serving_module(
-    bundle: ModelBundle,
-    max_iterations: int,
-    refine_steps: int,
-    count_views: int,
-    split: bool = False,
-    detect_snr: float = 0.0,
-    detect_window: float = 0.0,
-    merge_radius: float = 0.0,
-):
+def build_serving_module(bundle: ModelBundle, config: PeelConfig):
     """A :class:`tf.Module` with the three serving functions (see the module docstring)."""
     import tensorflow as tf
 
     from tfdeblend.deblend import Peeler
 
-    peeler = Peeler(
-        bundle.deblender,
-        bundle.classifier,
-        max_iterations=max_iterations,
-        refine_steps=refine_steps,
-        count_views=count_views,
-        split=split,
-        detect_snr=detect_snr,
-        detect_window=detect_window,
-        merge_radius=merge_radius,
-    )
+    peeler = Peeler(bundle.deblender, bundle.classifier, config)
     spec = tf.TensorSpec(
         [None, bundle.stamp_size, bundle.stamp_size, len(bundle.bands)], tf.float32, name="images"
     )
@@ -288,14 +270,8 @@ def export_model(
     version: int | None = None,
     deblender_run: str | os.PathLike | None = None,
     classifier_run: str | os.PathLike | None = None,
-    max_iterations: int | None = None,
+    peel: PeelConfig | None = None,
     overwrite: bool = False,
-    refine_steps: int | None = None,
-    count_views: int | None = None,
-    split: bool = True,
-    detect_snr: float | None = None,
-    detect_window: float | None = None,
-    merge_radius: float | None = None,
 ) -> Path:
     """Export a deblender + classifier pair as a TF Serving SavedModel.
 
@@ -308,23 +284,9 @@ def export_model(
         deblender_run: take the deblender from this run directory instead, or from an
             exported model (``NAME``, ``NAME/<version>`` or its ``assets.extra/deblender.keras``).
         classifier_run: the same for the classifier.
-        max_iterations: most components peeled per blend (``K``); default 6.
+        peel: how the exported peel runs (stored in the model's metadata); default
+            :class:`tfdeblend.peel_config.PeelConfig`'s defaults, the shipped model's peel.
         overwrite: replace an existing ``NAME/<version>``.
-        refine_steps: RDN refinement sweeps after the peel
-            (:meth:`tfdeblend.deblend.Peeler.refine`); default 2, 0 = the paper's peel.
-        count_views: rotations/flips the classifier's logits are averaged over (1, 2, 4 or 8;
-            default 8, 1 = the paper's count).
-        split: after the peel, split a component the classifier counts as two or more galaxies
-            (:meth:`tfdeblend.deblend.Peeler.split_merged`); default on, off = the paper's peel.
-        detect_snr: after the sweeps, add a component where the residual still holds a source
-            above this matched-filter S/N (:meth:`tfdeblend.deblend.Peeler.recover_missed`);
-            default :data:`tfdeblend.deblend.DEFAULT_DETECT_SNR`, 0 = off (the paper's peel).
-        detect_window: the residual detection's RDN sees a disc of this radius (pixels) around
-            the residual's peak; default :data:`tfdeblend.deblend.DEFAULT_DETECT_WINDOW`,
-            0 = the whole residual.
-        merge_radius: after the sweeps, merge a component into an earlier one whose centroid
-            lies closer than this (pixels; :meth:`tfdeblend.deblend.Peeler.merge_close`);
-            default :data:`tfdeblend.deblend.DEFAULT_MERGE_RADIUS`, 0 = off (the paper's peel).
 
     Returns:
         The version directory written.
@@ -332,28 +294,7 @@ def export_model(
     Raises:
         ModelError: missing or mismatched networks. TfdeblendError: the version exists.
     """
-    from tfdeblend.deblend import (
-        DEFAULT_COUNT_VIEWS,
-        DEFAULT_DETECT_SNR,
-        DEFAULT_DETECT_WINDOW,
-        DEFAULT_MAX_ITERATIONS,
-        DEFAULT_MERGE_RADIUS,
-        DEFAULT_REFINE_STEPS,
-        check_peel_options,
-    )
-
-    max_iterations = int(max_iterations or DEFAULT_MAX_ITERATIONS)
-    refine_steps = int(DEFAULT_REFINE_STEPS if refine_steps is None else refine_steps)
-    count_views = int(count_views or DEFAULT_COUNT_VIEWS)
-    detect_snr = float(DEFAULT_DETECT_SNR if detect_snr is None else detect_snr)
-    detect_window = float(DEFAULT_DETECT_WINDOW if detect_window is None else detect_window)
-    merge_radius = float(DEFAULT_MERGE_RADIUS if merge_radius is None else merge_radius)
-    try:  # before any network is loaded
-        check_peel_options(
-            max_iterations, refine_steps, count_views, detect_snr, detect_window, merge_radius
-        )
-    except ValueError as err:
-        raise TfdeblendError(str(err)) from err
+    peel = PeelConfig() if peel is None else peel
     if isinstance(run_dir_or_models, ModelBundle):
         bundle = run_dir_or_models
     else:
@@ -373,10 +314,7 @@ def export_model(
 
     import tensorflow as tf
 
-    module = build_serving_module(
-        bundle, max_iterations, refine_steps, count_views, split, detect_snr, detect_window,
-        merge_radius,
-    )
+    module = build_serving_module(bundle, peel)
     with atomic_dir(target) as tmp:
         tf.saved_model.save(
             module,
@@ -398,13 +336,7 @@ def export_model(
             "version": int(version),
             "bands": list(bundle.bands),
             "stamp_size": int(bundle.stamp_size),
-            "max_iterations": max_iterations,
-            "refine_steps": refine_steps,
-            "count_views": count_views,
-            "split": bool(split),
-            "detect_snr": detect_snr,
-            "detect_window": detect_window,
-            "merge_radius": merge_radius,
+            "peel": peel.to_dict(),
             "tfdeblend_version": tfdeblend.__version__,
             "tensorflow_version": tf.__version__,
             "signatures": list(SIGNATURES),
@@ -477,19 +409,8 @@ class DeblendModel:
         version: integer version.
         bands: band names, channel order.
         stamp_size: side of the stamps, pixels.
-        max_iterations: ``K``.
-        refine_steps: RDN refinement sweeps after the peel (0 for models exported before
-            refinement existed).
-        count_views: views the classifier's logits are averaged over (1 for models exported
-            before this existed).
-        split: whether the peel splits components counted as two or more galaxies (False for
-            models exported before this existed).
-        detect_snr: S/N threshold of the residual detection after the peel (0: off, and for
-            models exported before this existed).
-        detect_window: radius (pixels) of the residual detection's window (0: the whole
-            residual, and for models exported before this existed).
-        merge_radius: components closer than this (pixels) are merged after the peel (0: off,
-            and for models exported before this existed).
+        peel_config: how its peel runs (:meth:`PeelConfig.from_metadata`: models exported
+            before a step existed run without it).
         metadata: the whole ``tfdeblend.yaml`` dict.
     """
 
@@ -500,13 +421,7 @@ class DeblendModel:
         self.version = int(metadata.get("version") or (path.name if path.name.isdigit() else 0))
         self.bands = tuple(metadata["bands"])
         self.stamp_size = int(metadata["stamp_size"])
-        self.max_iterations = int(metadata["max_iterations"])
-        self.refine_steps = int(metadata.get("refine_steps") or 0)
-        self.count_views = int(metadata.get("count_views") or 1)
-        self.split = bool(metadata.get("split", False))
-        self.detect_snr = float(metadata.get("detect_snr") or 0.0)
-        self.detect_window = float(metadata.get("detect_window") or 0.0)
-        self.merge_radius = float(metadata.get("merge_radius") or 0.0)
+        self.peel_config = PeelConfig.from_metadata(metadata)
         self._saved = saved_model
         self._signatures = {name: saved_model.signatures[name] for name in SIGNATURES}
 
@@ -586,11 +501,25 @@ def _read_metadata(version_dir: Path) -> dict:
     """
     try:
         metadata = yaml.safe_load((version_dir / "assets.extra" / METADATA_NAME).read_text())
-        for key in ("bands", "stamp_size", "max_iterations"):
+        for key in ("bands", "stamp_size"):
             metadata[key]  # noqa: B018
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        PeelConfig.from_metadata(metadata)
+    except (OSError, yaml.YAMLError, KeyError, TypeError, TfdeblendError) as err:
         raise ModelError(f"{version_dir}/assets.extra/{METADATA_NAME} is corrupt: {err}") from err
     return metadata
+
+
+def read_model_metadata(model_dir: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """``(version directory, tfdeblend.yaml mapping)`` of a model, without loading TensorFlow.
+
+    Args:
+        model_dir: as for :func:`load_model`.
+
+    Raises:
+        ModelError: missing, foreign or corrupt model directory.
+    """
+    path = resolve_version_dir(model_dir if model_dir is not None else default_model_dir())
+    return path, _read_metadata(path)
 
 
 def load_model(model_dir: str | os.PathLike | None = None) -> DeblendModel:
@@ -603,8 +532,7 @@ def load_model(model_dir: str | os.PathLike | None = None) -> DeblendModel:
     Raises:
         ModelError: missing, foreign or unreadable model directory.
     """
-    path = resolve_version_dir(model_dir if model_dir is not None else default_model_dir())
-    metadata = _read_metadata(path)
+    path, metadata = read_model_metadata(model_dir)
     import tensorflow as tf
 
     try:

@@ -16,8 +16,9 @@ Large files are read lazily (astropy memmap) batch by batch.
 Output (:class:`ResultWriter`, :func:`write_results`; the latter writes ``CONSERVED`` when
 given it), written atomically (temporary file, then rename), channels first:
 
-- primary HDU: header only (``MODEL``, ``MODELVER``, ``BANDS``, ``TFDBVER``, ``BUNIT``, ``INPUT``,
-  ``MAXITER``, ``NBLENDS``);
+- primary HDU: header only (``MODEL``, ``MODELVER``, ``BANDS``, ``BUNIT``, ``INPUT``,
+  ``NBLENDS``, ``TFDBVER``, ``AXES``, and the peel's cards ``MAXITER``, ``NVIEWS``, ``SPLIT``,
+  ``REFINE``, ``DETECTSN``, ``DETECTWN``, ``MERGERAD``: :meth:`PeelConfig.header_cards`);
 - ``COMPONENTS`` float32 ``(N, K, C, H, W)``: the peeled galaxies in the input's units, peel
   order (brightest first), zero padded to ``K`` (the model's max iterations);
 - ``RESIDUAL`` float32 ``(N, C, H, W)``: input minus the components;
@@ -30,7 +31,10 @@ given it), written atomically (temporary file, then rename), channels first:
 - ``BLENDS`` table, one row per blend: ``blend_id, n_components, quality`` (2 high, 1 medium,
   0 low), ``quality_name``, ``counts`` (classifier count before each step, ``-1`` where the
   step was not run), ``split`` (1 where a component the classifier counted as several galaxies
-  was split after the peel), ``noise_<band>`` (robust noise sigma of the residual, input units).
+  was split after the peel), ``recovered`` (1 where the residual detection added a galaxy),
+  ``merged`` (components merged into a brighter one), ``outliers`` (single-pixel outliers the
+  networks did not see, :mod:`tfdeblend.outliers`), ``noise_<band>`` (robust noise sigma of the
+  residual, input units).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import tfdeblend
 from tfdeblend import measure
 from tfdeblend.config import QUALITY_NAMES, parse_bands
 from tfdeblend.errors import DataError, TfdeblendError
-from tfdeblend.utils import atomic_file, check_output_path
+from tfdeblend.utils import atomic_file, check_output_path, scratch_prefix
 
 #: Stamps scanned at a time when checking for NaN/inf pixels.
 SCAN_CHUNK = 256
@@ -311,9 +315,13 @@ def blends_table(
     split: np.ndarray | None = None,
     recovered: np.ndarray | None = None,
     merged: np.ndarray | None = None,
+    outliers: np.ndarray | None = None,
 ) -> Table:
     """One row per blend: ``blend_id, n_components, quality, quality_name, counts, split,
-    recovered, merged`` and, when ``noise_std`` ``(N, C)`` is given, ``noise_<band>``."""
+    recovered, merged, outliers`` and, when ``noise_std`` ``(N, C)`` is given, ``noise_<band>``.
+
+    ``outliers`` is the number of single-pixel outliers (cosmic rays, hot pixels) the networks
+    did not see (:mod:`tfdeblend.outliers`); 0 when not given."""
     n = len(n_components)
     table = Table()
     table["blend_id"] = np.arange(first_blend_id, first_blend_id + n, dtype=np.int64)
@@ -326,6 +334,9 @@ def blends_table(
         np.zeros(n, np.int16) if recovered is None else np.asarray(recovered, np.int16)
     )
     table["merged"] = np.zeros(n, np.int16) if merged is None else np.asarray(merged, np.int16)
+    table["outliers"] = (
+        np.zeros(n, np.int32) if outliers is None else np.asarray(outliers, np.int32)
+    )
     if noise_std is not None:
         noise_std = np.asarray(noise_std, dtype=np.float32).reshape(n, -1)
         for c, band in enumerate(bands):
@@ -341,13 +352,6 @@ def _primary_header(header_info: dict) -> fits.Header:
         "bands": ("BANDS", "bands, channel order"),
         "bunit": ("BUNIT", "unit of the images (the input's)"),
         "input": ("INPUT", "input file"),
-        "max_iterations": ("MAXITER", "K, most components per blend"),
-        "refine_steps": ("REFINE", "RDN refinement sweeps after the peel"),
-        "count_views": ("NVIEWS", "rotations/flips averaged by the classifier"),
-        "split": ("SPLIT", "merged components split after the peel"),
-        "detect_snr": ("DETECTSN", "residual detection S/N after the peel (0 off)"),
-        "detect_window": ("DETECTWN", "residual detection window radius, px (0 all)"),
-        "merge_radius": ("MERGERAD", "components closer than this merged, px (0 off)"),
         "n_blends": ("NBLENDS", "number of blends"),
     }
     for key, (card, comment) in keys.items():
@@ -357,6 +361,9 @@ def _primary_header(header_info: dict) -> fits.Header:
         if isinstance(value, (list, tuple)):
             value = ",".join(value)
         header[card] = (value, comment)
+    if header_info.get("peel") is not None:  # a PeelConfig: MAXITER, NVIEWS, SPLIT, ...
+        for card, value, comment in header_info["peel"].header_cards():
+            header[card] = (value, comment)
     header["TFDBVER"] = (tfdeblend.__version__, "tfdeblend version")
     header["AXES"] = ("N,K,C,H,W", "COMPONENTS axis order (numpy); channels first")
     return header
@@ -390,7 +397,7 @@ class ResultWriter:
     Args:
         path: output FITS file.
         n_blends: number of blends that will be written.
-        max_iterations: ``K``.
+        slots: ``K``, component slots per blend (the peel's most iterations).
         bands: band names, channel order.
         stamp_size: side of the stamps, pixels.
         header_info: ``model``, ``version``, ``bunit``, ``input``... for the headers.
@@ -401,7 +408,7 @@ class ResultWriter:
         self,
         path: str | os.PathLike,
         n_blends: int,
-        max_iterations: int,
+        slots: int,
         bands: tuple[str, ...],
         stamp_size: int,
         header_info: dict | None = None,
@@ -409,20 +416,19 @@ class ResultWriter:
     ) -> None:
         self.path = check_output_path(path, overwrite)
         self.n = int(n_blends)
-        self.k = int(max_iterations)
+        self.k = int(slots)
         self.bands = tuple(bands)
         self.size = int(stamp_size)
         self.info = {
             **(header_info or {}),
             "bands": self.bands,
-            "max_iterations": self.k,
             "n_blends": self.n,
         }
         self._written = 0
         self._catalogs: list[Table] = []
         self._blends: list[Table] = []
         self._stack = contextlib.ExitStack()
-        self._tmp = self._stack.enter_context(atomic_file(self.path))
+        self._tmp = self._stack.enter_context(atomic_file(self.path, overwrite=overwrite))
         try:
             residual_tmp = self._scratch_file("residual")
             conserved_tmp = self._scratch_file("conserved")
@@ -443,9 +449,10 @@ class ResultWriter:
             raise
 
     def _scratch_file(self, what: str) -> str:
-        """A temporary ``.npy`` beside the output, removed when the writer closes or aborts."""
+        """A temporary ``.npy`` beside the output, removed when the writer closes or aborts
+        (and by the next run writing the same output if this process is killed)."""
         fd, name = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=f".{what}.npy", dir=self._tmp.parent
+            prefix=scratch_prefix(self.path), suffix=f".{what}.npy", dir=self._tmp.parent
         )
         os.close(fd)
         self._stack.callback(Path(name).unlink, missing_ok=True)
@@ -497,6 +504,7 @@ class ResultWriter:
                 split=result.get("split"),
                 recovered=result.get("recovered"),
                 merged=result.get("merged"),
+                outliers=result.get("outliers"),
             )
         )
         self._written += n
@@ -571,7 +579,6 @@ def write_results(
     path = check_output_path(path, overwrite)
     info = dict(header_info or {})
     components = np.asarray(components, dtype=np.float32)
-    info.setdefault("max_iterations", components.shape[1])
     info.setdefault("n_blends", components.shape[0])
     primary = fits.PrimaryHDU(header=_primary_header(info))
     comp = fits.ImageHDU(components, name="COMPONENTS")
@@ -588,6 +595,6 @@ def write_results(
     cat.name = "CATALOG"
     tab = fits.table_to_hdu(blends)
     tab.name = "BLENDS"
-    with atomic_file(path) as tmp:
+    with atomic_file(path, overwrite=overwrite) as tmp:
         fits.HDUList([primary, *images, cat, tab]).writeto(tmp, overwrite=True)
     return path

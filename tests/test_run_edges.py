@@ -1,0 +1,155 @@
+"""Rough edges of ``tfdeblend run`` a new user hits (issue 25): outlier pixels, TensorFlow's log
+lines, slow errors, scratch files of killed runs, two runs racing for one output, OS errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from click.testing import CliRunner
+from inference_helpers import blend_images, exported_model, write_blends_fits
+from tfdeblend.cli.main import cli
+
+from tfdeblend.errors import TfdeblendError
+from tfdeblend.outliers import clean_outliers, find_outliers, robust_sigma
+from tfdeblend.utils import remove_stale_scratch, scratch_prefix
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": ""}  # what a user's shell has
+
+
+@pytest.fixture(scope="module")
+def model_dir(request, tmp_path_factory):
+    return exported_model(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def images(request):
+    return blend_images(request, 4)
+
+
+def test_outliers_are_single_pixels_never_galaxies(images):
+    """On real BTK blends (PSF-convolved galaxies, noise) nothing is an outlier; a cosmic ray
+    (one pixel or a two-pixel track) on the sky or on a galaxy's core is, in its band only."""
+    assert not find_outliers(images).any()
+    bright = images * 1e4  # galaxies 10^4 times brighter: still no outlier
+    assert not find_outliers(bright).any()
+    hit = images.copy()
+    core = np.unravel_index(np.argmax(images[0, ..., 1]), images.shape[1:3])
+    hit[0, core[0], core[1], 1] += 50 * images[0, ..., 1].max()  # on the core, r band
+    hit[1, 3, 7, 0] = 1e6  # on the sky, g band
+    hit[2, 10, 20:22, 2] = 3e4  # a two-pixel track, i band
+    bad = find_outliers(hit)
+    assert bad.sum() == 4
+    assert bad[0, core[0], core[1], 1] and bad[1, 3, 7, 0] and bad[2, 10, 20:22, 2].all()
+    cleaned = clean_outliers(hit, bad)
+    np.testing.assert_array_equal(cleaned[~bad], hit[~bad])
+    sky = robust_sigma(images)[2, 2]
+    assert np.abs(cleaned[2, 10, 20:22, 2]).max() < 3 * sky  # replaced by the sky around it
+
+
+def test_a_hot_pixel_is_flagged_and_no_galaxy_is_lost(images, tmp_path):
+    """The shipped model, through the command line a user types: a 1e6 pixel used to make every
+    galaxy vanish (the normalization divides by the brightest pixel) with quality high. Now the
+    galaxies come back as without it, the pixel stays in the residual, the stamp is flagged
+    in BLENDS and the summary says so, and TensorFlow's log lines are not shown."""
+    hot = images.copy()
+    hot[1, 70, 5, 1] = 1e6
+    src = write_blends_fits(tmp_path / "blends.fits", np.concatenate([images, hot[1:2]]))
+    out = tmp_path / "out.fits"
+    done = subprocess.run(
+        [sys.executable, "-m", "tfdeblend.cli.main", "run", str(src), "-o", str(out), "--quiet"],
+        capture_output=True, text=True, env=ENV, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 blend(s) held 1 outlier pixel(s)" in done.stdout
+    for noise in ("absl", "I0000", "E0000", "W0000", "oneDNN"):
+        assert noise not in done.stderr, done.stderr
+    with fits.open(out) as hdul:
+        blends = hdul["BLENDS"].data
+        assert blends["outliers"].tolist() == [0, 0, 0, 0, 1]
+        assert blends["n_components"][4] == blends["n_components"][1] >= 1
+        flux = hdul["COMPONENTS"].data.sum(axis=(-2, -1))  # (N, K, C)
+        np.testing.assert_allclose(flux[4], flux[1], rtol=0.02, atol=0.01 * flux[1].max())
+        model = hdul["COMPONENTS"].data.sum(axis=1)
+        data = np.transpose(np.concatenate([images, hot[1:2]]), (0, 3, 1, 2))
+        np.testing.assert_allclose(model + hdul["RESIDUAL"].data, data, atol=0.05)
+        assert hdul["RESIDUAL"].data[4, 1, 70, 5] > 0.99e6
+
+
+def test_input_errors_come_before_tensorflow_loads(tmp_path):
+    bad = tmp_path / "bad.fits"
+    bad.write_text("not a FITS file")
+    code = (
+        "import sys\n"
+        "from tfdeblend.errors import TfdeblendError\n"
+        "from tfdeblend.run import run_file\n"
+        f"try:\n    run_file({str(bad)!r}, {str(tmp_path / 'o.fits')!r})\n"
+        "except TfdeblendError as err:\n    print(err)\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    lines = done.stdout.splitlines()
+    assert "not a readable FITS file" in lines[0]
+    assert lines[-1] == "False"
+    assert not (tmp_path / "o.fits").exists()
+
+
+def test_a_killed_run_leaves_scratch_that_the_next_run_removes(model_dir, images, tmp_path):
+    src = write_blends_fits(tmp_path / "blends.fits", np.repeat(images, 64, axis=0))
+    out = tmp_path / "out.fits"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfdeblend.cli.main", "run", str(src), "-o", str(out),
+         "--model", str(model_dir), "--quiet", "--batch-size", "2"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    scratch: list[Path] = []
+    while time.time() < deadline and len(scratch) < 3 and proc.poll() is None:
+        time.sleep(0.2)
+        scratch = [p for p in tmp_path.iterdir() if p.name.startswith(".out.fits.")]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(scratch) == 3, scratch  # the output's .tmp and two .npy memmaps
+    assert all(p.exists() for p in scratch) and not out.exists()
+    # a live process's scratch is left alone
+    live = tmp_path / f"{scratch_prefix(out)}keep.tmp"
+    live.touch()
+    assert sorted(remove_stale_scratch(out)) == sorted(scratch)
+    assert live.exists() and not any(p.exists() for p in scratch)
+
+
+def test_a_file_that_appears_meanwhile_is_never_replaced(images, tmp_path):
+    from tfdeblend.fitsio import ResultWriter
+
+    out = tmp_path / "out.fits"
+    writer = ResultWriter(out, 1, 2, ("g", "r", "i"), 80, {})
+    writer.write_batch({
+        "components": np.zeros((1, 2, 80, 80, 3), "float32"),
+        "residual": images[:1], "counts": np.zeros((1, 3), "int32"),
+        "quality": np.array([2]), "n_components": np.array([0]),
+    })
+    out.write_text("another run's result")  # a second process finished first
+    with pytest.raises(TfdeblendError, match="appeared while"):
+        writer.close()
+    assert out.read_text() == "another run's result"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.fits"]  # no scratch left
+
+
+def test_os_errors_on_output_are_one_line(model_dir, images, tmp_path):
+    src = write_blends_fits(tmp_path / "blends.fits", images[:1])
+    for target in ("/proc/x.fits", "/proc/self/nope/x.fits"):
+        result = CliRunner().invoke(
+            cli, ["run", str(src), "-o", target, "--model", str(model_dir), "--quiet"]
+        )
+        assert result.exit_code == 1
+        assert result.output.startswith("Error: ") and result.output.count("\n") == 1, (
+            result.output
+        )
+        assert "Traceback" not in result.output

@@ -1,0 +1,106 @@
+"""Single-pixel outliers (cosmic rays, hot pixels) that no image of the sky can hold.
+
+Every galaxy or star in a survey image is seen through the PSF, which spreads its light over a
+few pixels: next to a pixel, the median of its 8 neighbours is never far below it (for a point
+source with a Gaussian PSF of sigma 1 pixel, the median neighbour holds half the central pixel;
+for LSST's or HSC's PSF about 0.7 of it). A cosmic ray or a hot pixel stands alone. A pixel is an
+*outlier* when it rises above the median of its 8 neighbours by both
+
+- more than :data:`OUTLIER_SNR` noise sigmas (pure noise never does), and
+- more than :data:`OUTLIER_SHARPNESS` times that median (no PSF-convolved source does),
+
+band by band. Outliers are replaced by the median of their neighbours before the networks see
+the image (the networks' normalization divides by the brightest pixel, so one such pixel would
+otherwise dim every galaxy of the stamp to nothing); the caller keeps the original data for the
+residual, so ``model + residual == input`` still holds, and flags the stamp.
+
+Axis order: channels last, ``(N, H, W, C)``; numpy only (no TensorFlow).
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> image = rng.normal(0.0, 1.0, (1, 20, 20, 1)).astype("float32")
+    >>> image[0, 5, 7, 0] = 1e6
+    >>> bad = find_outliers(image)
+    >>> [tuple(map(int, i)) for i in np.argwhere(bad)]
+    [(0, 5, 7, 0)]
+    >>> float(abs(clean_outliers(image, bad)[0, 5, 7, 0])) < 5
+    True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfdeblend.config import MAD_TO_SIGMA
+
+#: An outlier rises above the median of its 8 neighbours by more than this many noise sigmas...
+OUTLIER_SNR: float = 10.0
+#: ...and by more than this many times that median (a PSF-convolved source: at most about 1).
+OUTLIER_SHARPNESS: float = 2.0
+
+
+def robust_sigma(images: np.ndarray) -> np.ndarray:
+    """Noise sigma per image and band, ``1.4826 x MAD`` over the pixels ``(N, H, W, C) -> (N, C)``.
+
+    NaN pixels are ignored; an image with no finite pixel gets 0.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    flat = images.reshape(images.shape[0], -1, images.shape[-1])
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(flat, axis=1)
+            mad = np.nanmedian(np.abs(flat - median[:, None, :]), axis=1)
+    return np.nan_to_num(MAD_TO_SIGMA * mad, nan=0.0).astype(np.float32)
+
+
+def neighbour_median(images: np.ndarray) -> np.ndarray:
+    """Median of the 8 neighbours of every pixel (edges mirrored), ``(N, H, W, C)``."""
+    images = np.asarray(images, dtype=np.float32)
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    height, width = images.shape[1:3]
+    shifts = [
+        padded[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+        if dy or dx
+    ]
+    return np.median(np.stack(shifts), axis=0)
+
+
+def find_outliers(images: np.ndarray, sigma: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask ``(N, H, W, C)`` of the outlier pixels (see the module docstring).
+
+    Args:
+        images: ``(N, H, W, C)`` in any linear unit, sky subtracted; NaN pixels are never outliers.
+        sigma: noise sigma ``(N, C)`` or ``(C,)``; default :func:`robust_sigma` of each image.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.shape[1] < 3 or images.shape[2] < 3:
+        return np.zeros(images.shape, bool)
+    if sigma is None:
+        sigma = robust_sigma(images)
+    sigma = np.broadcast_to(np.asarray(sigma, np.float32), (images.shape[0], images.shape[-1]))
+    base = np.clip(np.nan_to_num(neighbour_median(images), nan=0.0), 0.0, None)
+    excess = images - base
+    with np.errstate(invalid="ignore"):
+        return (excess > OUTLIER_SNR * sigma[:, None, None, :]) & (
+            excess > OUTLIER_SHARPNESS * base
+        )
+
+
+def clean_outliers(images: np.ndarray, mask: np.ndarray, passes: int = 2) -> np.ndarray:
+    """A copy of ``images`` with the ``mask``ed pixels replaced by their neighbours' median.
+
+    Repeated ``passes`` times, so that a pair of adjacent outliers (a short cosmic-ray track)
+    is replaced by its surroundings, not by each other.
+    """
+    out = np.array(images, dtype=np.float32, copy=True)
+    if not mask.any():
+        return out
+    for _ in range(passes):
+        out = np.where(mask, neighbour_median(out), out)
+    return out

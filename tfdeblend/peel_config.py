@@ -1,0 +1,202 @@
+"""The one configuration of the iterative peel: :class:`PeelConfig`.
+
+Every option of the peel lives here once, with its default, its check, its FITS header card and
+its command-line help. :class:`tfdeblend.deblend.Peeler` runs it, :func:`tfdeblend.export.export_model`
+stores it in the model's metadata, :class:`tfdeblend.export.DeblendModel` reads it back, the FITS
+writer puts its cards in the output's primary header, and the CLI builds its ``--flags`` from
+its fields (``tfdeblend.cli.options.peel_options``). Adding a step after the peel means adding a
+field here and the step in :mod:`tfdeblend.deblend`; nothing else.
+
+This module does not import TensorFlow, so options are checked before any network is loaded.
+
+Presets (:data:`PEEL_PRESETS`):
+
+- ``shipped`` (the defaults): the peel exported with the shipped model: counts averaged over the
+  8 rotations/flips, a merged component split, 2 refinement sweeps, the residual detection at
+  S/N 10 within an 8 px window, and components closer than 3 px merged;
+- ``paper``: Wang et al. (2021)'s peel exactly: count, deblend the brightest, subtract, repeat.
+
+Example:
+    >>> config = PeelConfig.preset("paper")
+    >>> config.refine_steps, config.split
+    (0, False)
+    >>> PeelConfig().replace(merge_radius=0.0).merge_radius
+    0.0
+    >>> PeelConfig(count_views=3)
+    Traceback (most recent call last):
+    ...
+    tfdeblend.errors.TfdeblendError: count_views must be one of 1, 2, 4, 8, not 3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any
+
+from tfdeblend.config import YamlConfig
+from tfdeblend.errors import TfdeblendError
+
+#: Allowed numbers of views (rotations/flips) the classifier's logits are averaged over.
+COUNT_VIEWS: tuple[int, ...] = (1, 2, 4, 8)
+
+
+def _option(default: Any, card: str, comment: str, help: str, **checks: Any) -> Any:
+    """A :class:`PeelConfig` field: default, FITS card and comment, CLI help and its checks.
+
+    ``checks``: ``minimum`` (inclusive), ``choices`` (allowed values) and ``off`` (the value that
+    turns the step off, which models exported before the step existed take).
+    """
+    return dataclasses.field(
+        default=default,
+        metadata={"card": card, "comment": comment, "help": help, **checks},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PeelConfig(YamlConfig):
+    """How the iterative peel runs (see :mod:`tfdeblend.deblend` for what each step does).
+
+    Attributes:
+        max_iterations: ``K``, the most components peeled from one blend.
+        count_views: the classifier's logits are averaged over this many rotations/flips of each
+            image (1, 2, 4 or 8; 1 = the paper).
+        split: after the peel, split a component the classifier counts as two or more galaxies.
+        refine_steps: RDN refinement sweeps after the peel: each galaxy estimated again from the
+            blend minus the others (0 = the paper).
+        detect_snr: after the sweeps, add a component where the residual still holds a source
+            above this matched-filter S/N (0 = off).
+        detect_window: radius (pixels) of the disc around the residual's peak that the
+            detection's RDN sees (0 = the whole residual).
+        merge_radius: merge a component into an earlier (brighter) one whose centroid lies
+            closer than this many pixels (0 = off).
+    """
+
+    max_iterations: int = _option(
+        6, "MAXITER", "K, most components per blend",
+        "Most galaxies peeled per blend.", minimum=1,
+    )
+    count_views: int = _option(
+        8, "NVIEWS", "rotations/flips averaged by the classifier",
+        "Average the classifier over this many rotations/flips of each image (1 = the paper).",
+        choices=COUNT_VIEWS, off=1,
+    )
+    split: bool = _option(
+        True, "SPLIT", "merged components split after the peel",
+        "After the peel, split a component the classifier counts as two or more galaxies.",
+        off=False,
+    )
+    refine_steps: int = _option(
+        2, "REFINE", "RDN refinement sweeps after the peel",
+        "RDN refinement sweeps after the peel: each galaxy again from the blend minus the others "
+        "(0 = the paper).",
+        minimum=0, off=0,
+    )
+    detect_snr: float = _option(
+        10.0, "DETECTSN", "residual detection S/N after the peel (0 off)",
+        "After the sweeps, add a galaxy where the residual still holds a source above this "
+        "matched-filter S/N, away from the galaxies found (0 = off).",
+        minimum=0.0, off=0.0,
+    )
+    detect_window: float = _option(
+        8.0, "DETECTWN", "residual detection window radius, px (0 all)",
+        "Radius in pixels of the disc around the residual's peak that the detection's RDN sees "
+        "(0 = the whole residual).",
+        minimum=0.0, off=0.0,
+    )
+    merge_radius: float = _option(
+        3.0, "MERGERAD", "components closer than this merged, px (0 off)",
+        "After the peel, merge a galaxy into a brighter one whose centroid lies closer than this "
+        "many pixels (0 = off).",
+        minimum=0.0, off=0.0,
+    )
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kind = hints[field.name]
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise TfdeblendError(f"{field.name} must be true or false, not {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TfdeblendError(f"{field.name} must be a number, not {value!r}")
+            if kind is int and value != int(value):
+                raise TfdeblendError(f"{field.name} must be a whole number, not {value!r}")
+            if not math.isfinite(value):
+                raise TfdeblendError(f"{field.name} must be finite, not {value!r}")
+            object.__setattr__(self, field.name, kind(value))
+            meta = field.metadata
+            if "choices" in meta and value not in meta["choices"]:
+                allowed = ", ".join(map(str, meta["choices"]))
+                raise TfdeblendError(f"{field.name} must be one of {allowed}, not {value!r}")
+            if "minimum" in meta and value < meta["minimum"]:
+                raise TfdeblendError(
+                    f"{field.name} must be at least {meta['minimum']}, not {value!r}"
+                )
+
+    @property
+    def slots(self) -> int:
+        """Component slots per blend in the peel's outputs (``K``: the most components)."""
+        return self.max_iterations
+
+    @classmethod
+    def preset(cls, name: str) -> PeelConfig:
+        """The named preset (:data:`PEEL_PRESETS`).
+
+        Raises:
+            TfdeblendError: an unknown name.
+        """
+        if name not in PEEL_PRESETS:
+            raise TfdeblendError(
+                f"unknown peel preset {name!r}; known: {', '.join(PEEL_PRESETS)}"
+            )
+        return PEEL_PRESETS[name]
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> PeelConfig:
+        """The peel of an exported model, from its ``tfdeblend.yaml`` mapping.
+
+        New exports hold the configuration under ``peel``; older ones hold each option at the
+        top level, and lack the options of steps added after them: those take the value that
+        turns the step off (the peel they were exported with).
+
+        Raises:
+            TfdeblendError: an invalid option.
+        """
+        if isinstance(metadata.get("peel"), dict):
+            return cls.from_dict(metadata["peel"])
+        values = {}
+        for field in dataclasses.fields(cls):
+            value = metadata.get(field.name)
+            values[field.name] = field.metadata.get("off") if value is None else value
+        return cls.from_dict(values)
+
+    def header_cards(self) -> list[tuple[str, Any, str]]:
+        """``(keyword, value, comment)`` FITS cards describing this peel."""
+        return [
+            (f.metadata["card"], getattr(self, f.name), f.metadata["comment"])
+            for f in dataclasses.fields(self)
+        ]
+
+    def describe(self) -> str:
+        """One line: the options that differ from the paper's peel, or ``"the paper's peel"``."""
+        paper = PEEL_PRESETS["paper"]
+        changed = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(paper, f.name)
+        ]
+        return ", ".join(changed) if changed else "the paper's peel"
+
+
+#: Named peels: the shipped model's (the defaults) and the paper's.
+PEEL_PRESETS: dict[str, PeelConfig] = {
+    "shipped": PeelConfig(),
+    "paper": PeelConfig(
+        count_views=1, split=False, refine_steps=0, detect_snr=0.0, detect_window=0.0,
+        merge_radius=0.0,
+    ),
+}
