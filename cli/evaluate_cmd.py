@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from tfdeblend.evaluate.baselines import BASELINES
 
 
 @click.command(name="evaluate")
@@ -12,7 +16,7 @@ import click
 @click.option("--model", "model_dir", type=click.Path(), default=None,
               help="Exported model directory [default: the shipped model / $TFDEBLEND_MODEL].")
 @click.option("--baseline", "baselines", multiple=True,
-              type=click.Choice(["sep", "source-extractor"]),
+              type=click.Choice(list(BASELINES)),
               help="Baseline(s) to compare with; repeat the option. [default: sep]")
 @click.option("--no-baseline", is_flag=True, help="Compare with no baseline.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
@@ -33,7 +37,7 @@ def evaluate(testset_dirs, out_dir, model_dir, baselines, no_baseline, batch_siz
     Example:
       tfdeblend evaluate data/test2 data/test3 --out report/ --baseline sep
     """
-    from tfdeblend.evaluate.report import evaluate as run_evaluation
+    from tfdeblend.evaluate.pipeline import evaluate as run_evaluation
     from tfdeblend.export import default_model_dir
 
     if no_baseline and baselines:
@@ -49,4 +53,4 @@ def evaluate(testset_dirs, out_dir, model_dir, baselines, no_baseline, batch_siz
         q = ts["table1_quality"]["all"]
         click.echo(f"{name}: {ts['n_stamps']} stamps; quality high/medium/low "
                    f"{100 * q['high']:.1f}/{100 * q['medium']:.1f}/{100 * q['low']:.1f} %")
-    click.echo(f"Wrote {out_dir}/report.md")
+    click.echo(f"Wrote {Path(out_dir) / 'report.md'}")

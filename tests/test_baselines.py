@@ -123,3 +123,87 @@ def test_sep_measures_an_object_elongated_along_y_without_failing():
     row = _sep_stamp(image, det, 1.0, np.ones(3))
     assert len(row["x"]) >= 1
     assert np.all(np.isfinite(row["flux"]))
+
+
+def test_registry_drives_the_cli_choices(monkeypatch):
+    """``--baseline`` offers exactly the registered baselines, and a new registry entry shows up
+    without touching the CLI module."""
+    import importlib
+
+    from tfdeblend.cli import evaluate_cmd
+
+    def choices(module):
+        (option,) = [p for p in module.evaluate.params if p.name == "baselines"]
+        return list(option.type.choices)
+
+    assert choices(evaluate_cmd) == list(baselines.BASELINES) == ["sep", "source-extractor"]
+    for name, baseline in baselines.BASELINES.items():
+        assert isinstance(baseline, baselines.Baseline) and baseline.name == name
+        assert baseline.description
+
+    class Dummy(baselines.Baseline):
+        name = "dummy"
+        description = "finds nothing"
+
+        def run(self, images, noise_std, bands, progress=True):
+            return baselines.empty_catalog(len(images), 1, len(bands))
+
+    monkeypatch.setitem(baselines.BASELINES, "dummy", Dummy())
+    try:
+        assert choices(importlib.reload(evaluate_cmd)) == ["sep", "source-extractor", "dummy"]
+        cat = baselines.run_baseline("dummy", np.zeros((2, 8, 8, 1)), np.ones(1), ["g"])
+        assert cat["n"].tolist() == [0, 0]
+    finally:
+        monkeypatch.delitem(baselines.BASELINES, "dummy")
+        importlib.reload(evaluate_cmd)
+    assert choices(evaluate_cmd) == ["sep", "source-extractor"]
+
+
+def test_sep_is_available():
+    sep_baseline = baselines.get_baseline("sep")
+    assert sep_baseline.available() and sep_baseline.why_unavailable() is None
+
+
+def test_unavailable_baseline_is_one_clear_error_line(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+    from tfdeblend.cli.main import cli
+
+    monkeypatch.setenv("PATH", "")
+    baseline = baselines.BASELINES["source-extractor"]
+    assert not baseline.available()
+    expected = ("source-extractor is not available: the `source-extractor` (or `sex`) binary is "
+                "not on PATH (apt-get install source-extractor)")
+    with pytest.raises(TfdeblendError) as err:
+        baselines.get_baseline("source-extractor")
+    assert str(err.value) == expected
+    # the CLI refuses before loading anything (the test set need not even exist)
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "no_testset"), "--out",
+                                      str(tmp_path / "report"), "--baseline", "source-extractor"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: {expected}"]
+    assert not (tmp_path / "report").exists()
+
+
+def test_per_stamp_noise(two_gaussians):
+    """``noise_std`` may be ``(N, C)``: equal rows give the ``(C,)`` result."""
+    blends, _ = two_gaussians
+    same = np.tile(NOISE, (len(blends), 1))
+    for runner in ([baselines.run_sep]
+                   + ([baselines.run_source_extractor] if baselines.source_extractor_binary()
+                      else [])):
+        ref = runner(blends, NOISE, BANDS, progress=False)
+        cat = runner(blends, same, BANDS, progress=False)
+        for key in baselines.CATALOG_KEYS:
+            np.testing.assert_array_equal(cat[key], ref[key])
+        # a stamp with its own noise is measured as it would be alone
+        noise = same.copy()
+        noise[1] *= 2.0
+        cat = runner(blends, noise, BANDS, progress=False)
+        alone = runner(blends[1:2], noise[1], BANDS, progress=False)
+        k = int(alone["n"][0])
+        assert cat["n"][1] == k
+        np.testing.assert_array_equal(cat["flux"][1, :k], alone["flux"][0, :k])
+        n0 = int(ref["n"][0])
+        np.testing.assert_array_equal(cat["x"][0, :n0], ref["x"][0, :n0])
+    with pytest.raises(TfdeblendError, match="noise_std must be"):
+        baselines.run_sep(blends, np.ones((2, 3)), BANDS, progress=False)

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from tfdeblend.errors import TfdeblendError
+from tfdeblend.evaluate import analysis, figures, pipeline
 from tfdeblend.evaluate import baselines as bl
-from tfdeblend.evaluate import report
 
 N_STAMPS = 8
 
@@ -38,12 +38,13 @@ def tiny_model_dir(tmp_path_factory):
     from tfdeblend.models.classifier import build_classifier
     from tfdeblend.models.presets import get_classifier_config, get_rdn_config
     from tfdeblend.models.rdn import build_rdn
+    from tfdeblend.peel_config import PeelConfig
 
     keras.utils.set_random_seed(0)
     bundle = ModelBundle(build_rdn(get_rdn_config("tiny")),
                          build_classifier(get_classifier_config("tiny")))
     out = tmp_path_factory.mktemp("eval_model") / "tiny"
-    export_model(bundle, out, max_iterations=3)
+    export_model(bundle, out, peel=PeelConfig(max_iterations=3))
     return out
 
 
@@ -51,8 +52,8 @@ def tiny_model_dir(tmp_path_factory):
 def full_report(eval_dirs, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_report") / "report"
     chosen = ("sep", "source-extractor") if bl.source_extractor_binary() else ("sep",)
-    results = report.evaluate(eval_dirs, tiny_model_dir, out, baselines=chosen, batch_size=4,
-                              progress=False)
+    results = pipeline.evaluate(eval_dirs, tiny_model_dir, out, baselines=chosen, batch_size=4,
+                                progress=False)
     return out, results
 
 
@@ -60,7 +61,7 @@ def test_report_writes_every_table_and_figure(full_report, eval_dirs):
     out, results = full_report
     names = [d.name for d in eval_dirs]
     for name in names:
-        for suffix, _ in report.FIGURES.values():
+        for suffix, _ in figures.FIGURES.values():
             png = out / f"{name}_{suffix}"
             assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", png
     text = (out / "report.md").read_text()
@@ -130,7 +131,7 @@ def test_same_galaxies_compares_only_the_galaxies_both_found():
 
     ours = arrays([True, True, False], [[110.0, 55.0], [90.0, 45.0], [0.0, 0.0]])
     theirs = arrays([True, False, True], [[80.0, 40.0], [0.0, 0.0], [100.0, 50.0]])
-    same = report.same_galaxies(ours, theirs, ["g", "r"])
+    same = analysis.same_galaxies(ours, theirs, ["g", "r"])
     assert set(same) == {"x"} and same["x"]["n"] == 1
     # only the first galaxy counts: +10 % for us, -20 % for them, in every band and the sum
     assert same["x"]["ours"]["flux_band_sum"]["bias"] == pytest.approx(0.1)
@@ -170,8 +171,10 @@ def test_truth_deblender_scores_perfectly(eval_dirs, tmp_path):
     from tfdeblend.data import load_testset
 
     ts = load_testset(eval_dirs[1])
-    results = report.evaluate_loaded({"t3": ts}, TruthDeblender(ts), tmp_path / "r",
-                                     baselines=(), batch_size=3, progress=False)
+    model = TruthDeblender(ts)
+    results = pipeline.evaluate_loaded({"t3": ts}, model, tmp_path / "r",
+                                       baselines=(), batch_size=3, progress=False)
+    assert model.calls == 3  # 8 stamps in batches of 3; the figures never call the model
     entry = results["testsets"]["t3"]
     ours = entry["methods"]["tfdeblend"]
     assert ours["detection"]["recall"] == 1.0 and ours["detection"]["precision"] == 1.0
@@ -194,10 +197,10 @@ def test_nearest_separation_and_its_bins():
     ts = {"x": np.array([[10.0, 13.0, 50.0], [5.0, 0.0, 0.0], [1.0, 1.0, 9.0]]),
           "y": np.array([[10.0, 14.0, 10.0], [5.0, 0.0, 0.0], [1.0, 7.0, 1.0]]),
           "n_gal": np.array([3, 1, 3])}
-    np.testing.assert_allclose(report.nearest_separation(ts, 0), [5.0, np.inf, 6.0])
-    np.testing.assert_allclose(report.nearest_separation(ts, 1), [5.0, np.nan, 6.0])
-    np.testing.assert_allclose(report.nearest_separation(ts, 2), [np.hypot(37, 4), np.nan, 8.0])
-    bins = report.found_by_separation(np.array([True, True, True]), np.array([True, False, True]),
+    np.testing.assert_allclose(analysis.nearest_separation(ts, 0), [5.0, np.inf, 6.0])
+    np.testing.assert_allclose(analysis.nearest_separation(ts, 1), [5.0, np.nan, 6.0])
+    np.testing.assert_allclose(analysis.nearest_separation(ts, 2), [np.hypot(37, 4), np.nan, 8.0])
+    bins = analysis.found_by_separation(np.array([True, True, True]), np.array([True, False, True]),
                                       np.array([5.0, 6.0, 30.0]))
     assert bins["4-8"] == {"n": 2, "found_fraction": 0.5}
     assert bins[">=20"] == {"n": 1, "found_fraction": 1.0}
@@ -211,10 +214,10 @@ def test_mismatched_bands_or_stamp_size_is_a_clear_error(eval_dirs, tmp_path):
     model = TruthDeblender(ts)
     wrong_bands = dict(ts, bands=np.array(["r", "i", "z"]))
     with pytest.raises(TfdeblendError, match="bands r,i,z but the model expects g,r,i"):
-        report.evaluate_loaded({"a": wrong_bands}, model, tmp_path / "r", progress=False)
+        pipeline.evaluate_loaded({"a": wrong_bands}, model, tmp_path / "r", progress=False)
     model.stamp_size = 64
     with pytest.raises(TfdeblendError, match="expects 64x64"):
-        report.evaluate_loaded({"a": ts}, model, tmp_path / "r", progress=False)
+        pipeline.evaluate_loaded({"a": ts}, model, tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
 
 
@@ -223,12 +226,12 @@ def test_existing_output_and_bad_options_are_refused(eval_dirs, tiny_model_dir, 
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(TfdeblendError, match="already exists"):
-        report.evaluate(eval_dirs[:1], tiny_model_dir, out, progress=False)
+        pipeline.evaluate(eval_dirs[:1], tiny_model_dir, out, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
     with pytest.raises(TfdeblendError, match="does not exist"):
-        report.evaluate([tmp_path / "nope"], tiny_model_dir, tmp_path / "r", progress=False)
+        pipeline.evaluate([tmp_path / "nope"], tiny_model_dir, tmp_path / "r", progress=False)
     with pytest.raises(TfdeblendError, match="unknown baseline"):
-        report.evaluate(eval_dirs[:1], tiny_model_dir, tmp_path / "r", baselines=("scarlet",),
+        pipeline.evaluate(eval_dirs[:1], tiny_model_dir, tmp_path / "r", baselines=("scarlet",),
                         progress=False)
     assert not (tmp_path / "r").exists()
 
@@ -252,3 +255,145 @@ def test_cli_evaluate(eval_dirs, tiny_model_dir, tmp_path):
     missing = runner.invoke(cli, ["evaluate", str(tmp_path / "none"), "--out",
                                   str(tmp_path / "o"), "--model", str(tiny_model_dir)])
     assert missing.exit_code == 1 and "Error:" in missing.output
+
+
+def test_model_runs_once_per_testset(eval_dirs, tiny_model_dir, tmp_path, monkeypatch):
+    """evaluate deblends each test set once (one call when the batch holds the whole set); the
+    gallery of Fig. 13 reuses those outputs instead of calling the model again."""
+    from tfdeblend.export import DeblendModel
+
+    calls = []
+    deblend = DeblendModel.deblend
+
+    def counting(self, images, batch_size=32):
+        calls.append(np.array(images))
+        return deblend(self, images, batch_size=batch_size)
+
+    monkeypatch.setattr(DeblendModel, "deblend", counting)
+    results = pipeline.evaluate(eval_dirs, tiny_model_dir, tmp_path / "r", baselines=(),
+                                batch_size=N_STAMPS, progress=False)
+    assert len(calls) == len(eval_dirs) == len(results["testsets"])
+    from tfdeblend.data import load_testset
+
+    for images, path in zip(calls, eval_dirs):
+        np.testing.assert_array_equal(images, load_testset(path)["blend"])
+    assert (tmp_path / "r" / f"{eval_dirs[0].name}_fig13_failures_tfdeblend.png").is_file()
+
+
+class TruthBaseline(bl.Baseline):
+    """A baseline registered at run time: the true positions and fluxes of the test set."""
+
+    name = "truth"
+    description = "the true catalog"
+
+    def __init__(self, testset):
+        self.testset = testset
+
+    def run(self, images, noise_std, bands, progress=True):
+        ts = self.testset
+        return {"x": ts["x"], "y": ts["y"], "flux": ts["flux"], "mu20": ts["mu20"],
+                "mu02": ts["mu02"], "mu11": ts["mu11"], "n": ts["n_gal"]}
+
+
+def test_a_registered_baseline_runs_without_changes_elsewhere(eval_dirs, tmp_path, monkeypatch):
+    from tfdeblend.data import load_testset
+
+    ts = load_testset(eval_dirs[0])
+    monkeypatch.setitem(bl.BASELINES, "truth", TruthBaseline(ts))
+    results = pipeline.evaluate_loaded({"t2": ts}, TruthDeblender(ts), tmp_path / "r",
+                                       baselines=("truth",), batch_size=8, progress=False)
+    truth = results["testsets"]["t2"]["methods"]["truth"]
+    assert truth["x"]["found_fraction"] == 1.0 and truth["detection"]["precision"] == 1.0
+    assert results["testsets"]["t2"]["same_galaxies"]["truth"]["x"]["n"] == N_STAMPS
+    assert "| metric | tfdeblend | truth |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_unknown_or_unavailable_baseline_is_refused_before_any_work(eval_dirs, tmp_path,
+                                                                    monkeypatch):
+    from tfdeblend.data import load_testset
+
+    ts = load_testset(eval_dirs[0])
+    model = TruthDeblender(ts)
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(TfdeblendError, match="^source-extractor is not available: .* not on PATH"):
+        pipeline.evaluate_loaded({"a": ts}, model, tmp_path / "r",
+                                 baselines=("sep", "source-extractor"), progress=False)
+    assert model.calls == 0 and not (tmp_path / "r").exists()
+
+
+def test_analysis_computes_metrics_without_figures_report_or_pipeline():
+    """The analysis layer is numbers in, numbers out: it computes the metrics in an interpreter
+    where matplotlib and the figures, report and pipeline modules cannot be imported."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys
+        for blocked in ("matplotlib", "tensorflow", "tfdeblend.evaluate.figures",
+                        "tfdeblend.evaluate.report", "tfdeblend.evaluate.pipeline"):
+            sys.modules[blocked] = None  # any import of these fails
+        import numpy as np
+        from tfdeblend.evaluate import analysis
+
+        iso = np.zeros((2, 2, 9, 9, 1))
+        iso[:, 0, 2, 2, 0] = 100.0
+        iso[:, 1, 6, 6, 0] = 50.0
+        ts = {"isolated": iso, "n_gal": np.array([2, 2]), "bands": np.array(["g"]),
+              "x": np.array([[2.0, 6.0]] * 2), "y": np.array([[2.0, 6.0]] * 2),
+              "flux": np.array([[[100.0], [50.0]]] * 2), "mu20": np.full((2, 2), 0.1),
+              "mu02": np.full((2, 2), 0.1), "mu11": np.zeros((2, 2))}
+        catalog = {"x": ts["x"], "y": ts["y"], "flux": ts["flux"] * 1.1, "mu20": ts["mu20"],
+                   "mu02": ts["mu02"], "mu11": ts["mu11"], "n": ts["n_gal"]}
+        result = analysis.analyze_catalog(catalog, ts, np.array([1.0]))
+        assert result["summary"]["x"]["found_fraction"] == 1.0
+        assert abs(result["summary"]["y"]["flux_band_sum"]["bias"] - 0.1) < 1e-12
+        img = analysis.image_metrics(iso, np.array([2, 2]), ts)
+        assert np.all(img["truth"] == [[0, 1], [0, 1]])
+        table = analysis.table2(img, ts["n_gal"])
+        assert [row["deblend_index"] for row in table["2"]] == [1, 2]
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def _imported_modules(path):
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_evaluation_layers_import_one_way():
+    """analysis <- figures, report <- pipeline; inference never imports evaluation."""
+    from pathlib import Path
+
+    import tfdeblend
+
+    root = Path(tfdeblend.__file__).parent
+    evaluate = "tfdeblend.evaluate"
+    forbidden = {
+        "analysis": {f"{evaluate}.figures", f"{evaluate}.report", f"{evaluate}.pipeline",
+                     "matplotlib", "tfdeblend.export", "tfdeblend.deblend"},
+        "figures": {f"{evaluate}.pipeline", f"{evaluate}.report", f"{evaluate}.baselines",
+                    "tfdeblend.export", "tfdeblend.deblend"},
+        "report": {f"{evaluate}.pipeline", f"{evaluate}.figures", "matplotlib",
+                   "tfdeblend.export"},
+    }
+    for module, bad in forbidden.items():
+        imported = _imported_modules(root / "evaluate" / f"{module}.py")
+        assert not {name for name in imported
+                    if any(name == b or name.startswith(b + ".") for b in bad)}, module
+    for module in ("deblend", "export", "fitsio"):
+        imported = _imported_modules(root / f"{module}.py")
+        assert not [name for name in imported if name.startswith(evaluate)], module

@@ -24,14 +24,19 @@ the segmentation map; Kron apertures smaller than a 1.75 px radius fall back to 
 subtracted.
 
 Images are channels last ``(N, H, W, C)`` like the rest of the library.
+
+Each baseline is a :class:`Baseline` object registered in :data:`BASELINES` under its CLI name
+(``tfdeblend evaluate --baseline NAME``); a new baseline is one subclass and one registry entry in
+this module, nothing else.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -131,25 +136,47 @@ def _band_indices(bands: Sequence[str], detect_bands: Sequence[str]) -> list[int
     return [bands.index(b) for b in chosen]
 
 
+def _check_blends(blends: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+    blends = np.asarray(blends, dtype=np.float64)
+    if blends.ndim != 4 or blends.shape[-1] != len(bands):
+        raise TfdeblendError(
+            f"blends must be (N, H, W, C) with C = {len(bands)} bands, got shape {blends.shape}"
+        )
+    return blends
+
+
+def _check_noise(noise_std: np.ndarray, n_stamps: int, n_bands: int) -> np.ndarray:
+    """``noise_std`` as float64, checked to be ``(C,)`` or ``(N, C)``."""
+    noise_std = np.asarray(noise_std, dtype=np.float64)
+    if noise_std.shape not in ((n_bands,), (n_stamps, n_bands)):
+        raise TfdeblendError(
+            f"noise_std must be (C,) or (N, C) with C = {n_bands} bands and N = {n_stamps} "
+            f"stamps, got shape {noise_std.shape}"
+        )
+    return noise_std
+
+
 def coadd(
     blends: np.ndarray, noise_std: np.ndarray, bands: Sequence[str], detect_bands=DEFAULT_DETECT_BANDS
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, float | np.ndarray]:
     """Detection image: sum of the detection bands, and its noise std ``sqrt(sum sigma_b^2)``.
 
     Args:
         blends: ``(N, H, W, C)``.
-        noise_std: ``(C,)`` sky noise std per band.
+        noise_std: ``(C,)`` sky noise std per band, or ``(N, C)`` per stamp and band.
         bands: band names of the C channels.
         detect_bands: bands to coadd (those present are used).
 
     Returns:
-        ``(N, H, W)`` coadd and its noise std (scalar).
+        ``(N, H, W)`` coadd and its noise std: a scalar for ``(C,)`` noise, ``(N,)`` for
+        ``(N, C)``.
     """
     idx = _band_indices(bands, detect_bands)
     noise_std = np.asarray(noise_std, dtype=np.float64)
-    return np.asarray(blends, dtype=np.float64)[..., idx].sum(axis=-1), float(
-        np.sqrt((noise_std[idx] ** 2).sum())
-    )
+    image = np.asarray(blends, dtype=np.float64)[..., idx].sum(axis=-1)
+    if noise_std.ndim == 2:
+        return image, np.sqrt((noise_std[:, idx] ** 2).sum(axis=-1))
+    return image, float(np.sqrt((noise_std[idx] ** 2).sum()))
 
 
 def _sep_stamp(image_bands: np.ndarray, det: np.ndarray, det_err: float, noise_std: np.ndarray):
@@ -227,7 +254,7 @@ def run_sep(
     Args:
         blends: ``(N, H, W, C)`` noisy, sky-subtracted blends, channels last.
         noise_std: ``(C,)`` sky noise std per band (image unit), e.g.
-            :func:`tfdeblend.evaluate.metrics.sky_noise_std`.
+            :func:`tfdeblend.evaluate.metrics.sky_noise_std`, or ``(N, C)`` per stamp.
         bands: names of the C bands.
         detect_bands: bands summed into the detection image.
         progress: show a tqdm bar.
@@ -237,16 +264,14 @@ def run_sep(
     """
     import sep
 
-    blends = np.asarray(blends, dtype=np.float64)
-    if blends.ndim != 4 or blends.shape[-1] != len(bands):
-        raise TfdeblendError(
-            f"blends must be (N, H, W, C) with C = {len(bands)} bands, got shape {blends.shape}"
-        )
-    noise_std = np.asarray(noise_std, dtype=np.float64)
+    blends = _check_blends(blends, bands)
+    noise_std = _check_noise(noise_std, len(blends), len(bands))
     det, det_err = coadd(blends, noise_std, bands, detect_bands)
+    per_stamp = noise_std.ndim == 2
     sep.set_sub_object_limit(4096)
     rows = [
-        _sep_stamp(blends[i], det[i], det_err, noise_std)
+        _sep_stamp(blends[i], det[i], float(det_err[i]) if per_stamp else det_err,
+                   noise_std[i] if per_stamp else noise_std)
         for i in tqdm(range(len(blends)), desc="sep", unit="stamp", disable=not progress)
     ]
     return catalog_from_rows(rows, len(bands))
@@ -347,7 +372,8 @@ def run_source_extractor(
 
     Args:
         blends: ``(N, H, W, C)`` noisy, sky-subtracted blends.
-        noise_std: ``(C,)`` sky noise std per band.
+        noise_std: ``(C,)`` sky noise std per band, or ``(N, C)`` per stamp (one run per distinct
+            row, as the threshold is absolute).
         bands: names of the C bands.
         detect_bands: bands summed into the detection image.
         binary: executable; default :func:`source_extractor_binary`.
@@ -366,7 +392,28 @@ def run_source_extractor(
             "Source Extractor is not installed (no 'source-extractor' or 'sex' on PATH); "
             "on Debian/Ubuntu: apt-get install source-extractor"
         )
-    blends = np.asarray(blends, dtype=np.float64)
+    blends = _check_blends(blends, bands)
+    noise_std = _check_noise(noise_std, len(blends), len(bands))
+    if noise_std.ndim == 2:
+        # the threshold is absolute, one per run: one run per distinct noise row
+        rows_noise, group = np.unique(noise_std, axis=0, return_inverse=True)
+        group = np.asarray(group).ravel()
+        parts = [
+            (np.flatnonzero(group == g), run_source_extractor(
+                blends[group == g], rows_noise[g], bands, detect_bands, binary, progress=False))
+            for g in tqdm(range(len(rows_noise)), desc="source-extractor", unit="noise",
+                          disable=not progress)
+        ]
+        k_max = max([cat["x"].shape[1] for _, cat in parts] + [1])
+        merged = empty_catalog(len(blends), k_max, len(bands))
+        for index, cat in parts:
+            k = cat["x"].shape[1]
+            for key in CATALOG_KEYS:
+                if key == "n":
+                    merged[key][index] = cat[key]
+                else:
+                    merged[key][index, :k] = cat[key]
+        return merged
     n_stamps = len(blends)
     det, det_err = coadd(blends, noise_std, bands, detect_bands)
     per_band = []
@@ -406,14 +453,128 @@ def run_source_extractor(
     return catalog_from_rows(rows, len(bands))
 
 
-#: baseline name -> runner
-BASELINES = {"sep": run_sep, "source-extractor": run_source_extractor}
+class Baseline:
+    """A baseline method: detects and measures objects on stamps, returning a catalog dict.
+
+    Subclasses set :attr:`name` (the CLI name) and :attr:`description`, implement :meth:`run`, and
+    override :meth:`why_unavailable` when they need something that may be missing (a binary, an
+    optional package). Register an instance in :data:`BASELINES`.
+
+    Every entry point takes images channels last and returns a catalog dict. Today there is one,
+    :meth:`run`, on a batch of stamps with a sky noise std; a method for whole images (e.g.
+    ``run_image(image (H, W, C), variance, mask, bands)``) can be added beside it, its default
+    here raising :class:`TfdeblendError` for the baselines that do not implement it.
+    """
+
+    #: CLI name (``--baseline NAME``) and key in :data:`BASELINES`
+    name: str = ""
+    #: one line for help texts and reports
+    description: str = ""
+
+    def why_unavailable(self) -> str | None:
+        """Why this baseline cannot run here (one line, with the fix), or ``None`` when it can."""
+        return None
+
+    def available(self) -> bool:
+        """Whether everything the baseline needs is installed."""
+        return self.why_unavailable() is None
+
+    def require(self) -> None:
+        """Raise :class:`TfdeblendError` (one line saying why) when the baseline cannot run."""
+        why = self.why_unavailable()
+        if why is not None:
+            raise TfdeblendError(f"{self.name} is not available: {why}")
+
+    def run(
+        self,
+        images: np.ndarray,
+        noise_std: np.ndarray,
+        bands: Sequence[str],
+        progress: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """Detect and measure every stamp.
+
+        Args:
+            images: ``(N, H, W, C)`` noisy, sky-subtracted stamps, channels last.
+            noise_std: ``(C,)`` sky noise std per band, or ``(N, C)`` per stamp and band.
+            bands: names of the C bands.
+            progress: show a tqdm bar.
+
+        Returns:
+            A catalog dict (module docstring).
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class SepBaseline(Baseline):
+    """:func:`run_sep`: sep with the DES Y6 settings."""
+
+    name = "sep"
+    description = "sep (SExtractor algorithms in Python), DES Y6 settings"
+
+    def __init__(self, detect_bands: Sequence[str] = DEFAULT_DETECT_BANDS) -> None:
+        self.detect_bands = tuple(detect_bands)
+
+    def why_unavailable(self) -> str | None:
+        if importlib.util.find_spec("sep") is None:
+            return "the `sep` Python package is not installed (pip install sep)"
+        return None
+
+    def run(self, images, noise_std, bands, progress=True):
+        return run_sep(images, noise_std, bands, self.detect_bands, progress=progress)
+
+
+class SourceExtractorBaseline(Baseline):
+    """:func:`run_source_extractor`: the Source Extractor binary with the DES Y6 settings."""
+
+    name = "source-extractor"
+    description = "the Source Extractor binary in dual-image mode, DES Y6 settings"
+
+    def __init__(
+        self,
+        detect_bands: Sequence[str] = DEFAULT_DETECT_BANDS,
+        binary: Callable[[], str | None] = source_extractor_binary,
+    ) -> None:
+        self.detect_bands = tuple(detect_bands)
+        self._binary = binary
+
+    def why_unavailable(self) -> str | None:
+        if self._binary() is None:
+            return ("the `source-extractor` (or `sex`) binary is not on PATH "
+                    "(apt-get install source-extractor)")
+        return None
+
+    def run(self, images, noise_std, bands, progress=True):
+        return run_source_extractor(images, noise_std, bands, self.detect_bands,
+                                    binary=self._binary(), progress=progress)
+
+
+#: CLI name -> baseline; the one place a baseline is registered
+BASELINES: dict[str, Baseline] = {
+    baseline.name: baseline for baseline in (SepBaseline(), SourceExtractorBaseline())
+}
+
+
+def get_baseline(name: str, require: bool = True) -> Baseline:
+    """The registered baseline called ``name``.
+
+    Raises:
+        TfdeblendError: unknown name, or (with ``require``) the baseline cannot run here; one
+            line saying why.
+    """
+    if name not in BASELINES:
+        raise TfdeblendError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    baseline = BASELINES[name]
+    if require:
+        baseline.require()
+    return baseline
 
 
 def run_baseline(
     name: str, blends: np.ndarray, noise_std: np.ndarray, bands: Sequence[str], **kwargs
 ) -> dict[str, np.ndarray]:
-    """Run the baseline called ``name`` (``sep`` or ``source-extractor``); see :data:`BASELINES`."""
-    if name not in BASELINES:
-        raise TfdeblendError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
-    return BASELINES[name](blends, noise_std, bands, **kwargs)
+    """Run the registered baseline called ``name`` (see :data:`BASELINES`) on stamps."""
+    return get_baseline(name).run(blends, noise_std, bands, **kwargs)

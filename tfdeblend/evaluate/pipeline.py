@@ -1,0 +1,293 @@
+"""The evaluation pipeline: test sets and a model in, a report directory out.
+
+:func:`evaluate` (what ``tfdeblend evaluate`` runs) loads the test sets and the model and calls
+:func:`evaluate_loaded`, which for each test set
+
+1. measures the sky noise (:func:`analysis.sky_noise`),
+2. runs the model over the test set once (:func:`deblend_testset`, batch by batch), keeping the
+   catalog of the flux-conserving components, the image metrics and what the Fig. 13 gallery
+   shows (the first components and the residual),
+3. runs the chosen baselines (:data:`tfdeblend.evaluate.baselines.BASELINES`),
+4. computes the metrics (:mod:`tfdeblend.evaluate.analysis`) and draws the figures
+   (:mod:`tfdeblend.evaluate.figures`),
+
+then renders ``report.md`` and ``metrics.json`` (:mod:`tfdeblend.evaluate.report`). The report
+directory is built in a temporary directory and renamed when complete:
+
+- ``report.md``: Table I (quality fractions), Table II (PSNR / SSIM per deblend index, paper and
+  BTK definitions), flux and moment recovery, the truth-based metrics of tfdeblend and each
+  baseline side by side, the paper's numbers beside ours, links to the figures;
+- ``metrics.json``: every number of the report (``NaN`` written as ``null``);
+- PNG figures ``<testset>_fig6_flux_x.png`` ... (see :data:`figures.FIGURES`).
+
+This is the only module of :mod:`tfdeblend.evaluate` that runs a model or a baseline or writes
+files; analysis, figures and report never import it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tfdeblend.errors import TfdeblendError
+from tfdeblend.evaluate import analysis, figures, report
+from tfdeblend.evaluate import baselines as bl
+from tfdeblend.evaluate.match import DEFAULT_MAX_SEP
+from tfdeblend.utils import atomic_dir, check_output_path
+
+# --------------------------------------------------------------------------------------------
+# checks and loading
+
+
+def check_compatible(testset: dict[str, Any], bands: Sequence[str], stamp_size: int, name: str):
+    """Raise :class:`TfdeblendError` when a test set does not fit the model's bands or stamps."""
+    data_bands = [str(b) for b in np.asarray(testset["bands"]).ravel()]
+    if data_bands != [str(b) for b in bands]:
+        raise TfdeblendError(
+            f"test set {name} has bands {','.join(data_bands)} but the model expects "
+            f"{','.join(bands)}"
+        )
+    shape = np.asarray(testset["blend"]).shape
+    if len(shape) != 4 or shape[1] != stamp_size or shape[2] != stamp_size:
+        raise TfdeblendError(
+            f"test set {name} has stamps of shape {shape[1:3]} but the model expects "
+            f"{stamp_size}x{stamp_size}"
+        )
+
+
+def testset_names(dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """Report names of test-set directories: the directory name, made unique with ``_2``, ..."""
+    names: list[str] = []
+    for d in dirs:
+        path = Path(d)
+        base = (path.parent if path.name == "blends.fits" else path).resolve().name or "testset"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# inference
+
+
+def _first_components(components: np.ndarray, k: int) -> np.ndarray:
+    """``components[:, :k]``, zero padded to ``k`` components."""
+    components = np.asarray(components)
+    first = components[:, :k]
+    if first.shape[1] < k:
+        pad = [(0, 0)] * first.ndim
+        pad[1] = (0, k - first.shape[1])
+        first = np.pad(first, pad)
+    return first
+
+
+def deblend_testset(
+    model, testset: dict[str, np.ndarray], batch_size: int = 32, progress: bool = True
+) -> dict[str, Any]:
+    """Run the model over a test set once, batch by batch, and keep what the report needs.
+
+    Each stamp goes through ``model.deblend`` exactly once (one call per batch of
+    ``batch_size`` stamps). The outputs are reduced batch by batch to the catalog of the
+    flux-conserving components, the image metrics of the noiseless components and the arrays
+    the Fig. 13 gallery shows.
+
+    Args:
+        model: an object with ``deblend(images (N, H, W, C), batch_size) -> dict``
+            (:class:`tfdeblend.export.DeblendModel`).
+        testset: the test-set dict.
+        batch_size: stamps per model call.
+        progress: a tqdm bar.
+
+    Returns:
+        ``quality (N,)``, ``n_components (N,)``, ``post_peel`` (blends changed by the post-peel
+        steps: ``split``, ``recovered``, ``merged``), ``img`` (:func:`analysis.image_metrics`),
+        ``catalog`` (:func:`baselines.catalog_from_components` of ``conserved``) and
+        ``gallery`` (``components (N, 2, H, W, C)``, the first two in peel order, zero padded;
+        ``residual (N, H, W, C)``; ``n_components``).
+    """
+    blends = np.asarray(testset["blend"], dtype=np.float32)
+    n_stamps = len(blends)
+    quality = np.zeros(n_stamps, dtype=np.int64)
+    n_comp = np.zeros(n_stamps, dtype=np.int64)
+    # blends changed by the post-peel steps, and the components merged away
+    added = {"split": 0, "recovered": 0, "merged": 0}
+    img_parts, cat_parts, comp_parts, residual_parts = [], [], [], []
+    for start in tqdm(
+        range(0, n_stamps, batch_size), desc="deblend", unit="batch", disable=not progress
+    ):
+        part = model.deblend(blends[start : start + batch_size], batch_size=batch_size)
+        stop = start + len(part["quality"])
+        quality[start:stop] = part["quality"]
+        n_comp[start:stop] = part["n_components"]
+        for key in added:
+            added[key] += int(np.sum(part.get(key, 0)))
+        sub = {k: np.asarray(testset[k])[start:stop] for k in ("isolated", "x", "y", "n_gal")}
+        img_parts.append(analysis.image_metrics(part["components"], part["n_components"], sub))
+        # photometry and moments from the flux-conserving components; PSNR/SSIM above compare
+        # the RDN's noiseless models with the noiseless truth
+        cat_parts.append(bl.catalog_from_components(
+            part.get("conserved", part["components"]), part["n_components"]))
+        comp_parts.append(_first_components(part["components"], figures.GALLERY_COMPONENTS))
+        residual_parts.append(np.asarray(part["residual"]))
+    return {
+        "quality": quality,
+        "n_components": n_comp,
+        "post_peel": added,
+        "img": {k: analysis.concat_padded([p[k] for p in img_parts]) for k in img_parts[0]},
+        "catalog": {k: analysis.concat_padded([p[k] for p in cat_parts]) for k in cat_parts[0]},
+        "gallery": {"components": np.concatenate(comp_parts),
+                    "residual": np.concatenate(residual_parts), "n_components": n_comp},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+def _write_figures(tmp: Path, name: str, testset, methods, deblended, bands, gallery_size,
+                   progress) -> list[tuple[str, str]]:
+    blocks: list[tuple[str, str]] = []
+    steps = tqdm(total=len(figures.FIGURES), desc="figures", disable=not progress)
+    for key, fig in figures.testset_figures(testset, methods, deblended["quality"],
+                                            deblended["gallery"], bands, gallery_size):
+        suffix, caption = figures.FIGURES[key]
+        fname = f"{name}_{suffix}"
+        figures.save_figure(fig, tmp / fname)
+        blocks.append((fname, caption))
+        steps.update()
+    steps.close()
+    return blocks
+
+
+def evaluate_loaded(
+    testsets: dict[str, dict[str, np.ndarray]],
+    model,
+    out_dir: str | os.PathLike,
+    baselines: Sequence[str] = ("sep",),
+    batch_size: int = 32,
+    max_sep: float = DEFAULT_MAX_SEP,
+    overwrite: bool = False,
+    progress: bool = True,
+    gallery_size: int = 6,
+) -> dict[str, Any]:
+    """Evaluate already-loaded test sets with a loaded model and write the report.
+
+    Args:
+        testsets: name -> test-set dict (as :func:`tfdeblend.data.load_testset` returns).
+        model: an object with ``bands``, ``stamp_size``, ``name`` and
+            ``deblend(images (N, H, W, C), batch_size) -> dict`` (:class:`export.DeblendModel`).
+        out_dir: the report directory (written atomically).
+        baselines: names in :data:`tfdeblend.evaluate.baselines.BASELINES`.
+        batch_size: blends per model call.
+        max_sep: matching radius, pixels.
+        overwrite: replace an existing ``out_dir``.
+        progress: tqdm bars.
+        gallery_size: stamps per failure gallery.
+
+    Returns:
+        The metrics dict also written to ``metrics.json``.
+
+    Raises:
+        TfdeblendError: existing output, unknown or unavailable baseline, no test set, a test set
+            that does not fit the model, bad batch size.
+    """
+    out_dir = check_output_path(out_dir, overwrite)
+    chosen = {name: bl.get_baseline(name) for name in baselines}
+    if not testsets:
+        raise TfdeblendError("no test set given")
+    for name, ts in testsets.items():
+        check_compatible(ts, model.bands, model.stamp_size, name)
+    if batch_size < 1:
+        raise TfdeblendError(f"batch size must be >= 1, got {batch_size}")
+
+    bands = list(model.bands)
+    notes: list[str] = []
+    results: dict[str, Any] = {
+        "model": {"name": str(getattr(model, "name", "model")), "bands": bands,
+                  "stamp_size": int(model.stamp_size), "path": str(getattr(model, "path", ""))},
+        "definitions": analysis.definitions(max_sep),
+        "paper": analysis.paper_numbers(),
+        "baselines": list(baselines),
+        "testsets": {},
+        "notes": notes,
+    }
+    with atomic_dir(out_dir) as tmp:
+        figure_blocks: dict[str, list[tuple[str, str]]] = {}
+        for name, ts in testsets.items():
+            sky_std, floor = analysis.sky_noise(ts)
+            if floor is not None:
+                notes.append(f"{name}: no sky noise measurable (noiseless test set); the baselines "
+                             f"use a noise floor of {floor:.3g}")
+            deblended = deblend_testset(model, ts, batch_size, progress)
+            methods = {"tfdeblend": analysis.analyze_catalog(deblended["catalog"], ts, sky_std,
+                                                             max_sep)}
+            blends = np.asarray(ts["blend"], dtype=np.float32)
+            for base, baseline in chosen.items():
+                cat = baseline.run(blends, sky_std, bands, progress=progress)
+                methods[base] = analysis.analyze_catalog(cat, ts, sky_std, max_sep)
+            results["testsets"][name] = analysis.testset_summary(
+                ts, bands, sky_std, deblended["quality"], deblended["n_components"],
+                deblended["img"], deblended["post_peel"], methods,
+            )
+            figure_blocks[name] = _write_figures(tmp, name, ts, methods, deblended, bands,
+                                                 gallery_size, progress)
+        results["figures"] = {n: [f for f, _ in blocks] for n, blocks in figure_blocks.items()}
+        (tmp / "metrics.json").write_text(report.render_json(results))
+        (tmp / "report.md").write_text(report.render_markdown(results, figure_blocks))
+    return results
+
+
+def evaluate(
+    testset_dirs: Sequence[str | os.PathLike],
+    model_dir: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    baselines: Sequence[str] = ("sep",),
+    batch_size: int = 32,
+    max_sep: float = DEFAULT_MAX_SEP,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model on test sets against baselines and write the report directory.
+
+    Args:
+        testset_dirs: test-set directories (``blends.fits`` + ``truth.fits``, or TFRecords), e.g.
+            the 2-galaxy and 3-galaxy sets.
+        model_dir: exported model (``None``: :func:`tfdeblend.export.default_model_dir`).
+        out_dir: report directory: ``report.md``, ``metrics.json``, PNG figures.
+        baselines: names in :data:`tfdeblend.evaluate.baselines.BASELINES` (``sep``,
+            ``source-extractor``).
+        batch_size: blends per model call.
+        max_sep: matching radius, pixels.
+        overwrite: replace an existing ``out_dir``.
+        progress: tqdm bars.
+
+    Returns:
+        The metrics dict (also in ``metrics.json``).
+
+    Raises:
+        TfdeblendError: missing/mismatched test set or model, existing output, unknown or
+            unavailable baseline, bad option.
+    """
+    check_output_path(out_dir, overwrite)
+    if not testset_dirs:
+        raise TfdeblendError("no test set given")
+    for name in baselines:  # before the (slow) loading
+        bl.get_baseline(name)
+    from tfdeblend.data import load_testset
+    from tfdeblend.export import load_model
+
+    testsets = {}
+    for name, path in zip(testset_names(testset_dirs), testset_dirs):
+        if not Path(path).exists():
+            raise TfdeblendError(f"test set {path} does not exist")
+        testsets[name] = load_testset(path)
+    model = load_model(model_dir)
+    return evaluate_loaded(testsets, model, out_dir, baselines=baselines, batch_size=batch_size,
+                           max_sep=max_sep, overwrite=overwrite, progress=progress)
