@@ -55,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdeblend.config import MAD_TO_SIGMA
+from tfdeblend.measure import FOOTPRINT_SIGMA
 from tfdeblend.normalize import denormalize, normalize
 from tfdeblend.peel_config import COUNT_VIEWS, PeelConfig
 
@@ -63,8 +64,6 @@ REPEAT_LIMIT: int = 3
 #: Which of :func:`dihedral_views`' 8 transforms each allowed number of views uses.
 _VIEW_ORDER: dict[int, tuple[int, ...]] = {1: (0,), 2: (0, 1), 4: (0, 2, 3, 4), 8: tuple(range(8))}
 assert tuple(_VIEW_ORDER) == COUNT_VIEWS
-#: Footprint of the flux-conserving components: summed model above this many noise sigmas.
-FOOTPRINT_SIGMA: float = 0.5
 #: Residual detection: Gaussian smoothing sigma (pixels) of the residual's S/N map, about the
 #: LSST PSF's (0.7 arcsec FWHM at 0.2 arcsec per pixel).
 DETECT_SMOOTH_SIGMA: float = 1.5

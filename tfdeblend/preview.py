@@ -108,3 +108,68 @@ def save_previews(
             )
         )
     return paths
+
+
+#: Marker colour of each quality in whole-image previews.
+QUALITY_COLOURS: dict[int, str] = {2: "#2ca02c", 1: "#ff9f1c", 0: "#d62728"}
+#: Largest side (pixels) of a whole-image preview; bigger images are binned down.
+IMAGE_PREVIEW_SIDE: int = 1600
+
+
+def save_image_preview(path, source, catalog, overwrite: bool = False) -> Path:
+    """PNG of a whole image (Lupton RGB) with each galaxy of ``catalog`` marked by a circle
+    coloured by its quality (green high, orange medium, red low); missing pixels grey.
+
+    Args:
+        path: PNG file (written atomically).
+        source: the :class:`tfdeblend.image_io.ImageSource` that was deblended.
+        catalog: its catalog (``x``, ``y``, ``mu20``, ``mu02``, ``quality``).
+        overwrite: replace an existing file.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from tfdeblend.utils import atomic_file
+
+    height, width = source.shape
+    step = max(1, int(np.ceil(max(height, width) / IMAGE_PREVIEW_SIDE)))
+    bands = []
+    holes = np.zeros(((height + step - 1) // step, (width + step - 1) // step), bool)
+    for c in range(len(source.bands)):
+        image, _, missing = source.read_band(c, 0, height)
+        image = image[::step, ::step]
+        holes |= missing[::step, ::step]
+        bands.append(image)
+    cube = np.stack(bands, axis=-1)
+    finite = cube[~holes] if (~holes).any() else cube.reshape(-1, cube.shape[-1])
+    stretch = 3.0 * float(np.median(np.abs(finite - np.median(finite)))) * 1.4826 or 1.0
+    rgb = lupton_rgb(cube, stretch * 3.0, q=8.0).copy()
+    rgb[holes] = 128
+    scale = float(np.clip(max(width, height) / step / 100.0, 6.0, 14.0))
+    fig, ax = plt.subplots(figsize=(scale * width / max(width, height) + 1.5,
+                                    scale * height / max(width, height) + 0.6))
+    ax.imshow(rgb, origin="lower", extent=(-0.5, width - 0.5, -0.5, height - 0.5))
+    size = np.sqrt(np.clip(np.nan_to_num(catalog["mu20"] + catalog["mu02"]), 1.0, 400.0))
+    for code, colour in QUALITY_COLOURS.items():
+        pick = np.asarray(catalog["quality"]) == code
+        ax.scatter(np.asarray(catalog["x"])[pick], np.asarray(catalog["y"])[pick],
+                   s=(2.5 * size[pick] / step) ** 2, facecolors="none", edgecolors=colour,
+                   linewidths=0.7)
+    ax.legend(
+        handles=[Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
+                        markeredgecolor=QUALITY_COLOURS[c], label=QUALITY_NAMES[c])
+                 for c in (2, 1, 0)],
+        loc="upper right", fontsize=7, framealpha=0.6,
+    )
+    ax.set_title(f"{len(catalog)} galaxies; bands {','.join(source.bands)}", fontsize=9)
+    ax.set_xlabel("x (pixels)")
+    ax.set_ylabel("y (pixels)")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

@@ -213,3 +213,223 @@ def summary_line(summary: dict) -> str:
             "left in the residual, and flagged in BLENDS.outliers"
         )
     return line
+
+
+def run_image(
+    inputs,
+    output_path: str | os.PathLike,
+    model=None,
+    scene=None,
+    batch_size: int = 32,
+    file_bands=None,
+    mask_bits=None,
+    catalog_format: str = "fits",
+    preview_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> dict:
+    """Deblend a whole survey image (cube or one file per band): FITS out with ``MODEL``,
+    ``RESIDUAL`` and ``CATALOG`` (:mod:`tfdeblend.scene`, :mod:`tfdeblend.image_io`).
+
+    Args:
+        inputs: one cube FITS file, or one file per band (LSST/HSC coadd layout).
+        output_path: results FITS file.
+        model: a :class:`tfdeblend.export.DeblendModel`, a model directory, or ``None`` for the
+            default model.
+        scene: a :class:`tfdeblend.scene.SceneConfig` (default options when ``None``).
+        batch_size: stamps per graph call.
+        file_bands: the band of each file (one file per band), or of each cube channel when the
+            cube has no ``BANDS`` keyword.
+        mask_bits: mask planes (names or bits) that mark missing pixels.
+        catalog_format: ``fits`` (the ``CATALOG`` HDU only), ``parquet`` or ``csv`` (also a
+            catalog file beside the output: ``<output stem>.catalog.<format>``).
+        preview_path: write a PNG of the image with the galaxies marked by quality there.
+        overwrite: replace existing outputs.
+        progress: show a progress bar over blends (stamps peeled).
+        workers: deblend the tiles on a local Dask cluster of this many worker processes.
+        scheduler: deblend the tiles on the Dask cluster at this scheduler address.
+
+    Returns:
+        Summary dict: ``n_objects``, ``n_blends``, ``n_stamps``, ``quality`` (objects per quality
+        name), ``flags`` (objects per flag), ``shape``, ``output``, ``catalog`` (side file or
+        ``None``), ``preview``, ``seconds``.
+
+    Raises:
+        TfdeblendError: bad input or options, missing model, existing output without
+            ``overwrite``.
+    """
+    from tfdeblend.image_io import open_image
+    from tfdeblend.scene import SceneConfig, merge_tiles, plan_tiles
+    from tfdeblend.utils import check_output_path
+
+    started = time.perf_counter()
+    if int(batch_size) < 1:
+        raise TfdeblendError(f"batch size must be positive, not {batch_size}")
+    if catalog_format not in CATALOG_FORMATS:
+        raise TfdeblendError(
+            f"unknown catalog format {catalog_format!r}; one of {', '.join(CATALOG_FORMATS)}"
+        )
+    if workers is not None and scheduler is not None:
+        raise TfdeblendError("give --workers or --scheduler, not both")
+    if workers is not None and int(workers) < 1:
+        raise TfdeblendError(f"workers must be at least 1, not {workers}")
+    scene = SceneConfig() if scene is None else scene
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    output_path = check_output_path(output_path, overwrite)
+    if any(Path(p).exists() and Path(p).resolve() == output_path.resolve() for p in inputs):
+        raise TfdeblendError("the output file must differ from the input file")
+    side = None
+    if catalog_format != "fits":
+        side = check_output_path(
+            output_path.with_name(f"{output_path.stem}.catalog.{catalog_format}"), overwrite
+        )
+    if preview_path is not None:
+        preview_path = check_output_path(preview_path, overwrite)
+    bands, stamp_size = _model_info(model)
+    source = open_image(inputs, bands, file_bands=file_bands, mask_bits=mask_bits)
+    tiles = plan_tiles(source.shape, scene.tile_size, scene.tile_overlap)
+    if workers is not None or scheduler is not None:
+        from tfdeblend.cluster import deblend_tiles_dask
+
+        model_dir = model.path if hasattr(model, "path") else model
+        results, model_info = deblend_tiles_dask(
+            source, tiles, model_dir, scene, batch_size, workers=workers, scheduler=scheduler,
+            progress=progress,
+        )
+    else:
+        from tfdeblend.export import DeblendModel, load_model
+
+        if not isinstance(model, DeblendModel):
+            model = load_model(model)
+        results = deblend_tiles(source, tiles, model, scene, batch_size, progress)
+        model_info = {"model": model.name, "version": model.version, "peel": model.peel_config}
+    columns = merge_tiles(results, source.bands)
+    catalog = _catalog_table(columns, source)
+    image_model = np.zeros((len(source.bands), *source.shape), np.float32)
+    for result in results:
+        y0, y1, x0, x1 = result.ext
+        image_model[:, y0:y1, x0:x1] += result.model
+    from tfdeblend.image_io import write_image_results
+
+    info = {**model_info, "scene": scene, "input": ",".join(Path(p).name for p in inputs)}
+    write_image_results(output_path, source, image_model, catalog, info, overwrite=overwrite)
+    if side is not None:
+        _write_side_catalog(catalog, side, catalog_format, overwrite)
+    if preview_path is not None:
+        from tfdeblend.preview import save_image_preview
+
+        save_image_preview(preview_path, source, catalog, overwrite=overwrite)
+    quality = {name: int((catalog["quality"] == code).sum()) for code, name in QUALITY_NAMES.items()}
+    from tfdeblend.scene import FLAGS
+
+    return {
+        "n_objects": len(catalog),
+        "n_blends": int(len(np.unique(catalog["blend_id"]))),
+        "n_stamps": int(sum(r.stats["stamps"] for r in results)),
+        "n_tiles": len(tiles),
+        "quality": quality,
+        "flags": {flag: int(np.sum(catalog[flag])) for flag in FLAGS},
+        "shape": source.shape,
+        "output": str(output_path),
+        "catalog": None if side is None else str(side),
+        "preview": None if preview_path is None else str(preview_path),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+#: Catalog file formats of :func:`run_image` (``fits``: only the ``CATALOG`` HDU).
+CATALOG_FORMATS: tuple[str, ...] = ("fits", "parquet", "csv")
+
+
+def deblend_tiles(source, tiles, model, scene, batch_size: int = 32, progress: bool = True):
+    """Deblend every tile of ``source`` in this process; the tiles' results in tile order."""
+    from tqdm.auto import tqdm
+
+    from tfdeblend.scene import deblend_tile
+
+    stamp_size = model.stamp_size
+    results = []
+    with tqdm(total=0, unit="blend", desc="deblending", disable=not progress) as bar:
+        for tile in tiles:
+            image, variance, missing = source.read(*tile.ext)
+            results.append(deblend_tile(
+                image, variance, missing,
+                lambda stamps: deblend_batch(model, stamps, batch_size=batch_size),
+                tile, scene, stamp_size, source.bands, batch_size=batch_size,
+                progress=lambda n: (setattr(bar, "total", bar.total + n), bar.update(n)),
+            ))
+    return results
+
+
+def _catalog_table(columns: dict, source):
+    """The catalog as an astropy Table with units; ``ra, dec`` from the WCS when there is one."""
+    from astropy.table import Table
+
+    from tfdeblend.scene import catalog_columns
+
+    wcs = source.wcs()
+    table = Table()
+    for name in catalog_columns(source.bands):
+        if name in ("ra", "dec"):
+            if wcs is None:
+                continue
+            ra, dec = wcs.pixel_to_world_values(columns["x"], columns["y"])
+            table["ra"] = np.asarray(ra, np.float64) % 360.0
+            table["dec"] = np.asarray(dec, np.float64)
+            table["ra"].unit = table["dec"].unit = "deg"
+            continue
+        table[name] = columns[name]
+    table["x"].unit = table["y"].unit = "pix"
+    for name in ("mu20", "mu02", "mu11"):
+        table[name].unit = "pix2"
+    if source.bunit:  # only a unit FITS knows (else the CATALOG header's BUNIT says it)
+        import astropy.units as u
+
+        try:
+            unit = u.Unit(source.bunit, format="fits")
+        except ValueError:
+            unit = None
+        for band in source.bands:
+            table[f"flux_{band}"].unit = table[f"flux_err_{band}"].unit = unit
+    return table
+
+
+def _write_side_catalog(table, path: Path, fmt: str, overwrite: bool) -> None:
+    from tfdeblend.utils import atomic_file
+
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        plain = table.copy()
+        for column in plain.columns.values():
+            column.unit = None if fmt == "csv" else column.unit
+        if fmt == "parquet":
+            plain.write(tmp, format="parquet", overwrite=True)
+        else:
+            plain.write(tmp, format="ascii.csv", overwrite=True)
+
+
+def image_summary_line(summary: dict) -> str:
+    """The one line ``tfdeblend run`` prints about a whole-image run."""
+    quality = ", ".join(f"{k} {v}" for k, v in summary["quality"].items())
+    flags = ", ".join(f"{v} {k}" for k, v in summary["flags"].items() if v)
+    height, width = summary["shape"]
+    line = (
+        f"Deblended a {width}x{height} image into {summary['n_objects']} galaxies in "
+        f"{summary['n_blends']} blend(s) ({summary['n_stamps']} stamps) in "
+        f"{summary['seconds']:.1f} s (quality: {quality}"
+        + (f"; flags: {flags}" if flags else "") + f"); wrote {summary['output']}"
+    )
+    if summary.get("catalog"):
+        line += f" and {summary['catalog']}"
+    return line
+
+
+def deblend_kind(inputs, model=None) -> str:
+    """``"stamps"`` or ``"image"``: what :func:`run_file` or :func:`run_image` takes ``inputs``
+    for (:func:`tfdeblend.image_io.input_kind` with the model's stamp size)."""
+    from tfdeblend.image_io import input_kind
+
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    _, stamp_size = _model_info(model)
+    return input_kind(inputs, stamp_size)

@@ -1,0 +1,540 @@
+"""Survey images in and out: coadd cubes or one file per band, with variance, mask and WCS.
+
+Input (:func:`open_image`) is one of
+
+- a **cube**: one FITS file whose first image HDU is ``(C, H, W)`` (any size, H, W >= 1) with a
+  ``BANDS = 'g,r,i'`` header keyword, optional image extensions ``VARIANCE`` and ``MASK`` of the
+  same shape, and an optional celestial WCS in the image header;
+- **one file per band** in the LSST/HSC coadd (``ExposureF``) layout: an empty primary HDU, then
+  the image (HDU 1, with the WCS), the mask (HDU 2) and the variance (HDU 3), the band named by
+  the file's ``FILTER`` or ``BAND`` keyword (``i``, ``HSC-I``, ``i_01``...) or by ``bands``.
+
+Pixels that are NaN/inf, or flagged in the mask, are **missing**: never a reason to refuse an
+image. Mask planes follow the LSST/HSC convention: a ``MP_<NAME> = bit`` header keyword names
+each plane; the planes :data:`DEFAULT_BAD_PLANES` mark a pixel bad by default, and
+``mask_bits`` (names or bit numbers) chooses others. A mask without ``MP_`` keywords means
+"nonzero = bad" unless ``mask_bits`` says which bits.
+
+Refused with one line (:class:`tfdeblend.errors.DataError`): not FITS, no image, a cube without
+``BANDS``, bands that lack one of the model's, a variance or mask of another shape, a variance
+that is zero, negative or NaN on a pixel with data, and an image with no valid pixel at all.
+
+Images are read lazily (memmap) region by region (:meth:`ImageSource.read`), so a worker reads
+only its tile and memory stays bounded. Axis order: channels first, ``(C, H, W)``, as in the files.
+
+Output (:func:`write_image_results`): one FITS file with the model and residual images (with the
+input's WCS) and the object catalog; see :mod:`tfdeblend.scene` for the catalog's columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
+
+from tfdeblend.config import parse_bands
+from tfdeblend.errors import DataError, TfdeblendError
+
+#: LSST/HSC mask plane bits, used when a mask names none of its planes (``MP_*`` keywords).
+LSST_MASK_PLANES: dict[str, int] = {
+    "BAD": 0, "SAT": 1, "INTRP": 2, "CR": 3, "EDGE": 4, "DETECTED": 5, "DETECTED_NEGATIVE": 6,
+    "SUSPECT": 7, "NO_DATA": 8,
+}
+#: Mask planes that make a pixel missing by default.
+DEFAULT_BAD_PLANES: tuple[str, ...] = ("BAD", "SAT", "CR", "NO_DATA", "SUSPECT")
+#: Rows scanned at a time when checking an image.
+SCAN_ROWS = 512
+_ALL_BANDS = ("u", "g", "r", "i", "z", "y")
+
+
+def _open_fits(path: Path):
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a FITS file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "File may have been truncated", AstropyUserWarning)
+            hdul = fits.open(path, memmap=True, mode="readonly")
+            hdul.verify("silentfix")
+            len(hdul)
+    except AstropyUserWarning as err:
+        raise DataError(f"{path} is truncated ({str(err).splitlines()[0]})") from err
+    except (OSError, ValueError, TypeError) as err:
+        raise DataError(f"{path} is not a readable FITS file ({str(err).splitlines()[0]})") from err
+    return hdul
+
+
+def _image_hdus(hdul) -> list[int]:
+    return [
+        i for i, hdu in enumerate(hdul)
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+        and hdu.header.get("NAXIS", 0) > 0
+    ]
+
+
+def _shape(header) -> tuple[int, ...]:
+    n = int(header["NAXIS"])
+    return tuple(int(header[f"NAXIS{i}"]) for i in range(n, 0, -1))
+
+
+def input_kind(paths: list[str | os.PathLike], stamp_size: int) -> str:
+    """``"stamps"`` for a stack of model-sized stamps (or one ``(C, S, S)`` stamp without
+    variance or mask), ``"image"`` for anything :func:`open_image` reads.
+
+    Raises:
+        DataError: a file that is not FITS or holds no image.
+    """
+    if len(paths) != 1:
+        return "image"
+    path = Path(paths[0])
+    with _open_fits(path) as hdul:
+        found = _image_hdus(hdul)
+        if not found:
+            raise DataError(f"{path} holds no image HDU")
+        shape = _shape(hdul[found[0]].header)
+        names = {hdul[i].name for i in found}
+    if len(shape) == 4:
+        return "stamps"
+    if len(shape) == 3 and shape[1:] == (stamp_size, stamp_size) and not names & {
+        "VARIANCE", "MASK"
+    }:
+        return "stamps"
+    return "image"
+
+
+def _band_of(value: str) -> str | None:
+    """The band a ``FILTER``/``BAND`` keyword names: ``i``, ``HSC-I``, ``i_01``, ``HSC-R2``..."""
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(?:hsc-|lsst-|lsst_|des-)?([ugrizy])(?:\d*|[_.-].*)", text)
+    return match.group(1) if match else None
+
+
+def _bad_bits(header, mask_bits) -> int | None:
+    """Bit mask of the bad planes, or ``None`` for "nonzero = bad"."""
+    planes = {
+        key[3:]: int(header[key]) for key in header if key.startswith("MP_")
+    }
+    if mask_bits is None:
+        if not planes:
+            return None
+        chosen = [planes[p] for p in DEFAULT_BAD_PLANES if p in planes]
+        return int(sum(1 << b for b in set(chosen)))
+    bits = 0
+    for item in mask_bits:
+        item = str(item).strip()
+        if item.isdigit():
+            bit = int(item)
+        elif item.upper() in planes:
+            bit = planes[item.upper()]
+        elif item.upper() in LSST_MASK_PLANES:
+            bit = LSST_MASK_PLANES[item.upper()]
+        else:
+            known = ", ".join(sorted(planes or LSST_MASK_PLANES))
+            raise DataError(f"unknown mask plane {item!r}; known: {known} (or bit numbers)")
+        if not 0 <= bit < 63:
+            raise DataError(f"mask bit {bit} is out of range")
+        bits |= 1 << bit
+    return bits
+
+
+@dataclasses.dataclass
+class ImageSource:
+    """Where a survey image's pixels are, checked and picklable (workers read their own tiles).
+
+    Attributes:
+        kind: ``"cube"`` or ``"bands"``.
+        paths: the file(s); for ``bands``, one per entry of :attr:`bands`.
+        bands: the bands read, channel order (the model's).
+        channels: for a cube, the cube channel of each band.
+        shape: ``(H, W)``.
+        hdus: per file, the HDU indices of ``(image, variance or -1, mask or -1)``.
+        bad_bits: per file, the mask bits that make a pixel missing (``None``: nonzero).
+        bunit: the image's ``BUNIT`` (``""`` when absent).
+        header: the image header of the first file (WCS, units...).
+    """
+
+    kind: str
+    paths: tuple[str, ...]
+    bands: tuple[str, ...]
+    channels: tuple[int, ...]
+    shape: tuple[int, int]
+    hdus: tuple[tuple[int, int, int], ...]
+    bad_bits: tuple[int | None, ...]
+    bunit: str
+    header: fits.Header
+
+    @property
+    def has_variance(self) -> bool:
+        """Whether every band has a variance plane."""
+        return all(h[1] >= 0 for h in self.hdus)
+
+    def wcs(self):
+        """The celestial WCS of the image (``None`` without one)."""
+        from astropy.wcs import WCS
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                wcs = WCS(self.header).celestial
+            except Exception:  # noqa: BLE001  (a broken WCS is no WCS)
+                return None
+        return wcs if wcs.has_celestial and wcs.naxis == 2 else None
+
+    def read(
+        self, y0: int = 0, y1: int | None = None, x0: int = 0, x1: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Pixels of rows ``y0:y1`` and columns ``x0:x1``: ``(image, variance, missing)``.
+
+        Returns:
+            ``image`` float32 ``(C, h, w)`` with missing pixels set to 0, ``variance`` float32
+            ``(C, h, w)`` (``None`` without a variance plane; missing pixels hold 0), and
+            ``missing`` bool ``(C, h, w)``: NaN/inf, masked, or (with a variance) a non-finite
+            or non-positive variance.
+        """
+        height, width = self.shape
+        y1 = height if y1 is None else y1
+        x1 = width if x1 is None else x1
+        parts = [self.read_band(c, y0, y1, x0, x1) for c in range(len(self.bands))]
+        variances = [p[1] for p in parts]
+        return (
+            np.stack([p[0] for p in parts]),
+            None if any(v is None for v in variances) else np.stack(variances),
+            np.stack([p[2] for p in parts]),
+        )
+
+    def read_band(
+        self, c: int, y0: int, y1: int, x0: int = 0, x1: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """One band of :meth:`read`: ``(image (h, w), variance (h, w) or None, missing)``."""
+        x1 = self.shape[1] if x1 is None else x1
+        path, (hi, hv, hm), bits = (
+            (self.paths[c], self.hdus[c], self.bad_bits[c]) if self.kind == "bands"
+            else (self.paths[0], self.hdus[0], self.bad_bits[0])
+        )
+        where = ((self.channels[c],) if self.kind == "cube" else ()) + (
+            slice(y0, y1), slice(x0, x1)
+        )
+        variance = None
+        with fits.open(path, memmap=True, mode="readonly") as hdul:
+            image = np.array(hdul[hi].data[where], dtype=np.float32)
+            bad = ~np.isfinite(image)
+            if hm >= 0:
+                mask = np.asarray(hdul[hm].data[where])
+                if mask.dtype.kind == "f":
+                    mask = np.nan_to_num(mask, nan=1.0)
+                mask = mask.astype(np.int64)
+                bad |= (mask != 0) if bits is None else ((mask & bits) != 0)
+            if hv >= 0:
+                variance = np.array(hdul[hv].data[where], dtype=np.float32)
+                bad |= ~(np.isfinite(variance) & (variance > 0))
+                variance[bad] = 0.0
+        image[bad] = 0.0
+        return image, variance, bad
+
+
+def open_image(
+    paths: list[str | os.PathLike] | str | os.PathLike,
+    bands: tuple[str, ...] | list[str] | str,
+    file_bands: tuple[str, ...] | list[str] | str | None = None,
+    mask_bits: list[str] | tuple[str, ...] | None = None,
+    check: bool = True,
+) -> ImageSource:
+    """Open and check a survey image (see the module docstring).
+
+    Args:
+        paths: one cube, or one file per band.
+        bands: the model's bands: the image must have them all (extra bands are ignored).
+        file_bands: with one file per band, the band of each file (else their ``FILTER`` or
+            ``BAND`` keywords); with a cube, overrides a missing ``BANDS`` keyword.
+        mask_bits: mask planes (names or bit numbers) that make a pixel missing.
+        check: scan the pixels for the problems listed in the module docstring.
+
+    Raises:
+        DataError: any of the problems listed in the module docstring.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DataError("no input file given")
+    bands = parse_bands(bands)
+    given = parse_bands(file_bands) if file_bands else None
+    opened = []
+    for path in paths:
+        opened.append((path, _open_fits(path)))
+    try:
+        source = _describe(opened, bands, given, mask_bits)
+    finally:
+        for _, hdul in opened:
+            hdul.close()
+    if check:
+        _scan(source)
+    return source
+
+
+def _named(hdul, names: tuple[str, ...], found: list[int]) -> int:
+    for i in found:
+        if hdul[i].name.upper() in names:
+            return i
+    return -1
+
+
+def _describe(opened, bands, given, mask_bits) -> ImageSource:
+    first_path, first = opened[0]
+    found = _image_hdus(first)
+    if not found:
+        raise DataError(f"{first_path} holds no image HDU")
+    shape = _shape(first[found[0]].header)
+    if len(opened) == 1 and len(shape) == 3:  # a cube
+        hi = found[0]
+        header = first[hi].header
+        height, width = shape[1:]
+        if given is not None:
+            file_bands = given
+        elif "BANDS" in header:
+            try:
+                file_bands = parse_bands(str(header["BANDS"]))
+            except TfdeblendError as err:
+                raise DataError(f"{first_path}: bad BANDS header {header['BANDS']!r}: {err}") from err
+        else:
+            raise DataError(
+                f"{first_path}: no BANDS header keyword naming the {shape[0]} channel(s) of the "
+                "cube (e.g. BANDS = 'g,r,i'), and no --bands"
+            )
+        if len(file_bands) != shape[0]:
+            raise DataError(
+                f"{first_path}: BANDS = {','.join(file_bands)} names {len(file_bands)} band(s) but "
+                f"the cube has {shape[0]} channel(s)"
+            )
+        hv = _named(first, ("VARIANCE", "VAR"), found)
+        hm = _named(first, ("MASK",), found)
+        for name, index in (("VARIANCE", hv), ("MASK", hm)):
+            if index >= 0 and _shape(first[index].header) != shape:
+                raise DataError(
+                    f"{first_path}: the {name} extension has shape "
+                    f"{_shape(first[index].header)}; the image has {shape}"
+                )
+        _check_bands(first_path, file_bands, bands)
+        bits = _bad_bits(first[hm].header, mask_bits) if hm >= 0 else None
+        return ImageSource(
+            kind="cube", paths=(str(first_path),), bands=bands,
+            channels=tuple(file_bands.index(b) for b in bands), shape=(height, width),
+            hdus=((hi, hv, hm),), bad_bits=(bits,),
+            bunit=str(header.get("BUNIT", "")), header=header.copy(),
+        )
+    # one file per band
+    if given is not None and len(given) != len(opened):
+        raise DataError(f"--bands names {len(given)} band(s) for {len(opened)} file(s)")
+    per_band: dict[str, tuple] = {}
+    for k, (path, hdul) in enumerate(opened):
+        found = _image_hdus(hdul)
+        if not found:
+            raise DataError(f"{path} holds no image HDU")
+        hi = _named(hdul, ("IMAGE", "SCI"), found)
+        hi = found[0] if hi < 0 else hi
+        image_shape = _shape(hdul[hi].header)
+        if len(image_shape) != 2:
+            what = "a stack of stamps" if len(image_shape) == 4 else f"{len(image_shape)}-d"
+            raise DataError(
+                f"{path}: the image is {what} {image_shape}; with several files each must be one "
+                "band's 2-d image"
+            )
+        header = hdul[hi].header
+        if given is not None:
+            band = given[k]
+        else:
+            value = header.get("FILTER", header.get("BAND", hdul[0].header.get(
+                "FILTER", hdul[0].header.get("BAND"))))
+            band = _band_of(value) if value is not None else None
+            if band is None:
+                raise DataError(
+                    f"{path}: no FILTER or BAND keyword naming its band"
+                    + (f" ({value!r} is not one of {','.join(_ALL_BANDS)})" if value else "")
+                    + "; name the files' bands with --bands"
+                )
+        if band in per_band:
+            raise DataError(f"{path} and {per_band[band][0]} are both band {band}")
+        rest = [i for i in found if i != hi]
+        hm = _named(hdul, ("MASK",), rest)
+        hv = _named(hdul, ("VARIANCE", "VAR"), rest)
+        if hm < 0 and hv < 0 and len(rest) >= 2:  # unnamed ExposureF: image, mask, variance
+            hm, hv = rest[0], rest[1]
+        for name, index in (("variance", hv), ("mask", hm)):
+            if index >= 0 and _shape(hdul[index].header) != image_shape:
+                raise DataError(
+                    f"{path}: the {name} has shape {_shape(hdul[index].header)}; the image has "
+                    f"{image_shape}"
+                )
+        bits = _bad_bits(hdul[hm].header, mask_bits) if hm >= 0 else None
+        per_band[band] = (str(path), (hi, hv, hm), bits, image_shape, header)
+    _check_bands(Path(opened[0][0]).parent, tuple(per_band), bands, files=True)
+    shapes = {per_band[b][3] for b in bands}
+    if len(shapes) != 1:
+        raise DataError(f"the bands' images have different shapes: {sorted(shapes)}")
+    first_band = per_band[bands[0]]
+    return ImageSource(
+        kind="bands", paths=tuple(per_band[b][0] for b in bands), bands=bands,
+        channels=tuple(range(len(bands))), shape=first_band[3],
+        hdus=tuple(per_band[b][1] for b in bands), bad_bits=tuple(per_band[b][2] for b in bands),
+        bunit=str(first_band[4].get("BUNIT", "")), header=first_band[4].copy(),
+    )
+
+
+def _check_bands(where, file_bands, bands, files: bool = False) -> None:
+    missing = [b for b in bands if b not in file_bands]
+    if missing:
+        what = "the files hold" if files else f"{where} has"
+        raise DataError(
+            f"{what} bands {','.join(file_bands)}; the model needs {','.join(bands)} "
+            f"(missing {','.join(missing)})"
+        )
+
+
+def _scan(source: ImageSource) -> None:
+    """Refuse an image with no valid pixel, or a variance <= 0 / NaN where there are data."""
+    height, width = source.shape
+    valid = 0
+    for y0 in range(0, height, SCAN_ROWS):
+        y1 = min(height, y0 + SCAN_ROWS)
+        for c in range(len(source.bands)):
+            path, (hi, hv, hm), bits = (
+                (source.paths[c], source.hdus[c], source.bad_bits[c]) if source.kind == "bands"
+                else (source.paths[0], source.hdus[0], source.bad_bits[0])
+            )
+            index = (source.channels[c],) if source.kind == "cube" else ()
+            with fits.open(path, memmap=True, mode="readonly") as hdul:
+                image = np.asarray(hdul[hi].data[(*index, slice(y0, y1))], dtype=np.float32)
+                good = np.isfinite(image)
+                if hm >= 0:
+                    mask = np.asarray(hdul[hm].data[(*index, slice(y0, y1))])
+                    mask = np.nan_to_num(mask, nan=1).astype(np.int64)
+                    good &= (mask == 0) if bits is None else ((mask & bits) == 0)
+                if hv >= 0:
+                    variance = np.asarray(hdul[hv].data[(*index, slice(y0, y1))], np.float32)
+                    bad = good & ~(np.isfinite(variance) & (variance > 0))
+                    if bad.any():
+                        row, col = np.argwhere(bad)[0]
+                        raise DataError(
+                            f"{path}: the variance of band {source.bands[c]} is "
+                            f"{variance[row, col]} at pixel x={col}, y={y0 + row} (and "
+                            f"{int(bad.sum()) - 1} more) where the image has data; a variance "
+                            "must be positive (mask such pixels instead)"
+                        )
+            valid += int(good.sum())
+    if valid == 0:
+        raise DataError(
+            f"{source.paths[0]}: the image has no valid pixel (all NaN/inf or masked)"
+        )
+
+
+def sky_to_pixel_scale(source: ImageSource) -> float | None:
+    """Arcsec per pixel from the WCS (or a ``PIXSCALE`` keyword), ``None`` if unknown."""
+    if "PIXSCALE" in source.header:
+        return float(source.header["PIXSCALE"])
+    wcs = source.wcs()
+    if wcs is None:
+        return None
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    return float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
+
+
+def _image_header(name: str, shape, source: ImageSource, info: dict) -> fits.Header:
+    header = fits.Header()
+    header["XTENSION"] = "IMAGE"
+    header["BITPIX"] = -32
+    header["NAXIS"] = len(shape)
+    for i, size in enumerate(reversed(shape)):
+        header[f"NAXIS{i + 1}"] = int(size)
+    header["PCOUNT"] = 0
+    header["GCOUNT"] = 1
+    header["EXTNAME"] = name
+    if source.bunit:
+        header["BUNIT"] = source.bunit
+    header["BANDS"] = ",".join(source.bands)
+    wcs = source.wcs()
+    if wcs is not None:
+        for card in wcs.to_header().cards:
+            if card.keyword not in header:
+                header.append(card)
+    return header
+
+
+def write_image_results(
+    path: str | os.PathLike,
+    source: ImageSource,
+    model: np.ndarray,
+    catalog,
+    header_info: dict,
+    overwrite: bool = False,
+) -> Path:
+    """Write a whole-image run: primary header, ``MODEL`` and ``RESIDUAL`` images, ``CATALOG``.
+
+    ``RESIDUAL = input - MODEL`` (NaN where the input is missing), computed band by band from
+    the input so that memory stays bounded by one band. Both images carry the input's WCS.
+    Written atomically; an existing ``path`` is replaced only with ``overwrite``.
+
+    Args:
+        path: output FITS file.
+        source: the input image.
+        model: float32 ``(C, H, W)``, the sum of the galaxies.
+        catalog: an astropy Table (see :mod:`tfdeblend.scene`).
+        header_info: ``model``, ``version``, ``peel`` (a PeelConfig), ``scene`` (a SceneConfig),
+            ``input``, ``n_objects``...
+        overwrite: replace an existing file.
+    """
+    from tfdeblend.utils import atomic_file, check_output_path
+
+    path = check_output_path(path, overwrite)
+    primary = fits.Header()
+    primary["MODEL"] = (str(header_info.get("model", "")), "deblending model name")
+    primary["MODELVER"] = (int(header_info.get("version", 0)), "model version")
+    primary["BANDS"] = (",".join(source.bands), "bands, channel order")
+    if source.bunit:
+        primary["BUNIT"] = (source.bunit, "unit of the images (the input's)")
+    primary["INPUT"] = (str(header_info.get("input", ""))[:68], "input file(s)")
+    primary["NOBJECTS"] = (int(len(catalog)), "galaxies in CATALOG")
+    if header_info.get("peel") is not None:
+        for card, value, comment in header_info["peel"].header_cards():
+            primary[card] = (value, comment)
+    scene = header_info.get("scene")
+    if scene is not None:
+        primary["DETTHR"] = (scene.detect_threshold, "detection threshold, sigma of the coadd")
+        primary["BKGMESH"] = (scene.background, "background mesh, px (0: sky subtracted)")
+        primary["TILESIZE"] = (scene.tile_size, "tile core side, px")
+        primary["SCNSEED"] = (scene.seed, "seed of the noise filling stamps")
+    import tfdeblend
+
+    primary["TFDBVER"] = (tfdeblend.__version__, "tfdeblend version")
+    primary["AXES"] = ("C,H,W", "MODEL and RESIDUAL axis order (numpy)")
+    height, width = source.shape
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        fits.PrimaryHDU(header=primary).writeto(tmp, overwrite=True)
+        shape = (len(source.bands), height, width)
+        stream = fits.StreamingHDU(str(tmp), _image_header("MODEL", shape, source, header_info))
+        stream.write(np.ascontiguousarray(model, dtype=">f4"))
+        stream.close()
+        stream = fits.StreamingHDU(str(tmp), _image_header("RESIDUAL", shape, source, header_info))
+        for c in range(len(source.bands)):
+            for y0 in range(0, height, SCAN_ROWS):
+                y1 = min(height, y0 + SCAN_ROWS)
+                image, _, missing = source.read_band(c, y0, y1)
+                residual = np.where(missing, np.nan, image - model[c, y0:y1])
+                stream.write(np.ascontiguousarray(residual, dtype=">f4"))
+        stream.close()
+        table = fits.table_to_hdu(catalog)
+        table.name = "CATALOG"
+        if source.bunit:
+            table.header["BUNIT"] = source.bunit
+        with fits.open(tmp, mode="append") as hdul:
+            hdul.append(table)
+    return path

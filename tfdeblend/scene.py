@@ -1,0 +1,549 @@
+"""Whole survey images: detect, group, cut stamps, peel, and stitch the galaxies back.
+
+The peel (:mod:`tfdeblend.deblend`) works on stamps of the model's size with a blend in the
+middle. This module turns an image of any size into such stamps and the peel's components back
+into an image and a catalog. It knows nothing of how the peel works: it is handed a function
+``deblend(stamps (B, S, S, C)) -> dict`` (:func:`tfdeblend.run.deblend_batch` of a loaded model).
+
+**Per tile** (:func:`deblend_tile`; a large image is cut into overlapping tiles, :func:`plan_tiles`,
+each deblended on its own, in this process or on a Dask worker, with the same result):
+
+1. *noise*: per pixel from the variance plane, else a robust sigma per band (:func:`noise_sigma`);
+   with ``background`` > 0, the sky is first estimated and subtracted (sep's mesh background);
+2. *detection* on the variance-weighted coadd of the bands (unit noise per pixel) with sep
+   (``detect_threshold`` sigmas, matched Gaussian filter of about the PSF's size);
+3. *groups*: the detected footprints, grown by ``group_grow`` pixels, that touch form one blend;
+   a tile deblends the groups whose centre lies in its core (tiles overlap, so every group is
+   seen whole by the tile that owns it);
+4. *stamps*: one ``S x S`` stamp per group centred on it; groups wider than a stamp get several
+   windows, centred on their brightest detections, each keeping the galaxies closest to it and
+   passing on its residual to the next. In a stamp, other groups' pixels are replaced by noise,
+   and missing pixels (NaN, masked, outside the image) are filled from their surroundings plus
+   noise (:func:`fill_missing`);
+5. *peel* of all stamps of a round in batches; a window whose first count is the classifier's
+   largest (it cannot count more) is peeled again on its residual, up to ``max_rounds`` times;
+6. *stitching*: each component whose centroid lies in its group's footprint (or just outside
+   it: a galaxy the detection missed) is kept: added to the model image, subtracted from what
+   the next window sees, and measured on its flux-conserving component: centroid, flux and flux
+   error per band (``sqrt(sum(w**2 variance))``, :func:`tfdeblend.measure.apportion_weights`),
+   second moments.
+
+**Catalog** columns (one row per galaxy; :data:`CATALOG_COLUMNS`): ``id, x, y`` (0-based pixels
+of the full image), ``ra, dec`` (degrees, with a WCS), ``flux_<band>``, ``flux_err_<band>``
+(input units), ``mu20, mu02, mu11`` (pixels^2), ``blend_id, n_in_blend, quality`` (2 high, 1
+medium, 0 low: the peel's of its window), and flags ``edge`` (its stamp reached past the
+image), ``masked`` (missing pixels under its light), ``big_group`` (its group needed several
+windows or peels, or had more detections than the classifier counts), ``split``,
+``recovered`` (the peel split a merged component / found one in the residual in its window),
+``edge`` means its light reaches pixels past the image (or past the tile it was deblended in),
+``outliers`` (single-pixel outliers were ignored in its stamp).
+
+Axis order: channels first ``(C, H, W)`` for images, as in the files; stamps handed to
+``deblend`` are channels last ``(B, S, S, C)``, as the networks take them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from tfdeblend import measure
+from tfdeblend.config import MAD_TO_SIGMA, MAX_COUNT, YamlConfig
+from tfdeblend.errors import TfdeblendError
+
+#: Flags of the catalog, in column order.
+FLAGS: tuple[str, ...] = ("edge", "masked", "big_group", "split", "recovered", "outliers")
+#: A window's stamp keeps this many pixels between a group's bounding box and its border.
+MARGIN: int = 6
+#: Components centred this far (pixels) outside their group's footprint are still kept (galaxies
+#: the detection missed or merged into the sky).
+OUTSIDE_REACH: float = 4.0
+#: A galaxy's light "touches" a pixel where its model is above this many noise sigmas.
+TOUCH_SIGMA: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneConfig(YamlConfig):
+    """How a whole image is cut into blends and put back together.
+
+    Attributes:
+        detect_threshold: detection threshold, in noise sigmas of the filtered coadd (sep's
+            ``thresh`` on a unit-noise image).
+        detect_min_area: fewest pixels above the threshold for a detection.
+        detect_fwhm: FWHM (pixels) of the Gaussian detection filter; about the PSF's.
+        deblend_cont: sep's deblending contrast for the detections that place windows in wide
+            groups (the peel, not sep, decides what is a galaxy).
+        group_grow: footprints grown by this many pixels before touching ones are grouped.
+        background: sep background mesh size in pixels, subtracted per band before anything
+            else; 0 when the image is already sky subtracted.
+        tile_size: side of a tile's core, pixels.
+        tile_overlap: pixels a tile reads beyond its core on each side.
+        max_rounds: most peels of one window (repeated while the classifier's first count is
+            its largest, :data:`tfdeblend.config.MAX_COUNT`).
+        seed: seed of the noise that replaces other groups' and missing pixels.
+    """
+
+    detect_threshold: float = 1.5
+    detect_min_area: int = 5
+    detect_fwhm: float = 3.5
+    deblend_cont: float = 0.005
+    group_grow: int = 3
+    background: int = 0
+    tile_size: int = 1024
+    tile_overlap: int = 96
+    max_rounds: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "detect_threshold": self.detect_threshold > 0,
+            "detect_min_area": self.detect_min_area >= 1,
+            "detect_fwhm": self.detect_fwhm > 0,
+            "deblend_cont": 0 < self.deblend_cont <= 1,
+            "group_grow": self.group_grow >= 0,
+            "background": self.background >= 0,
+            "tile_size": self.tile_size >= 16,
+            "tile_overlap": self.tile_overlap >= 0,
+            "max_rounds": self.max_rounds >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise TfdeblendError(f"scene option {name} is out of range: {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """A tile: its index, the region it reads (``ext``) and the core whose groups it owns,
+    each ``(y0, y1, x0, x1)`` in full-image pixels."""
+
+    index: int
+    ext: tuple[int, int, int, int]
+    core: tuple[int, int, int, int]
+
+
+def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int) -> list[Tile]:
+    """Cover an ``(H, W)`` image with cores of ``tile_size`` read with ``overlap`` around."""
+    height, width = shape
+    tiles = []
+    for y0 in range(0, height, tile_size):
+        for x0 in range(0, width, tile_size):
+            y1, x1 = min(height, y0 + tile_size), min(width, x0 + tile_size)
+            ext = (max(0, y0 - overlap), min(height, y1 + overlap),
+                   max(0, x0 - overlap), min(width, x1 + overlap))
+            tiles.append(Tile(len(tiles), ext, (y0, y1, x0, x1)))
+    return tiles
+
+
+def noise_sigma(image: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Robust noise sigma per band of a ``(C, H, W)`` image over its valid pixels ``(C,)``.
+
+    ``1.4826 x`` the median absolute deviation of the pixels below the median plus 3 MADs
+    (sources pull a plain MAD up in crowded fields).
+    """
+    sigma = np.zeros(len(image), np.float32)
+    for c in range(len(image)):
+        values = image[c][~missing[c]]
+        if values.size == 0:
+            continue
+        for _ in range(3):
+            median = np.median(values)
+            mad = np.median(np.abs(values - median))
+            if mad == 0:
+                break
+            values = values[values < median + 3 * MAD_TO_SIGMA * mad]
+        sigma[c] = MAD_TO_SIGMA * np.median(np.abs(values - np.median(values)))
+    return sigma
+
+
+def fill_missing(stamp: np.ndarray, missing: np.ndarray, sigma: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Fill missing pixels of a ``(C, H, W)`` stamp from their surroundings, plus noise.
+
+    Each missing pixel takes the mean of its valid neighbours, ring after ring inward (a
+    diffusion fill, smooth across a bad column or a saturated core), then noise of the pixel's
+    ``sigma`` (``(C, H, W)``). A band with no valid pixel is filled with noise only.
+    """
+    out = np.array(stamp, dtype=np.float32, copy=True)
+    kernel = np.ones((3, 3), np.float32)
+    for c in range(len(out)):
+        known = ~missing[c]
+        if known.all():
+            continue
+        if not known.any():
+            out[c] = 0.0
+        else:
+            values = np.where(known, out[c], 0.0)
+            while not known.all():
+                total = ndimage.convolve(values, kernel, mode="constant")
+                count = ndimage.convolve(known.astype(np.float32), kernel, mode="constant")
+                ring = (~known) & (count > 0)
+                values = np.where(ring, total / np.maximum(count, 1), values)
+                known = known | ring
+            out[c] = np.where(missing[c], values, out[c])
+        out[c] += np.where(missing[c], rng.normal(0.0, 1.0, out[c].shape) * sigma[c], 0.0)
+    return out
+
+
+def _gaussian_kernel(fwhm: float) -> np.ndarray:
+    sigma = fwhm / 2.3548
+    half = max(1, int(np.ceil(2.5 * sigma)))
+    x = np.arange(-half, half + 1)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    return np.outer(g, g).astype(np.float32)
+
+
+def detect(image: np.ndarray, sigma: np.ndarray, missing: np.ndarray, config: SceneConfig):
+    """Detections on the variance-weighted coadd: ``(objects, segmentation map)``.
+
+    Args:
+        image: ``(C, H, W)`` sky-subtracted, missing pixels 0.
+        sigma: ``(C, H, W)`` noise sigma per pixel (0 where missing).
+        missing: ``(C, H, W)`` bool.
+
+    Returns:
+        sep's object array (``x, y, flux, xpeak, ypeak``...) and its int32 segmentation map.
+    """
+    import sep
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(missing | (sigma <= 0), 0.0, 1.0 / np.square(sigma, dtype=np.float64))
+    norm = np.sqrt(weight.sum(axis=0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coadd = np.where(norm > 0, (weight * image).sum(axis=0) / np.where(norm > 0, norm, 1), 0.0)
+    coadd = np.ascontiguousarray(coadd, dtype=np.float32)
+    dead = np.ascontiguousarray(norm == 0)
+    sep.set_extract_pixstack(max(300_000, 4 * coadd.size))
+    sep.set_sub_object_limit(4096)
+    try:
+        objects, segmap = sep.extract(
+            coadd, config.detect_threshold, err=1.0, mask=dead, minarea=config.detect_min_area,
+            filter_kernel=_gaussian_kernel(config.detect_fwhm), filter_type="conv",
+            deblend_nthresh=32, deblend_cont=config.deblend_cont, segmentation_map=True,
+        )
+    except Exception as err:  # noqa: BLE001  (sep's limits: report, do not crash)
+        raise TfdeblendError(f"detection failed on a {coadd.shape} tile: {err}") from err
+    return objects, segmap.astype(np.int32)
+
+
+@dataclasses.dataclass
+class _Group:
+    label: int
+    windows: list[tuple[int, int]]  # window centres (y, x), tile pixels
+    n_detected: int
+    next_window: int = 0
+    rounds_left: int = 0
+    rounds: int = 0
+    kept: int = 0
+
+
+def _windows(bbox, members: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Window centres for a group: its box's centre, or, for a box wider than a stamp, its
+    brightest detections, each covering the detections within its inner part."""
+    (ys, xs) = bbox
+    inner = size // 2 - MARGIN
+    height, width = ys.stop - ys.start, xs.stop - xs.start
+    if max(height, width) <= size - 2 * MARGIN:
+        return [((ys.start + ys.stop - 1) // 2, (xs.start + xs.stop - 1) // 2)]
+    order = np.argsort(-members["flux"], kind="stable")
+    centres: list[tuple[int, int]] = []
+    covered = np.zeros(len(members), bool)
+    for i in order:
+        if covered[i]:
+            continue
+        cy, cx = int(round(members["y"][i])), int(round(members["x"][i]))
+        centres.append((cy, cx))
+        covered |= (np.abs(members["y"] - cy) < inner) & (np.abs(members["x"] - cx) < inner)
+    return centres
+
+
+def _cut(array: np.ndarray, cy: int, cx: int, size: int, fill) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, size, size)`` cut of ``array`` ``(C, H, W)`` centred on ``(cy, cx)``, and the bool
+    map of its pixels that lie outside ``array``."""
+    c, height, width = array.shape
+    y0, x0 = cy - size // 2, cx - size // 2
+    out = np.full((c, size, size), fill, dtype=array.dtype)
+    outside = np.ones((size, size), bool)
+    sy0, sy1 = max(0, y0), min(height, y0 + size)
+    sx0, sx1 = max(0, x0), min(width, x0 + size)
+    if sy1 > sy0 and sx1 > sx0:
+        out[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = array[:, sy0:sy1, sx0:sx1]
+        outside[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = False
+    return out, outside
+
+
+def _add(array: np.ndarray, patch: np.ndarray, cy: int, cx: int, sign: float = 1.0) -> None:
+    """Add ``sign * patch`` ``(C, S, S)`` centred on ``(cy, cx)`` into ``array`` (clipped)."""
+    _, height, width = array.shape
+    size = patch.shape[-1]
+    y0, x0 = cy - size // 2, cx - size // 2
+    sy0, sy1 = max(0, y0), min(height, y0 + size)
+    sx0, sx1 = max(0, x0), min(width, x0 + size)
+    if sy1 > sy0 and sx1 > sx0:
+        array[:, sy0:sy1, sx0:sx1] += sign * patch[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+
+
+@dataclasses.dataclass
+class TileResult:
+    """What a tile returns: catalog rows (full-image pixels), the model of its region, counts.
+
+    Attributes:
+        rows: dict of 1-d arrays, one entry per catalog column (no ``id``/``ra``/``dec`` yet;
+            ``blend_id`` is unique within the tile: the caller makes it unique over tiles).
+        ext: the region ``(y0, y1, x0, x1)`` the model covers.
+        model: float32 ``(C, y1 - y0, x1 - x0)``, the sum of the tile's galaxies.
+        stats: ``groups``, ``stamps`` (windows peeled), ``detections``.
+    """
+
+    rows: dict[str, np.ndarray]
+    ext: tuple[int, int, int, int]
+    model: np.ndarray
+    stats: dict[str, int]
+
+
+def deblend_tile(
+    image: np.ndarray,
+    variance: np.ndarray | None,
+    missing: np.ndarray,
+    deblend: Callable[[np.ndarray], dict[str, np.ndarray]],
+    tile: Tile,
+    config: SceneConfig,
+    stamp_size: int,
+    bands: tuple[str, ...],
+    batch_size: int = 32,
+    progress: Callable[[int], Any] | None = None,
+) -> TileResult:
+    """Deblend the groups a tile owns (see the module docstring).
+
+    Args:
+        image: ``(C, h, w)`` the tile's ``ext`` region, missing pixels 0.
+        variance: ``(C, h, w)`` or ``None``.
+        missing: ``(C, h, w)`` bool.
+        deblend: the peel of a batch of channels-last stamps ``(B, S, S, C)``, returning
+            :meth:`tfdeblend.export.DeblendModel.deblend`'s dict (plus ``outliers``).
+        tile: the tile (its ``ext`` must match the arrays).
+        config: the scene options.
+        stamp_size: the model's stamp side ``S``.
+        bands: band names, channel order.
+        batch_size: stamps per ``deblend`` call.
+        progress: called with the number of stamps peeled, after each batch.
+    """
+    y0, y1, x0, x1 = tile.ext
+    image = np.array(image, dtype=np.float32, copy=True)
+    if config.background > 0:
+        image = _subtract_background(image, missing, config.background)
+    if variance is not None:
+        sigma_map = np.sqrt(np.where(missing, 0.0, variance)).astype(np.float32)
+    else:
+        sigma_map = np.broadcast_to(
+            noise_sigma(image, missing)[:, None, None], image.shape
+        ).astype(np.float32)
+        sigma_map = np.where(missing, 0.0, sigma_map)
+    band_sigma = np.array(
+        [np.median(s[~m]) if (~m).any() else 0.0 for s, m in zip(sigma_map, missing)], np.float32
+    )
+    objects, segmap = detect(image, sigma_map, missing, config)
+    model = np.zeros_like(image)
+    empty = TileResult(_empty_rows(bands), tile.ext, model, {"groups": 0, "stamps": 0,
+                                                              "detections": len(objects)})
+    if len(objects) == 0:
+        return empty
+    grown = segmap > 0
+    if config.group_grow:
+        grown = ndimage.binary_dilation(grown, iterations=config.group_grow)
+    labels, _ = ndimage.label(grown)
+    boxes = ndimage.find_objects(labels)
+    obj_label = labels[objects["ypeak"], objects["xpeak"]]
+    groups: list[_Group] = []
+    cy0, cy1, cx0, cx1 = tile.core
+    for label in np.unique(obj_label[obj_label > 0]):
+        members = objects[obj_label == label]
+        weights = np.clip(members["flux"], 1e-12, None)
+        gy = float(np.average(members["y"], weights=weights)) + y0
+        gx = float(np.average(members["x"], weights=weights)) + x0
+        if not (cy0 <= gy < cy1 and cx0 <= gx < cx1):
+            continue  # another tile owns it
+        group = _Group(int(label), _windows(boxes[label - 1], members, stamp_size), len(members))
+        group.rounds_left = config.max_rounds
+        groups.append(group)
+    working = np.where(missing, 0.0, image).astype(np.float32)
+    rows: list[dict[str, Any]] = []
+    stamps_done = 0
+    round_index = 0
+    pending = [g for g in groups if g.windows]
+    while pending:
+        jobs = []
+        for group in pending:
+            cy, cx = group.windows[group.next_window]
+            jobs.append((group, cy, cx))
+        stamps, cuts = [], []
+        for group, cy, cx in jobs:
+            rng = np.random.default_rng(
+                np.random.SeedSequence([config.seed, tile.index, group.label, round_index])
+            )
+            stamp, outside = _cut(working, cy, cx, stamp_size, 0.0)
+            lab = _cut(labels[None], cy, cx, stamp_size, 0)[0][0]
+            miss = _cut(missing, cy, cx, stamp_size, True)[0] & ~outside[None]
+            sig = _cut(sigma_map, cy, cx, stamp_size, 0.0)[0]
+            sig = np.where(sig > 0, sig, band_sigma[:, None, None])
+            other = (lab != group.label) & (lab != 0)
+            unknown = miss | outside[None]
+            stamp = fill_missing(stamp, unknown, sig, rng)
+            stamp = np.where(other[None], rng.normal(0.0, 1.0, stamp.shape) * sig, stamp)
+            stamps.append(np.transpose(stamp, (1, 2, 0)))
+            cuts.append({"lab": lab, "miss": miss, "outside": outside, "sig": sig,
+                         "var": np.square(sig) * ~(unknown | other[None])})
+        results = []
+        for start in range(0, len(stamps), batch_size):
+            batch = np.stack(stamps[start : start + batch_size]).astype(np.float32)
+            results.append(deblend(batch))
+            if progress is not None:
+                progress(len(batch))
+        result = {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+        stamps_done += len(stamps)
+        for k, (group, cy, cx) in enumerate(jobs):
+            kept = _keep(result, k, group, cy, cx, cuts[k], stamp_size, bands, working, model,
+                         tile, rows)
+            group.kept += kept
+            group.rounds += 1
+            group.rounds_left -= 1
+            first = int(result["counts"][k, 0])
+            if first >= MAX_COUNT and group.rounds_left > 0 and kept > 0:
+                continue  # peel this window again on what is left
+            group.next_window += 1
+            group.rounds_left = config.max_rounds
+        pending = [g for g in pending if g.next_window < len(g.windows)]
+        round_index += 1
+    table = _rows_to_columns(rows, bands)
+    big = {g.label for g in groups if len(g.windows) > 1 or g.rounds > len(g.windows)
+           or g.n_detected > MAX_COUNT}
+    kept_per_group = {g.label: g.kept for g in groups}
+    if len(table["blend_id"]):
+        table["n_in_blend"] = np.array([kept_per_group[b] for b in table["blend_id"]], np.int16)
+        table["big_group"] = np.isin(table["blend_id"], list(big))
+    return TileResult(table, tile.ext, model,
+                      {"groups": len(groups), "stamps": stamps_done, "detections": len(objects)})
+
+
+def _subtract_background(image: np.ndarray, missing: np.ndarray, mesh: int) -> np.ndarray:
+    import sep
+
+    out = np.empty_like(image)
+    for c in range(len(image)):
+        data = np.ascontiguousarray(image[c], dtype=np.float32)
+        size = min(mesh, *data.shape)
+        background = sep.Background(data, mask=np.ascontiguousarray(missing[c]), bw=size, bh=size)
+        out[c] = data - background.back()
+    return out
+
+
+def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows):
+    """Keep the window's components that belong to its group; return how many."""
+    y0, _, x0, _ = tile.ext
+    n = int(result["n_components"][k])
+    if n == 0:
+        return 0
+    components = np.transpose(result["components"][k, :n], (0, 3, 1, 2))  # (n, C, S, S)
+    conserved = np.transpose(result["conserved"][k, :n], (0, 3, 1, 2))
+    sig = cut["sig"]
+    weights = measure.apportion_weights(
+        np.transpose(components, (0, 2, 3, 1)), np.transpose(sig, (1, 2, 0))
+    )  # (n, S, S, C)
+    variance = np.transpose(cut["var"], (1, 2, 0))
+    moments = measure.moments(np.transpose(conserved, (0, 2, 3, 1)))
+    lab = cut["lab"]
+    outside_footprint = lab != group.label
+    distance = ndimage.distance_transform_edt(outside_footprint)
+    windows = np.asarray(group.windows)
+    kept = 0
+    sy0, sx0 = cy - size // 2, cx - size // 2  # stamp origin, tile pixels
+    for j in range(n):
+        x, y = float(moments["x"][j]), float(moments["y"][j])
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        iy, ix = int(round(y)), int(round(x))
+        if not (0 <= iy < size and 0 <= ix < size):
+            continue
+        if distance[iy, ix] > OUTSIDE_REACH:
+            continue  # another group's (or nobody's) light
+        if len(windows) > 1:
+            ty, tx = sy0 + y, sx0 + x
+            nearest = int(np.argmin(np.hypot(windows[:, 0] - ty, windows[:, 1] - tx)))
+            if nearest != group.next_window:
+                continue  # another window of the group keeps it
+        _add(model, components[j], cy, cx)
+        _add(working, components[j], cy, cx, sign=-1.0)
+        light = components[j] > TOUCH_SIGMA * sig
+        fx, fy = sx0 + x + x0, sy0 + y + y0
+        row = {
+            "x": fx, "y": fy, "blend_id": tile.index * 1_000_000 + group.label,
+            "quality": int(result["quality"][k]),
+            "mu20": float(moments["mu20"][j]), "mu02": float(moments["mu02"][j]),
+            "mu11": float(moments["mu11"][j]),
+            "edge": bool((light.any(axis=0) & cut["outside"]).any()),
+            "masked": bool((light & cut["miss"]).any()),
+            "split": bool(result["split"][k]), "recovered": bool(result["recovered"][k]),
+            "outliers": bool(result.get("outliers", np.zeros(k + 1))[k]),
+        }
+        flux = conserved[j].sum(axis=(1, 2))
+        error = np.sqrt((np.square(weights[j]) * variance).sum(axis=(0, 1)))
+        for c, band in enumerate(bands):
+            row[f"flux_{band}"] = float(flux[c])
+            row[f"flux_err_{band}"] = float(error[c])
+        rows.append(row)
+        kept += 1
+    return kept
+
+
+def catalog_columns(bands: tuple[str, ...]) -> list[str]:
+    """The catalog's columns, in order (``ra, dec`` only with a WCS)."""
+    return [
+        "id", "x", "y", "ra", "dec",
+        *[f"flux_{b}" for b in bands], *[f"flux_err_{b}" for b in bands],
+        "mu20", "mu02", "mu11", "blend_id", "n_in_blend", "quality", *FLAGS,
+    ]
+
+
+_DTYPES = {"x": np.float64, "y": np.float64, "mu20": np.float32, "mu02": np.float32,
+           "mu11": np.float32, "blend_id": np.int64, "n_in_blend": np.int16,
+           "quality": np.int16, **dict.fromkeys(FLAGS, bool)}
+
+
+def _empty_rows(bands) -> dict[str, np.ndarray]:
+    out = {key: np.zeros(0, dtype) for key, dtype in _DTYPES.items()}
+    for band in bands:
+        out[f"flux_{band}"] = np.zeros(0, np.float64)
+        out[f"flux_err_{band}"] = np.zeros(0, np.float64)
+    return out
+
+
+def _rows_to_columns(rows: list[dict], bands) -> dict[str, np.ndarray]:
+    out = _empty_rows(bands)
+    if not rows:
+        return out
+    for key in out:
+        if key == "n_in_blend":
+            out[key] = np.zeros(len(rows), np.int16)
+            continue
+        out[key] = np.asarray([r.get(key, False) for r in rows], dtype=out[key].dtype)
+    return out
+
+
+def merge_tiles(results: list[TileResult], bands: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """One catalog from the tiles' rows: sorted by ``(y, x)``, ``id`` from 1, and ``blend_id``
+    renumbered from 1 in order of first appearance."""
+    parts = [r.rows for r in results]
+    columns = _empty_rows(bands)
+    if parts:
+        columns = {key: np.concatenate([p[key] for p in parts]) for key in columns}
+    order = np.lexsort((columns["x"], columns["y"]))
+    columns = {key: value[order] for key, value in columns.items()}
+    _, first, inverse = np.unique(columns["blend_id"], return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, len(first) + 1)
+    columns["blend_id"] = rank[inverse] if len(first) else columns["blend_id"]
+    columns["id"] = np.arange(1, len(order) + 1, dtype=np.int64)
+    return columns
