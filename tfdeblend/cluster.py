@@ -33,7 +33,7 @@ def _worker_model(model_dir: str):
 
 def _deblend_tile_task(source, tile, model_dir, scene, batch_size):
     """One tile, on a worker: read it, deblend it (:func:`tfdeblend.scene.deblend_tile`)."""
-    from tfdeblend.run import deblend_batch
+    from tfdeblend.outliers import deblend_batch
     from tfdeblend.scene import deblend_tile
 
     model = _worker_model(model_dir)

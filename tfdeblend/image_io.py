@@ -538,3 +538,66 @@ def write_image_results(
         with fits.open(tmp, mode="append") as hdul:
             hdul.append(table)
     return path
+
+
+def write_cube(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    bands: tuple[str, ...] | list[str] | str,
+    variance: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    mask_planes: dict[str, int] | None = None,
+    header: fits.Header | dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an image cube in the layout :func:`open_image` reads (a convenience for users
+    whose images are numpy arrays, e.g. from the LSST/HSC butler).
+
+    Args:
+        path: FITS file to write (atomically).
+        image: ``(C, H, W)`` sky-subtracted image, channels first.
+        bands: band of each channel.
+        variance: ``(C, H, W)`` per-pixel variance (the ``VARIANCE`` extension), optional.
+        mask: ``(C, H, W)`` integer bit mask (the ``MASK`` extension), optional.
+        mask_planes: ``{plane name: bit}`` written as the mask's ``MP_<NAME>`` keywords (e.g.
+            :data:`LSST_MASK_PLANES`).
+        header: extra primary header cards (a WCS's ``to_header()``, ``BUNIT``...).
+        overwrite: replace an existing file.
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "cube.fits")
+        >>> _ = write_cube(path, np.zeros((3, 20, 30), "float32"), "g,r,i",
+        ...                variance=np.ones((3, 20, 30), "float32"))
+        >>> open_image(path, "g,r,i").shape
+        (20, 30)
+    """
+    from tfdeblend.utils import atomic_file, check_output_path
+
+    path = check_output_path(path, overwrite)
+    bands = parse_bands(bands)
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[0] != len(bands):
+        raise TfdeblendError(f"image must be (C, H, W) with C = {len(bands)}, not {image.shape}")
+    primary = fits.Header()
+    for key, value in dict(header or {}).items():
+        primary[key] = value
+    primary["BANDS"] = ",".join(bands)
+    hdus = [fits.PrimaryHDU(image, header=primary)]
+    if variance is not None:
+        hdus.append(fits.ImageHDU(np.asarray(variance, dtype=np.float32), name="VARIANCE"))
+    if mask is not None:
+        extension = fits.ImageHDU(np.asarray(mask, dtype=np.int32), name="MASK")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # long plane names become HIERARCH cards
+            for name, bit in (mask_planes or {}).items():
+                extension.header[f"MP_{name}"] = int(bit)
+        hdus.append(extension)
+    for extension in hdus[1:]:
+        if extension.data.shape != image.shape:
+            raise TfdeblendError(
+                f"{extension.name} has shape {extension.data.shape}; the image {image.shape}"
+            )
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return path

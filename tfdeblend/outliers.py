@@ -104,3 +104,31 @@ def clean_outliers(images: np.ndarray, mask: np.ndarray, passes: int = 2) -> np.
     for _ in range(passes):
         out = np.where(mask, neighbour_median(out), out)
     return out
+
+
+def prepare_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the networks see of a batch of stamps, and the number of outlier pixels per stamp.
+
+    Args:
+        images: ``(N, H, W, C)`` channels last, input units.
+
+    Returns:
+        ``(cleaned, n_outliers)``: the images with outlier pixels replaced
+        (:func:`tfdeblend.outliers.clean_outliers`), and int32 ``(N,)``.
+    """
+    mask = find_outliers(images)
+    return clean_outliers(images, mask), mask.sum(axis=(1, 2, 3)).astype(np.int32)
+
+
+def deblend_batch(model, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """The peel of ``model`` on a batch of stamps, with outliers cleaned first.
+
+    Returns the dict of :meth:`tfdeblend.export.DeblendModel.deblend`, whose ``residual`` is
+    ``images - components.sum(1)`` (outliers included), plus ``outliers`` int32 ``(N,)``.
+    """
+    cleaned, n_outliers = prepare_batch(images)
+    result = model.deblend(cleaned, batch_size=batch_size)
+    if n_outliers.any():
+        result["residual"] = result["residual"] + (images - cleaned)
+    result["outliers"] = n_outliers
+    return result

@@ -3,7 +3,7 @@
 The peel (:mod:`tfdeblend.deblend`) works on stamps of the model's size with a blend in the
 middle. This module turns an image of any size into such stamps and the peel's components back
 into an image and a catalog. It knows nothing of how the peel works: it is handed a function
-``deblend(stamps (B, S, S, C)) -> dict`` (:func:`tfdeblend.run.deblend_batch` of a loaded model).
+``deblend(stamps (B, S, S, C)) -> dict`` (:func:`tfdeblend.outliers.deblend_batch` of a loaded model).
 
 **Per tile** (:func:`deblend_tile`; a large image is cut into overlapping tiles, :func:`plan_tiles`,
 each deblended on its own, in this process or on a Dask worker, with the same result):
@@ -62,6 +62,10 @@ MARGIN: int = 6
 #: Components centred this far (pixels) outside their group's footprint are still kept (galaxies
 #: the detection missed or merged into the sky).
 OUTSIDE_REACH: float = 4.0
+#: A component of a later window or round of a group centred closer than this (pixels) to a
+#: galaxy the group already kept is a piece of it (a core error the repeated peel modelled):
+#: its flux is added to that galaxy's.
+DUPLICATE_RADIUS: float = 3.0
 #: A galaxy's light "touches" a pixel where its model is above this many noise sigmas.
 TOUCH_SIGMA: float = 0.5
 
@@ -238,6 +242,7 @@ class _Group:
     rounds_left: int = 0
     rounds: int = 0
     kept: int = 0
+    rows: list = dataclasses.field(default_factory=list)  # indices of its catalog rows
 
 
 def _windows(bbox, members: np.ndarray, size: int) -> list[tuple[int, int]]:
@@ -490,12 +495,31 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         }
         flux = conserved[j].sum(axis=(1, 2))
         error = np.sqrt((np.square(weights[j]) * variance).sum(axis=(0, 1)))
+        twin = _twin(rows, group, fx, fy)
+        if twin is not None:  # a later window's or round's piece of a galaxy already kept
+            for c, band in enumerate(bands):
+                twin[f"flux_{band}"] += float(flux[c])
+                twin[f"flux_err_{band}"] = float(np.hypot(twin[f"flux_err_{band}"], error[c]))
+            for flag in ("edge", "masked", "outliers"):
+                twin[flag] = twin[flag] or row[flag]
+            continue
         for c, band in enumerate(bands):
             row[f"flux_{band}"] = float(flux[c])
             row[f"flux_err_{band}"] = float(error[c])
+        group.rows.append(len(rows))
         rows.append(row)
         kept += 1
     return kept
+
+
+def _twin(rows: list[dict], group: _Group, x: float, y: float) -> dict | None:
+    """The group's kept galaxy within :data:`DUPLICATE_RADIUS` of ``(x, y)``, if any."""
+    best, best_distance = None, DUPLICATE_RADIUS
+    for index in group.rows:
+        distance = float(np.hypot(rows[index]["x"] - x, rows[index]["y"] - y))
+        if distance < best_distance:
+            best, best_distance = rows[index], distance
+    return best
 
 
 def catalog_columns(bands: tuple[str, ...]) -> list[str]:
