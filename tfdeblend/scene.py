@@ -423,14 +423,19 @@ def deblend_tile(
         pending = [g for g in pending if g.next_window < len(g.windows)]
         round_index += 1
     table = _rows_to_columns(rows, bands)
-    big = {g.label for g in groups if len(g.windows) > 1 or g.rounds > len(g.windows)
-           or g.n_detected > MAX_COUNT}
-    kept_per_group = {g.label: g.kept for g in groups}
+    big = {_blend_id(tile, g) for g in groups
+           if len(g.windows) > 1 or g.rounds > len(g.windows) or g.n_detected > MAX_COUNT}
+    kept_per_group = {_blend_id(tile, g): g.kept for g in groups}
     if len(table["blend_id"]):
         table["n_in_blend"] = np.array([kept_per_group[b] for b in table["blend_id"]], np.int16)
         table["big_group"] = np.isin(table["blend_id"], list(big))
     return TileResult(table, tile.ext, model,
                       {"groups": len(groups), "stamps": stamps_done, "detections": len(objects)})
+
+
+def _blend_id(tile: Tile, group: _Group) -> int:
+    """A group's id, unique over tiles (:func:`merge_tiles` renumbers them from 1)."""
+    return tile.index * 1_000_000 + group.label
 
 
 def _subtract_background(image: np.ndarray, missing: np.ndarray, mesh: int) -> np.ndarray:
@@ -484,7 +489,7 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         light = components[j] > TOUCH_SIGMA * sig
         fx, fy = sx0 + x + x0, sy0 + y + y0
         row = {
-            "x": fx, "y": fy, "blend_id": tile.index * 1_000_000 + group.label,
+            "x": fx, "y": fy, "blend_id": _blend_id(tile, group),
             "quality": int(result["quality"][k]),
             "mu20": float(moments["mu20"][j]), "mu02": float(moments["mu02"][j]),
             "mu11": float(moments["mu11"][j]),

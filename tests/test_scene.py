@@ -1,0 +1,233 @@
+"""Whole survey images (tfdeblend.image_io, tfdeblend.scene, tfdeblend.run.run_image) on the
+real HSC cut-out in tests/data and on mosaics of real BTK blends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+from click.testing import CliRunner
+from inference_helpers import blend_images
+from tfdeblend.cli.main import cli
+
+from tfdeblend.errors import DataError
+from tfdeblend.image_io import LSST_MASK_PLANES, open_image, write_cube
+from tfdeblend.scene import SceneConfig, fill_missing, plan_tiles
+
+HSC = Path(__file__).parent / "data" / "hsc_cosmos_35.npz"
+NOISE = np.array([158.0, 361.0, 430.0], np.float32)
+
+
+@pytest.fixture(scope="module")
+def hsc():
+    return dict(np.load(HSC))
+
+
+def hsc_cube(path, hsc):
+    """The HSC cut-out as a cube with VARIANCE and MASK (HSC's plane bits)."""
+    return write_cube(path, hsc["images"], ",".join(hsc["filters"]), variance=hsc["variance"],
+                      mask=hsc["mask"], mask_planes=LSST_MASK_PLANES, header={"PIXSCALE": 0.168})
+
+
+@pytest.fixture(scope="module")
+def mosaic(request, tmp_path_factory):
+    """A 2x3 mosaic of real BTK 2-galaxy blends (160 x 240 px) with a variance plane, a bad
+    column (garbage values, masked), a NaN block and a TAN WCS; and the true galaxy centres."""
+    from tfdeblend.data import load_testset
+
+    testset = load_testset(request.getfixturevalue("fits_testset"))
+    stamps = np.transpose(testset["blend"][:6], (0, 3, 1, 2))
+    image = np.zeros((3, 160, 240), np.float32)
+    truth = []
+    for k in range(6):
+        i, j = divmod(k, 3)
+        image[:, 80 * i : 80 * (i + 1), 80 * j : 80 * (j + 1)] = stamps[k]
+        for s in range(2):
+            truth.append((testset["x"][k, s] + 80 * j, testset["y"][k, s] + 80 * i))
+    mask = np.zeros(image.shape, np.int32)
+    image[1, :, 200] = 1e5  # a bad column in r
+    mask[1, :, 200] |= 1 << LSST_MASK_PLANES["BAD"]
+    image[:, 150:156, 10:16] = np.nan  # missing data in every band
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [120.5, 80.5]
+    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    header = dict(wcs.to_header())
+    header["BUNIT"] = "electron"
+    folder = tmp_path_factory.mktemp("mosaic")
+    variance = np.broadcast_to(np.square(NOISE)[:, None, None], image.shape)
+    path = write_cube(folder / "mosaic.fits", image, "g,r,i", variance=variance, mask=mask,
+                      mask_planes=LSST_MASK_PLANES, header=header)
+    return path, np.array(truth), image
+
+
+def test_fill_missing_bridges_a_bad_column():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:30, :30]
+    stamp = np.exp(-((xx - 15.0) ** 2 + (yy - 15.0) ** 2) / 20.0)[None].astype("float32") * 100
+    missing = np.zeros(stamp.shape, bool)
+    missing[0, :, 15] = True
+    filled = fill_missing(np.where(missing, 0.0, stamp), missing, np.full(stamp.shape, 1e-3), rng)
+    np.testing.assert_allclose(filled[0, :, 15], stamp[0, :, 15], rtol=0.1, atol=0.5)
+    np.testing.assert_array_equal(filled[~missing], stamp[~missing])
+
+
+def test_tiles_cover_the_image_once():
+    tiles = plan_tiles((1000, 700), 256, 32)
+    owned = np.zeros((1000, 700), int)
+    for tile in tiles:
+        y0, y1, x0, x1 = tile.core
+        owned[y0:y1, x0:x1] += 1
+        e0, e1, f0, f1 = tile.ext
+        assert e0 == max(0, y0 - 32) and f1 == min(700, x1 + 32)
+    assert (owned == 1).all()
+
+
+def test_a_mosaic_with_mask_nans_and_wcs(mosaic, tmp_path):
+    """The whole pipeline on real BTK blends: the catalog has ra/dec, fluxes and errors, no NaN
+    flux, finds the galaxies, and model + residual == input where there are data."""
+    path, truth, image = mosaic
+    out = tmp_path / "out.fits"
+    result = CliRunner().invoke(cli, ["run", str(path), "-o", str(out), "--quiet",
+                                      "--catalog-format", "parquet", "--preview", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "Deblended a 240x160 image into" in result.output
+    catalog = Table.read(out, hdu="CATALOG")
+    for column in ("id", "x", "y", "ra", "dec", "flux_g", "flux_r", "flux_i", "flux_err_g",
+                   "flux_err_r", "flux_err_i", "blend_id", "n_in_blend", "quality", "edge",
+                   "masked", "big_group", "split", "recovered"):
+        assert column in catalog.colnames, column
+    for band in "gri":
+        assert np.isfinite(catalog[f"flux_{band}"]).all()
+        assert (catalog[f"flux_err_{band}"] > 0).all()
+    # positions: most true galaxies have a detection within 2 px, few detections are spurious
+    dist = np.hypot(catalog["x"][:, None] - truth[:, 0], catalog["y"][:, None] - truth[:, 1])
+    assert (dist.min(axis=0) < 2.0).sum() >= 10, dist.min(axis=0)
+    assert (dist.min(axis=1) < 3.0).mean() >= 0.8
+    # ra/dec from the WCS
+    wcs = WCS(fits.getheader(out, "MODEL")).celestial
+    ra, dec = wcs.pixel_to_world_values(catalog["x"], catalog["y"])
+    np.testing.assert_allclose(catalog["ra"], ra, atol=1e-9)
+    np.testing.assert_allclose(catalog["dec"], dec, atol=1e-9)
+    with fits.open(out) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "MODEL", "RESIDUAL", "CATALOG"]
+        model, residual = hdul["MODEL"].data, hdul["RESIDUAL"].data
+        valid = np.isfinite(image)
+        valid[1, :, 200] = False
+        np.testing.assert_allclose((model + residual)[valid], image[valid], atol=0.05)
+        assert np.isnan(residual[~valid]).all()
+        assert hdul[0].header["MAXITER"] == 6 and hdul[0].header["BANDS"] == "g,r,i"
+    side = Table.read(tmp_path / "out.catalog.parquet")
+    assert len(side) == len(catalog)
+    assert (tmp_path / "image.png").stat().st_size > 10_000
+
+
+def test_per_band_files_give_the_cube_s_catalog(hsc, tmp_path):
+    cube = hsc_cube(tmp_path / "cube.fits", hsc)
+    files = []
+    for c, band in enumerate(hsc["filters"][:3]):
+        mask = fits.ImageHDU(hsc["mask"][c])
+        for name, bit in LSST_MASK_PLANES.items():
+            mask.header[f"HIERARCH MP_{name}"] = bit
+        image = fits.ImageHDU(hsc["images"][c])
+        image.header["FILTER"] = f"HSC-{band.upper()}"
+        path = tmp_path / f"calexp-{band}.fits"
+        fits.HDUList([fits.PrimaryHDU(), image, mask,
+                      fits.ImageHDU(hsc["variance"][c])]).writeto(path)
+        files.append(str(path))
+    tables = []
+    for inputs, name in ((cube, "a.fits"), (files[::-1], "b.fits")):  # any file order
+        result = CliRunner().invoke(cli, ["run", *map(str, np.atleast_1d(inputs)), "-o",
+                                          str(tmp_path / name), "--quiet"])
+        assert result.exit_code == 0, result.output
+        tables.append(Table.read(tmp_path / name, hdu="CATALOG"))
+    assert len(tables[0]) >= 3
+    for column in ("x", "y", "flux_r", "flux_err_i"):
+        np.testing.assert_allclose(tables[0][column], tables[1][column], rtol=1e-5, atol=1e-4)
+    # the LSST-trained model finds at least 3 of the 7 sources the HSC pipeline detected
+    centres = np.array([[c["x"], c["y"]] for c in hsc["catalog"]])
+    dist = np.hypot(tables[0]["x"][:, None] - centres[:, 0], tables[0]["y"][:, None] - centres[:, 1])
+    assert (dist.min(axis=1) < 2.0).sum() >= 3, dist.min(axis=1)
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("not_fits", "not a readable FITS file"),
+        ("no_bands", "no BANDS header keyword"),
+        ("wrong_bands", "the model needs g,r,i (missing i)"),
+        ("variance_shape", "the VARIANCE extension has shape"),
+        ("zero_variance", "a variance must be positive"),
+        ("all_nan", "no valid pixel"),
+    ],
+)
+def test_bad_images_give_one_line_and_no_output(what, message, tmp_path):
+    image = np.ones((3, 40, 50), np.float32)
+    path = tmp_path / "in.fits"
+    if what == "not_fits":
+        path.write_text("hello")
+    elif what == "no_bands":
+        fits.PrimaryHDU(image).writeto(path)
+    elif what == "wrong_bands":
+        write_cube(path, image, "g,r,z")
+    elif what == "variance_shape":
+        fits.HDUList([fits.PrimaryHDU(image, header=fits.Header([("BANDS", "g,r,i")])),
+                      fits.ImageHDU(np.ones((3, 40, 49), np.float32), name="VARIANCE")]
+                     ).writeto(path)
+    elif what == "zero_variance":
+        variance = np.ones_like(image)
+        variance[2, 5, 7] = 0.0
+        write_cube(path, image, "g,r,i", variance=variance)
+    elif what == "all_nan":
+        write_cube(path, image * np.nan, "g,r,i")
+    out = tmp_path / "out.fits"
+    result = CliRunner().invoke(cli, ["run", str(path), "-o", str(out), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert message in result.output
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["in.fits"]
+
+
+def test_image_options_on_stamps_are_refused(request, tmp_path):
+    from inference_helpers import write_blends_fits
+
+    src = write_blends_fits(tmp_path / "b.fits", blend_images(request, 2))
+    result = CliRunner().invoke(cli, ["run", str(src), "-o", str(tmp_path / "o.fits"),
+                                      "--workers", "2"])
+    assert result.exit_code == 1 and "apply to images" in result.output
+
+
+def test_mask_bits_choose_the_planes(hsc, tmp_path):
+    path = hsc_cube(tmp_path / "cube.fits", hsc)
+    default = open_image(path, "g,r,i")
+    _, _, missing = default.read()
+    cr = (hsc["mask"][:3] & (1 << LSST_MASK_PLANES["CR"])) != 0
+    np.testing.assert_array_equal(missing, cr)  # CR masked by default; DETECTED is not
+    _, _, none = open_image(path, "g,r,i", mask_bits=["BAD", "NO_DATA"]).read()
+    assert not none.any()
+    with pytest.raises(DataError, match="unknown mask plane"):
+        open_image(path, "g,r,i", mask_bits=["SPARKLES"])
+
+
+def test_dask_workers_give_the_in_process_catalog(mosaic, tmp_path):
+    """Two local worker processes, each loading the model once, deblend the tiles: the same
+    catalog and model image as the in-process run with the same tiles."""
+    from tfdeblend.run import run_image
+
+    path, _, _ = mosaic
+    scene = SceneConfig(tile_size=96, tile_overlap=48)
+    local = run_image(path, tmp_path / "local.fits", scene=scene, progress=False)
+    dask = run_image(path, tmp_path / "dask.fits", scene=scene, progress=False, workers=2)
+    assert local["n_tiles"] == 6 and local["n_objects"] == dask["n_objects"] >= 8
+    a = Table.read(tmp_path / "local.fits", hdu="CATALOG")
+    b = Table.read(tmp_path / "dask.fits", hdu="CATALOG")
+    for column in a.colnames:
+        np.testing.assert_allclose(np.asarray(a[column], float), np.asarray(b[column], float),
+                                   rtol=1e-5, atol=1e-3, err_msg=column)
+    np.testing.assert_allclose(fits.getdata(tmp_path / "local.fits", "MODEL"),
+                               fits.getdata(tmp_path / "dask.fits", "MODEL"), atol=1e-2)
