@@ -1,8 +1,48 @@
-"""`tfdeblend simulate`: draw BTK blends into a TFRecord dataset or a FITS test set."""
+"""`tfdeblend simulate`: draw BTK blends into a TFRecord dataset or a FITS test set, or a whole
+survey-like field with ground truth (kind ``field``)."""
 
 from __future__ import annotations
 
 import click
+
+#: Options of the stamp kinds (deblender, classifier, test) and of kind 'field' only, by their
+#: parameter names; the others (--out, --bands, --seed, --catalog, --overwrite, --quiet) are
+#: shared.
+STAMP_OPTIONS = {
+    "n_gal": "--n-gal",
+    "count": "--count",
+    "preset": "--preset",
+    "fmt": "--format",
+    "max_shift": "--max-shift",
+    "num_shards": "--num-shards",
+    "shard_index": "--shard-index",
+    "jobs": "--jobs",
+}
+FIELD_OPTIONS = {
+    "size": "--size",
+    "survey": "--survey",
+    "bad_columns": "--bad-columns/--no-bad-columns",
+    "saturate": "--saturate/--no-saturate",
+    "per_band": "--per-band",
+    "noiseless": "--noiseless",
+}
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` on the command line (or through the environment)."""
+    source = ctx.get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def _refuse_foreign(ctx: click.Context, kind: str) -> None:
+    """One-line error for options that do not apply to ``kind``."""
+    from tfdeblend.errors import TfdeblendError
+
+    foreign = FIELD_OPTIONS if kind != "field" else STAMP_OPTIONS
+    given = [flag for name, flag in foreign.items() if _given(ctx, name)]
+    if given:
+        applies = "only to kind 'field'" if kind != "field" else "only to the stamp kinds"
+        raise TfdeblendError(f"{', '.join(given)} applies {applies}, not to kind {kind!r}")
 
 
 @click.command(name="simulate")
@@ -27,7 +67,7 @@ import click
     show_default=True,
     help="Sharded GZIP TFRecords + manifest, or blends.fits + truth.fits.",
 )
-@click.option("--bands", default="g,r,i", show_default=True, help="LSST bands to draw, in order.")
+@click.option("--bands", default="g,r,i", show_default=True, help="Bands to draw, in order.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(
     "--max-shift",
@@ -48,7 +88,34 @@ import click
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset (or shard).")
 @click.option("--jobs", type=int, default=None, help="Worker processes (default: all cores).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--size", type=int, default=512, show_default=True, help="Field side, pixels (field)."
+)
+@click.option(
+    "--survey",
+    default="LSST",
+    show_default=True,
+    help="Survey whose pixel scale, PSF, depth and sky are used: LSST, HSC, ... (field).",
+)
+@click.option(
+    "--bad-columns/--no-bad-columns",
+    default=True,
+    show_default=True,
+    help="One bad column per band, flagged BAD in the mask (field).",
+)
+@click.option(
+    "--saturate/--no-saturate",
+    default=True,
+    show_default=True,
+    help="Saturate the brightest galaxy's core: NaN, flagged SAT (field).",
+)
+@click.option(
+    "--per-band", is_flag=True, help="Also write field_<band>.fits, LSST/HSC coadd layout (field)."
+)
+@click.option("--noiseless", is_flag=True, help="No noise: the noiseless sum of galaxies (field).")
+@click.pass_context
 def simulate(
+    ctx: click.Context,
     kind: str,
     out: str,
     n_gal: int | None,
@@ -64,28 +131,67 @@ def simulate(
     overwrite: bool,
     jobs: int | None,
     quiet: bool,
+    size: int,
+    survey: str,
+    bad_columns: bool,
+    saturate: bool,
+    per_band: bool,
+    noiseless: bool,
 ) -> None:
-    """Simulate LSST blends of KIND (deblender, classifier or test) into --out.
+    """Simulate LSST blends of KIND (deblender, classifier or test) into --out, or a whole
+    field (KIND field).
 
     \b
     deblender   2-galaxy blends
     classifier  0..3 galaxies, balanced classes, half of them noiseless
     test        exactly --n-gal galaxies (default 2)
+    field       a --size x --size survey-like field of every catalog galaxy
+                (i <= 26.5) with noise, mask, variance, WCS and truth.fits
 
     Rerunning the same command on an incomplete dataset finishes it. A job array can write one
     dataset together: each task passes the same options plus --num-shards N --shard-index I.
     """
     from pathlib import Path
 
-    from tfdeblend.config import parse_bands
-    from tfdeblend.data import load_manifest, write_dataset
     from tfdeblend.errors import TfdeblendError
-    from tfdeblend.simulate import SimConfig
+    from tfdeblend.simulate import KINDS
 
+    if kind not in (*KINDS, "field"):
+        raise TfdeblendError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}, field")
+    _refuse_foreign(ctx, kind)
     if catalog_path is not None:
         if not Path(catalog_path).is_file():
             raise TfdeblendError(f"catalog {catalog_path} does not exist")
         catalog_path = str(Path(catalog_path).resolve())
+    if kind == "field":
+        from astropy.io import fits
+
+        from tfdeblend.field import FieldConfig, simulate_field
+
+        field_config = FieldConfig(
+            size=size,
+            bands=bands,
+            seed=seed,
+            survey=survey,
+            catalog=catalog_path,
+            noise=not noiseless,
+            bad_columns=bad_columns,
+            saturate=saturate,
+            per_band=per_band,
+        )
+        path = simulate_field(field_config, out, overwrite=overwrite, progress=not quiet)
+        truth = fits.getheader(path / "truth.fits", "TRUTH")
+        click.echo(
+            f"Wrote field {path}: {size}x{size} px, {field_config.survey} "
+            f"{','.join(field_config.bands)}, {truth['NGAL']} galaxies ({truth['NINSIDE']} "
+            f"centred inside): field.fits, truth.fits{', field_<band>.fits' if per_band else ''}"
+        )
+        return
+
+    from tfdeblend.config import parse_bands
+    from tfdeblend.data import load_manifest, write_dataset
+    from tfdeblend.simulate import SimConfig
+
     config = SimConfig(
         kind=kind,
         count=count,
