@@ -57,8 +57,11 @@ from tfdeblend.errors import TfdeblendError
 
 #: Flags of the catalog, in column order.
 FLAGS: tuple[str, ...] = ("edge", "masked", "big_group", "split", "recovered", "outliers")
-#: A window's stamp keeps this many pixels between a group's bounding box and its border.
-MARGIN: int = 6
+#: A window covers the detections within this many pixels of its centre along x and y (the
+#: networks were trained on galaxies at most 12 px from the stamp's centre).
+WINDOW_REACH: int = 16
+#: Missing pixels are filled from valid neighbours up to this many pixels into a hole.
+FILL_REACH: int = 4
 #: Components centred this far (pixels) outside their group's footprint are still kept (galaxies
 #: the detection missed or merged into the sky).
 OUTSIDE_REACH: float = 4.0
@@ -66,6 +69,10 @@ OUTSIDE_REACH: float = 4.0
 #: galaxy the group already kept is a piece of it (a core error the repeated peel modelled):
 #: its flux is added to that galaxy's.
 DUPLICATE_RADIUS: float = 3.0
+#: The networks' own flux error, as a fraction of the flux: the shipped model's r-band flux
+#: robust scatter for the brighter galaxy of its model card's 2-galaxy test stamps (0.039), where
+#: the noise adds little. Measured on stamps, not on fields.
+MODEL_FLUX_ERROR: float = 0.04
 #: A galaxy's light "touches" a pixel where its model is above this many noise sigmas.
 TOUCH_SIGMA: float = 0.5
 
@@ -88,6 +95,11 @@ class SceneConfig(YamlConfig):
         tile_overlap: pixels a tile reads beyond its core on each side.
         max_rounds: most peels of one window (repeated while the classifier's first count is
             its largest, :data:`tfdeblend.config.MAX_COUNT`).
+        min_snr: a component whose matched-filter S/N (its model as the template) is below this
+            is not a galaxy: it is dropped and its light stays in the residual.
+        duplicate_size: a component closer to a brighter galaxy of its group than this many
+            times that galaxy's size (``sqrt((mu20 + mu02) / 2)``), or than
+            :data:`DUPLICATE_RADIUS`, is a piece of it and is added to it.
         seed: seed of the noise that replaces other groups' and missing pixels.
     """
 
@@ -100,6 +112,8 @@ class SceneConfig(YamlConfig):
     tile_size: int = 1024
     tile_overlap: int = 96
     max_rounds: int = 3
+    min_snr: float = 5.0
+    duplicate_size: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -113,6 +127,8 @@ class SceneConfig(YamlConfig):
             "tile_size": self.tile_size >= 16,
             "tile_overlap": self.tile_overlap >= 0,
             "max_rounds": self.max_rounds >= 1,
+            "min_snr": self.min_snr >= 0,
+            "duplicate_size": self.duplicate_size >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -164,31 +180,34 @@ def noise_sigma(image: np.ndarray, missing: np.ndarray) -> np.ndarray:
 
 
 def fill_missing(stamp: np.ndarray, missing: np.ndarray, sigma: np.ndarray,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator, outside: np.ndarray | None = None) -> np.ndarray:
     """Fill missing pixels of a ``(C, H, W)`` stamp from their surroundings, plus noise.
 
-    Each missing pixel takes the mean of its valid neighbours, ring after ring inward (a
-    diffusion fill, smooth across a bad column or a saturated core), then noise of the pixel's
-    ``sigma`` (``(C, H, W)``). A band with no valid pixel is filled with noise only.
+    A missing pixel within :data:`FILL_REACH` pixels of valid data takes the mean of its valid
+    neighbours, ring after ring inward (a diffusion fill: smooth across a bad column or a
+    saturated core); farther ones, and the pixels ``outside`` the image (``(H, W)`` bool), hold
+    0 (empty sky: extending an edge inward would invent light). Then every filled pixel gets
+    noise of its ``sigma`` (``(C, H, W)``).
     """
     out = np.array(stamp, dtype=np.float32, copy=True)
     kernel = np.ones((3, 3), np.float32)
+    outside = np.zeros(stamp.shape[1:], bool) if outside is None else outside
     for c in range(len(out)):
-        known = ~missing[c]
-        if known.all():
+        hole = missing[c] | outside
+        if not hole.any():
             continue
-        if not known.any():
-            out[c] = 0.0
-        else:
-            values = np.where(known, out[c], 0.0)
-            while not known.all():
-                total = ndimage.convolve(values, kernel, mode="constant")
-                count = ndimage.convolve(known.astype(np.float32), kernel, mode="constant")
-                ring = (~known) & (count > 0)
-                values = np.where(ring, total / np.maximum(count, 1), values)
-                known = known | ring
-            out[c] = np.where(missing[c], values, out[c])
-        out[c] += np.where(missing[c], rng.normal(0.0, 1.0, out[c].shape) * sigma[c], 0.0)
+        known = ~hole
+        values = np.where(known, out[c], 0.0)
+        for _ in range(FILL_REACH):
+            if known.all() or not known.any():
+                break
+            total = ndimage.convolve(values, kernel, mode="constant")
+            count = ndimage.convolve(known.astype(np.float32), kernel, mode="constant")
+            ring = (~known) & (count > 0) & ~outside
+            values = np.where(ring, total / np.maximum(count, 1), values)
+            known = known | ring
+        values = np.where(known, values, 0.0)
+        out[c] = np.where(hole, values + rng.normal(0.0, 1.0, values.shape) * sigma[c], out[c])
     return out
 
 
@@ -245,23 +264,32 @@ class _Group:
     rows: list = dataclasses.field(default_factory=list)  # indices of its catalog rows
 
 
-def _windows(bbox, members: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """Window centres for a group: its box's centre, or, for a box wider than a stamp, its
-    brightest detections, each covering the detections within its inner part."""
-    (ys, xs) = bbox
-    inner = size // 2 - MARGIN
-    height, width = ys.stop - ys.start, xs.stop - xs.start
-    if max(height, width) <= size - 2 * MARGIN:
-        return [((ys.start + ys.stop - 1) // 2, (xs.start + xs.stop - 1) // 2)]
-    order = np.argsort(-members["flux"], kind="stable")
-    centres: list[tuple[int, int]] = []
-    covered = np.zeros(len(members), bool)
-    for i in order:
-        if covered[i]:
-            continue
-        cy, cx = int(round(members["y"][i])), int(round(members["x"][i]))
-        centres.append((cy, cx))
-        covered |= (np.abs(members["y"] - cy) < inner) & (np.abs(members["x"] - cx) < inner)
+def _windows(members: np.ndarray, shape: tuple[int, int], size: int) -> list[tuple[int, int]]:
+    """Window centres (tile pixels) for a group's detections ``members``: the middle of their
+    box when they all lie within :data:`WINDOW_REACH` of it, else one window per brightest
+    detection not yet covered. Centres are moved inward, while the detections stay covered, so
+    that little of a stamp falls outside the ``(H, W)`` tile."""
+    ys, xs = members["y"], members["x"]
+    if max(np.ptp(ys), np.ptp(xs)) <= 2 * WINDOW_REACH:
+        spots = [((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2, np.ones(len(ys), bool))]
+    else:
+        spots = []
+        covered = np.zeros(len(members), bool)
+        for i in np.argsort(-members["flux"], kind="stable"):
+            if covered[i]:
+                continue
+            near = (np.abs(ys - ys[i]) <= WINDOW_REACH) & (np.abs(xs - xs[i]) <= WINDOW_REACH)
+            spots.append((ys[i], xs[i], near & ~covered))
+            covered |= near
+    centres = []
+    for cy, cx, mine in spots:
+        centre = []
+        for value, lo_m, hi_m, length in ((cy, ys[mine].min(), ys[mine].max(), shape[0]),
+                                          (cx, xs[mine].min(), xs[mine].max(), shape[1])):
+            lo = max(hi_m - WINDOW_REACH, size / 2)  # inside the tile when possible
+            hi = min(lo_m + WINDOW_REACH, length - size / 2)
+            centre.append(int(round(np.clip(value, lo, hi) if lo <= hi else value)))
+        centres.append((centre[0], centre[1]))
     return centres
 
 
@@ -360,7 +388,6 @@ def deblend_tile(
     if config.group_grow:
         grown = ndimage.binary_dilation(grown, iterations=config.group_grow)
     labels, _ = ndimage.label(grown)
-    boxes = ndimage.find_objects(labels)
     obj_label = labels[objects["ypeak"], objects["xpeak"]]
     groups: list[_Group] = []
     cy0, cy1, cx0, cx1 = tile.core
@@ -371,7 +398,7 @@ def deblend_tile(
         gx = float(np.average(members["x"], weights=weights)) + x0
         if not (cy0 <= gy < cy1 and cx0 <= gx < cx1):
             continue  # another tile owns it
-        group = _Group(int(label), _windows(boxes[label - 1], members, stamp_size), len(members))
+        group = _Group(int(label), _windows(members, labels.shape, stamp_size), len(members))
         group.rounds_left = config.max_rounds
         groups.append(group)
     working = np.where(missing, 0.0, image).astype(np.float32)
@@ -396,7 +423,7 @@ def deblend_tile(
             sig = np.where(sig > 0, sig, band_sigma[:, None, None])
             other = (lab != group.label) & (lab != 0)
             unknown = miss | outside[None]
-            stamp = fill_missing(stamp, unknown, sig, rng)
+            stamp = fill_missing(stamp, miss, sig, rng, outside)
             stamp = np.where(other[None], rng.normal(0.0, 1.0, stamp.shape) * sig, stamp)
             stamps.append(np.transpose(stamp, (1, 2, 0)))
             cuts.append({"lab": lab, "miss": miss, "outside": outside, "sig": sig,
@@ -411,7 +438,7 @@ def deblend_tile(
         stamps_done += len(stamps)
         for k, (group, cy, cx) in enumerate(jobs):
             kept = _keep(result, k, group, cy, cx, cuts[k], stamp_size, bands, working, model,
-                         tile, rows)
+                         tile, rows, config)
             group.kept += kept
             group.rounds += 1
             group.rounds_left -= 1
@@ -450,8 +477,8 @@ def _subtract_background(image: np.ndarray, missing: np.ndarray, mesh: int) -> n
     return out
 
 
-def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows):
-    """Keep the window's components that belong to its group; return how many."""
+def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows, config):
+    """Keep the window's components that belong to its group; return how many are new."""
     y0, _, x0, _ = tile.ext
     n = int(result["n_components"][k])
     if n == 0:
@@ -459,14 +486,10 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
     components = np.transpose(result["components"][k, :n], (0, 3, 1, 2))  # (n, C, S, S)
     conserved = np.transpose(result["conserved"][k, :n], (0, 3, 1, 2))
     sig = cut["sig"]
-    weights = measure.apportion_weights(
-        np.transpose(components, (0, 2, 3, 1)), np.transpose(sig, (1, 2, 0))
-    )  # (n, S, S, C)
-    variance = np.transpose(cut["var"], (1, 2, 0))
-    moments = measure.moments(np.transpose(conserved, (0, 2, 3, 1)))
-    lab = cut["lab"]
-    outside_footprint = lab != group.label
-    distance = ndimage.distance_transform_edt(outside_footprint)
+    fluxes = conserved.sum(axis=(2, 3))
+    errors = flux_errors(components, fluxes, cut["var"])  # (n, C)
+    moments = measure.moments(np.transpose(components, (0, 2, 3, 1)))  # noiseless: robust
+    distance = ndimage.distance_transform_edt(cut["lab"] != group.label)
     windows = np.asarray(group.windows)
     kept = 0
     sy0, sx0 = cy - size // 2, cx - size // 2  # stamp origin, tile pixels
@@ -480,16 +503,17 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         if distance[iy, ix] > OUTSIDE_REACH:
             continue  # another group's (or nobody's) light
         if len(windows) > 1:
-            ty, tx = sy0 + y, sx0 + x
-            nearest = int(np.argmin(np.hypot(windows[:, 0] - ty, windows[:, 1] - tx)))
+            nearest = int(np.argmin(np.hypot(windows[:, 0] - sy0 - y, windows[:, 1] - sx0 - x)))
             if nearest != group.next_window:
                 continue  # another window of the group keeps it
+        snr = _model_snr(components[j], conserved[j], cut["var"])
+        if snr < config.min_snr:
+            continue  # nothing in the data supports it: its light stays in the residual
         _add(model, components[j], cy, cx)
         _add(working, components[j], cy, cx, sign=-1.0)
         light = components[j] > TOUCH_SIGMA * sig
-        fx, fy = sx0 + x + x0, sy0 + y + y0
         row = {
-            "x": fx, "y": fy, "blend_id": _blend_id(tile, group),
+            "x": sx0 + x + x0, "y": sy0 + y + y0, "snr": snr, "blend_id": _blend_id(tile, group),
             "quality": int(result["quality"][k]),
             "mu20": float(moments["mu20"][j]), "mu02": float(moments["mu02"][j]),
             "mu11": float(moments["mu11"][j]),
@@ -498,32 +522,85 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
             "split": bool(result["split"][k]), "recovered": bool(result["recovered"][k]),
             "outliers": bool(result.get("outliers", np.zeros(k + 1))[k]),
         }
-        flux = conserved[j].sum(axis=(1, 2))
-        error = np.sqrt((np.square(weights[j]) * variance).sum(axis=(0, 1)))
-        twin = _twin(rows, group, fx, fy)
-        if twin is not None:  # a later window's or round's piece of a galaxy already kept
-            for c, band in enumerate(bands):
-                twin[f"flux_{band}"] += float(flux[c])
-                twin[f"flux_err_{band}"] = float(np.hypot(twin[f"flux_err_{band}"], error[c]))
+        for c, band in enumerate(bands):
+            row[f"flux_{band}"] = float(fluxes[j, c])
+            row[f"flux_err_{band}"] = float(errors[j, c])
+        twin = _twin(rows, group, row, config.duplicate_size)
+        if twin is not None:  # a piece of a brighter galaxy the group already kept
+            for band in bands:
+                twin[f"flux_{band}"] += row[f"flux_{band}"]
+                twin[f"flux_err_{band}"] = float(np.hypot(twin[f"flux_err_{band}"],
+                                                          row[f"flux_err_{band}"]))
             for flag in ("edge", "masked", "outliers"):
                 twin[flag] = twin[flag] or row[flag]
             continue
-        for c, band in enumerate(bands):
-            row[f"flux_{band}"] = float(flux[c])
-            row[f"flux_err_{band}"] = float(error[c])
         group.rows.append(len(rows))
         rows.append(row)
         kept += 1
     return kept
 
 
-def _twin(rows: list[dict], group: _Group, x: float, y: float) -> dict | None:
-    """The group's kept galaxy within :data:`DUPLICATE_RADIUS` of ``(x, y)``, if any."""
-    best, best_distance = None, DUPLICATE_RADIUS
+def flux_errors(models: np.ndarray, fluxes: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Flux errors ``(K, C)`` of the galaxies of one stamp.
+
+    The noise part is that of a simultaneous fit of the galaxies' model profiles to the data
+    (the profiles fixed, their amplitudes free): with ``I_jl = sum(m_j m_l / v)`` over the pixels
+    with data, galaxy ``k``'s flux error is ``sum(m_k) sqrt((I^-1)_kk)`` per band, so that the
+    overlap of neighbours raises it. The networks' own error, :data:`MODEL_FLUX_ERROR` times the
+    flux, is added in quadrature.
+
+    Args:
+        models: ``(K, C, H, W)`` noiseless models.
+        fluxes: ``(K, C)`` their fluxes.
+        variance: ``(C, H, W)`` pixel variance, 0 where there are no data.
+    """
+    good = variance > 0
+    inverse = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
+    templates = np.where(good[None], np.clip(models, 0.0, None), 0.0).astype(np.float64)
+    n, bands = templates.shape[:2]
+    noise = np.full((n, bands), np.inf)
+    for c in range(bands):
+        flat = templates[:, c].reshape(n, -1)
+        information = (flat * inverse[c].reshape(1, -1)) @ flat.T
+        useful = np.diag(information) > 0
+        if not useful.any():
+            continue
+        covariance = np.linalg.pinv(information[np.ix_(useful, useful)], hermitian=True)
+        noise[useful, c] = flat[useful].sum(axis=1) * np.sqrt(
+            np.clip(np.diag(covariance), 0.0, None)
+        )
+    return np.hypot(noise, MODEL_FLUX_ERROR * np.abs(fluxes))
+
+
+def _model_snr(model: np.ndarray, data: np.ndarray, variance: np.ndarray) -> float:
+    """Matched-filter S/N of a galaxy over all bands, its model as the template:
+    ``sum(m d / v) / sqrt(sum(m^2 / v))`` over the pixels with data (``v > 0``)."""
+    good = variance > 0
+    inverse = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
+    template = np.clip(model, 0.0, None)
+    norm = float(np.sqrt((np.square(template) * inverse).sum()))
+    return float((template * data * inverse).sum() / norm) if norm > 0 else 0.0
+
+
+def _twin(rows: list[dict], group: _Group, row: dict, size_factor: float) -> dict | None:
+    """The group's kept galaxy of which ``row`` is a piece, if any: the nearest brighter one
+    (summed flux) closer than :data:`DUPLICATE_RADIUS`, or than ``size_factor`` times its size
+    (``sqrt((mu20 + mu02) / 2)``: a bright galaxy's core error, modelled apart by a later
+    step, lies within it)."""
+    brightness = sum(v for key, v in row.items() if key.startswith("flux_") and "err" not in key)
+    best, best_distance = None, np.inf
     for index in group.rows:
-        distance = float(np.hypot(rows[index]["x"] - x, rows[index]["y"] - y))
-        if distance < best_distance:
-            best, best_distance = rows[index], distance
+        other = rows[index]
+        distance = float(np.hypot(other["x"] - row["x"], other["y"] - row["y"]))
+        reach = DUPLICATE_RADIUS
+        other_brightness = sum(
+            v for key, v in other.items() if key.startswith("flux_") and "err" not in key
+        )
+        if other_brightness > brightness:
+            size = np.sqrt(max(0.0, (other["mu20"] + other["mu02"]) / 2))
+            reach = max(reach, size_factor * size)
+        if distance < reach and distance < best_distance:
+            best, best_distance = other, distance
     return best
 
 
@@ -531,12 +608,12 @@ def catalog_columns(bands: tuple[str, ...]) -> list[str]:
     """The catalog's columns, in order (``ra, dec`` only with a WCS)."""
     return [
         "id", "x", "y", "ra", "dec",
-        *[f"flux_{b}" for b in bands], *[f"flux_err_{b}" for b in bands],
+        *[f"flux_{b}" for b in bands], *[f"flux_err_{b}" for b in bands], "snr",
         "mu20", "mu02", "mu11", "blend_id", "n_in_blend", "quality", *FLAGS,
     ]
 
 
-_DTYPES = {"x": np.float64, "y": np.float64, "mu20": np.float32, "mu02": np.float32,
+_DTYPES = {"x": np.float64, "y": np.float64, "snr": np.float32, "mu20": np.float32, "mu02": np.float32,
            "mu11": np.float32, "blend_id": np.int64, "n_in_blend": np.int16,
            "quality": np.int16, **dict.fromkeys(FLAGS, bool)}
 
