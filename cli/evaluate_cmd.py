@@ -27,15 +27,25 @@ from tfdeblend.evaluate.baselines import BASELINES
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(testset_dirs, out_dir, model_dir, baselines, no_baseline, batch_size, max_sep,
              overwrite, quiet) -> None:
-    """Evaluate a model on TESTSET_DIR(s) (blends.fits + truth.fits, or TFRecords).
+    """Evaluate a model on TESTSET_DIR(s) (blends.fits + truth.fits, or TFRecords), or on
+    simulated fields (directories of `tfdeblend simulate field`: field.fits + truth.fits).
 
-    Writes Table I (quality fractions), Table II (PSNR/SSIM), flux and moment recovery, the
-    baselines side by side and the paper's numbers to OUT/report.md, OUT/metrics.json and PNG
-    figures.
+    Stamp test sets: writes Table I (quality fractions), Table II (PSNR/SSIM), flux and moment
+    recovery, the baselines side by side and the paper's numbers to OUT/report.md,
+    OUT/metrics.json and PNG figures.
+
+    Fields: deblends each whole field once (OUT/<field>_tfdeblend.fits), runs the baselines on
+    the same image, matches every catalog to the true galaxies within 1 arcsec and writes
+    completeness, purity, flux and pull metrics against the targets to OUT/report.md,
+    OUT/metrics.json and PNG figures. Stamp test sets and fields go in separate reports;
+    --max-sep applies to stamps only.
 
     \b
-    Example:
+    Examples:
       tfdeblend evaluate data/test2 data/test3 --out report/ --baseline sep
+      tfdeblend simulate field --size 512 --seed 7 --out data/field7
+      tfdeblend evaluate data/field7 --out field_report/ --baseline sep \\
+          --baseline source-extractor
     """
     from tfdeblend.evaluate.pipeline import evaluate as run_evaluation
     from tfdeblend.export import default_model_dir
@@ -49,7 +59,14 @@ def evaluate(testset_dirs, out_dir, model_dir, baselines, no_baseline, batch_siz
                              progress=not quiet)
     for note in results["notes"]:
         click.echo(f"Note: {note}", err=True)
-    for name, ts in results["testsets"].items():
+    for name, entry in results.get("fields", {}).items():
+        parts = []
+        for method, m in entry["methods"].items():
+            parts.append(f"{method} completeness {m['completeness']['value']:.3f}, purity "
+                         f"{m['purity']['value']:.3f}")
+        click.echo(f"{name}: {entry['field']['n_gold']} true galaxies with i < 25.3; "
+                   + "; ".join(parts))
+    for name, ts in results.get("testsets", {}).items():
         q = ts["table1_quality"]["all"]
         click.echo(f"{name}: {ts['n_stamps']} stamps; quality high/medium/low "
                    f"{100 * q['high']:.1f}/{100 * q['medium']:.1f}/{100 * q['low']:.1f} %")

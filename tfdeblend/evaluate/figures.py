@@ -6,7 +6,8 @@ matplotlib figure; none runs a model or a baseline. matplotlib is imported when 
 (Agg backend), not when this module is imported.
 
 :func:`testset_figures` yields the figures of one test set in report order, keyed like
-:data:`FIGURES`; :func:`save_figure` writes one PNG and closes it.
+:data:`FIGURES`, and :func:`field_figures` those of one simulated field, keyed like
+:data:`FIELD_FIGURES`; :func:`save_figure` writes one PNG and closes it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tfdeblend.config import QUALITY_NAMES
+from tfdeblend.evaluate import fields as fd
 from tfdeblend.evaluate import metrics as mt
 from tfdeblend.evaluate.analysis import (
     GALAXIES,
@@ -354,3 +356,186 @@ def testset_figures(
     yield "fig13", gallery_deblends(testset, gallery, rows, quality, bands, stretch)
     others = [m for m in methods if m != "tfdeblend"]
     yield "fig14", gallery_baselines(testset, methods, others, gallery_size, bands, stretch)
+
+
+# --------------------------------------------------------------------------------------------
+# whole fields
+
+#: figure key -> (file suffix, caption) of a field's figures
+FIELD_FIGURES = {
+    "completeness": ("completeness_vs_mag.png", "Completeness vs true i magnitude"),
+    "flux": ("flux_error_vs_mag.png", "Relative flux error vs true i magnitude"),
+    "pulls": ("pulls.png", "Flux pulls (f - f_true) / flux_err"),
+    "cutout": ("cutout.png", "Cut-out: image, tfdeblend's model, residual, with detections"),
+}
+
+_METHOD_STYLE = {"tfdeblend": ("tab:blue", "x"), "sep": ("tab:orange", "o"),
+                 "source-extractor": ("tab:green", "s")}
+
+
+def _style(method: str, k: int) -> tuple[str, str]:
+    return _METHOD_STYLE.get(method, (f"C{3 + k}", "^"))
+
+
+def field_completeness(methods: dict[str, dict[str, Any]]):
+    """Completeness of the galaxies in the field per bin of true i magnitude, one line per
+    method, binomial error bars; the gold cut and the 90 % target marked.
+
+    Args:
+        methods: method name -> :func:`fields.analyze_field_catalog`.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for k, (method, result) in enumerate(methods.items()):
+        curve = result["summary"]["completeness_by_mag"]
+        edges = np.asarray(curve["edges"])
+        centres = 0.5 * (edges[:-1] + edges[1:])
+        frac = np.asarray(curve["fraction"], np.float64)
+        ok = np.asarray(curve["n"]) > 0
+        color, _ = _style(method, k)
+        ax.errorbar(centres[ok] + 0.04 * k, frac[ok], yerr=np.asarray(curve["se"])[ok],
+                    marker="o", ms=3, color=color, label=method, capsize=2)
+    ax.axvline(fd.GOLD_MAG, color="k", ls=":", lw=1, label=f"i = {fd.GOLD_MAG:g}")
+    ax.axhline(0.9, color="grey", ls="--", lw=1, label="target 0.90")
+    ax.set(xlabel="true i (AB mag)", ylabel="completeness", ylim=(-0.02, 1.05))
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    fig.tight_layout()
+    return fig
+
+
+def field_flux_errors(methods: dict[str, dict[str, Any]], bands: Sequence[str]):
+    """Relative flux error of the matched galaxies in the field vs true i magnitude, one panel
+    per band, points per method with the running median."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(bands), figsize=(4.2 * len(bands), 3.8), sharey=True,
+                             squeeze=False)
+    edges = np.arange(18.0, 27.01, 1.0)
+    for c, (ax, band) in enumerate(zip(axes[0], bands)):
+        for k, (method, result) in enumerate(methods.items()):
+            a = result["arrays"]
+            sel = a["matched"] & a["inside"] & np.isfinite(a["rel"][:, c])
+            color, marker = _style(method, k)
+            ax.scatter(a["mag"][sel], np.clip(a["rel"][sel, c], -1, 1), s=5, color=color,
+                       marker=marker, alpha=0.5, label=method)
+            which = np.digitize(a["mag"][sel], edges)
+            med = [np.median(a["rel"][sel, c][which == b]) if (which == b).sum() >= 3 else np.nan
+                   for b in range(1, len(edges))]
+            ax.plot(0.5 * (edges[:-1] + edges[1:]), med, color=color, lw=1.5)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axvline(fd.GOLD_MAG, color="k", ls=":", lw=1)
+        ax.set(xlabel="true i (AB mag)", title=f"{band} band", ylim=(-1.02, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("(f - f_true) / f_true (clipped to +-1)")
+    _legend(axes[0][0])
+    fig.tight_layout()
+    return fig
+
+
+def field_pulls(methods: dict[str, dict[str, Any]], bands: Sequence[str]):
+    """Histograms of the pulls ``(f - f_true) / flux_err`` of the matched gold galaxies per band
+    and method, with the unit normal."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(bands), figsize=(4.2 * len(bands), 3.8), squeeze=False)
+    grid = np.linspace(-10, 10, 201)
+    for c, (ax, band) in enumerate(zip(axes[0], bands)):
+        for k, (method, result) in enumerate(methods.items()):
+            a = result["arrays"]
+            v = a["pull"][a["gold"] & a["matched"], c]
+            v = v[np.isfinite(v)]
+            if v.size:
+                width = result["summary"]["pull"][band]["scatter"]
+                ax.hist(np.clip(v, -10, 10), bins=40, range=(-10, 10), density=True,
+                        histtype="step", color=_style(method, k)[0],
+                        label=f"{method} (width {width:.2f})")
+        ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), "k:", lw=1, label="N(0, 1)")
+        ax.set(xlabel="pull (clipped to +-10)", title=f"{band} band")
+        _legend(ax)
+    axes[0][0].set_ylabel("density")
+    fig.tight_layout()
+    return fig
+
+
+def field_cutout(
+    image: np.ndarray,
+    model: np.ndarray,
+    residual: np.ndarray,
+    sigma: np.ndarray,
+    window: tuple[int, int, int, int],
+    truth: dict[str, np.ndarray],
+    methods: dict[str, dict[str, Any]],
+    bands: Sequence[str],
+):
+    """Image, tfdeblend's model and the residual of one window of a field, with the true gold
+    galaxies (``+``; fainter ones small) and each method's detections.
+
+    Args:
+        image, model, residual: ``(C, h, w)`` of the window (missing pixels NaN in ``image``
+            and ``residual``), as written by the run (never recomputed here).
+        sigma: ``(C, h, w)`` noise std (for the residual in sigmas of the band sum).
+        window: ``(y0, y1, x0, x1)`` full-image pixels.
+        truth: ``x``, ``y``, ``gold`` (bool) of every true galaxy, full-image pixels.
+        methods: method name -> :func:`fields.analyze_field_catalog`.
+        bands: band names.
+    """
+    plt = _plt()
+    y0, y1, x0, x1 = window
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    shown = np.nan_to_num(np.moveaxis(image, 0, -1))
+    # noise a dark grey: the linear part of the stretch spans a few noise sigmas
+    stretch = max(float(np.nanmedian(sigma)) * 8.0, 1e-12) if np.isfinite(sigma).any() else 1.0
+    axes[0].imshow(rgb(shown, bands, stretch), origin="lower")
+    axes[1].imshow(rgb(np.moveaxis(model, 0, -1), bands, stretch), origin="lower")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.nansum(residual, axis=0) / np.sqrt(np.nansum(sigma**2, axis=0))
+    im = axes[2].imshow(norm, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5)
+    fig.colorbar(im, ax=axes[2], fraction=0.046, label="band-sum residual / sigma")
+    inside = ((truth["x"] >= x0 - 0.5) & (truth["x"] < x1 - 0.5)
+              & (truth["y"] >= y0 - 0.5) & (truth["y"] < y1 - 0.5))
+    for ax, title in zip(axes, ("image", "tfdeblend model", "residual")):
+        for gold, ms in ((True, 12), (False, 6)):
+            sel = inside & (truth["gold"] == gold)
+            ax.plot(truth["x"][sel] - x0, truth["y"][sel] - y0, "w+" if ax is not axes[2]
+                    else "k+", ms=ms, mew=1.2, label="true, i < 25.3" if gold else "true, fainter")
+        for k, (method, result) in enumerate(methods.items()):
+            if ax is not axes[0] and method != "tfdeblend":
+                continue
+            a = result["arrays"]
+            sel = ((a["det_x"] >= x0 - 0.5) & (a["det_x"] < x1 - 0.5)
+                   & (a["det_y"] >= y0 - 0.5) & (a["det_y"] < y1 - 0.5))
+            color, marker = _style(method, k)
+            ax.scatter(a["det_x"][sel] - x0, a["det_y"][sel] - y0, s=90 if marker != "x" else 50,
+                       marker=marker, linewidths=1.5, label=method,
+                       **({"color": color} if marker == "x"
+                          else {"facecolors": "none", "edgecolors": color}))
+        ax.set(title=f"{title} (x {x0}-{x1}, y {y0}-{y1})", xlim=(-0.5, x1 - x0 - 0.5),
+               ylim=(-0.5, y1 - y0 - 0.5))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def field_figures(
+    methods: dict[str, dict[str, Any]],
+    bands: Sequence[str],
+    cutout: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """The figures of one field, drawn one at a time in report order.
+
+    Args:
+        methods: method name -> :func:`fields.analyze_field_catalog`, ``tfdeblend`` first.
+        bands: band names.
+        cutout: the keyword arguments of :func:`field_cutout` but ``methods`` and ``bands``
+            (``image``, ``model``, ``residual``, ``sigma``, ``window``, ``truth``), or ``None``
+            for no cut-out.
+
+    Yields:
+        ``(key of FIELD_FIGURES, matplotlib figure)``; the caller saves and closes each one.
+    """
+    yield "completeness", field_completeness(methods)
+    yield "flux", field_flux_errors(methods, bands)
+    yield "pulls", field_pulls(methods, bands)
+    if cutout is not None:
+        yield "cutout", field_cutout(methods=methods, bands=bands, **cutout)

@@ -20,6 +20,13 @@ directory is built in a temporary directory and renamed when complete:
 - ``metrics.json``: every number of the report (``NaN`` written as ``null``);
 - PNG figures ``<testset>_fig6_flux_x.png`` ... (see :data:`figures.FIGURES`).
 
+**Simulated fields** (directories of ``tfdeblend simulate field``: ``field.fits`` +
+``truth.fits``) go to :func:`evaluate_fields` instead: per field, tfdeblend deblends the whole
+image once (:func:`tfdeblend.run.run_image`, output ``<field>_tfdeblend.fits`` in the report
+directory), each baseline runs on the same image (:meth:`Baseline.run_image`), and the catalogs
+are scored against the true galaxies (:mod:`tfdeblend.evaluate.fields`). Stamp test sets and
+fields are not mixed in one report: :func:`evaluate` refuses a mix with one line.
+
 This is the only module of :mod:`tfdeblend.evaluate` that runs a model or a baseline or writes
 files; analysis, figures and report never import it.
 """
@@ -27,6 +34,7 @@ files; analysis, figures and report never import it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,7 @@ from tqdm.auto import tqdm
 from tfdeblend.errors import TfdeblendError
 from tfdeblend.evaluate import analysis, figures, report
 from tfdeblend.evaluate import baselines as bl
+from tfdeblend.evaluate import fields as fd
 from tfdeblend.evaluate.match import DEFAULT_MAX_SEP
 from tfdeblend.utils import atomic_dir, check_output_path
 
@@ -258,13 +267,15 @@ def evaluate(
 
     Args:
         testset_dirs: test-set directories (``blends.fits`` + ``truth.fits``, or TFRecords), e.g.
-            the 2-galaxy and 3-galaxy sets.
+            the 2-galaxy and 3-galaxy sets; or simulated field directories (``field.fits`` +
+            ``truth.fits``), evaluated by :func:`evaluate_fields` (not both kinds at once).
         model_dir: exported model (``None``: :func:`tfdeblend.export.default_model_dir`).
         out_dir: report directory: ``report.md``, ``metrics.json``, PNG figures.
         baselines: names in :data:`tfdeblend.evaluate.baselines.BASELINES` (``sep``,
             ``source-extractor``).
         batch_size: blends per model call.
-        max_sep: matching radius, pixels.
+        max_sep: matching radius, pixels (stamp test sets; fields match within
+            :data:`fields.MATCH_RADIUS` arcsec).
         overwrite: replace an existing ``out_dir``.
         progress: tqdm bars.
 
@@ -272,12 +283,23 @@ def evaluate(
         The metrics dict (also in ``metrics.json``).
 
     Raises:
-        TfdeblendError: missing/mismatched test set or model, existing output, unknown or
-            unavailable baseline, bad option.
+        TfdeblendError: missing/mismatched test set or model, stamp test sets mixed with
+            fields, existing output, unknown or unavailable baseline, bad option.
     """
     check_output_path(out_dir, overwrite)
     if not testset_dirs:
         raise TfdeblendError("no test set given")
+    kinds = [is_field_dir(d) for d in testset_dirs]
+    if any(kinds):
+        if not all(kinds):
+            field = testset_dirs[kinds.index(True)]
+            other = testset_dirs[kinds.index(False)]
+            raise TfdeblendError(
+                f"{field} is a simulated field and {other} is not: evaluate stamp test sets and "
+                "fields (field.fits + truth.fits) in separate reports"
+            )
+        return evaluate_fields(testset_dirs, model_dir, out_dir, baselines=baselines,
+                               batch_size=batch_size, overwrite=overwrite, progress=progress)
     for name in baselines:  # before the (slow) loading
         bl.get_baseline(name)
     from tfdeblend.data import load_testset
@@ -291,3 +313,201 @@ def evaluate(
     model = load_model(model_dir)
     return evaluate_loaded(testsets, model, out_dir, baselines=baselines, batch_size=batch_size,
                            max_sep=max_sep, overwrite=overwrite, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# whole fields
+
+#: the files that make a directory a simulated field
+FIELD_FILES: tuple[str, ...] = ("field.fits", "truth.fits")
+#: side (pixels) of the field cut-out figure
+CUTOUT_SIZE = 128
+
+
+def is_field_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a simulated field directory (``field.fits`` + ``truth.fits``)."""
+    path = Path(path)
+    return path.is_dir() and all((path / name).is_file() for name in FIELD_FILES)
+
+
+def load_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The ``TRUTH`` table of a field's ``truth.fits`` as a dict of numpy arrays."""
+    from astropy.table import Table
+
+    try:
+        table = Table.read(Path(path), hdu="TRUTH")
+    except (OSError, KeyError, ValueError) as err:
+        raise TfdeblendError(f"cannot read the TRUTH table of {path}: {err}") from None
+    return {name: np.asarray(table[name]) for name in table.colnames}
+
+
+def _open_field(path: Path, bands: Sequence[str]):
+    """``(ImageSource, truth dict, pixel scale, header text)`` of a field, checked."""
+    from tfdeblend.image_io import open_image, sky_to_pixel_scale
+
+    source = open_image(path / "field.fits", tuple(bands))
+    scale = sky_to_pixel_scale(source)
+    if scale is None:
+        raise TfdeblendError(f"{path / 'field.fits'} has no PIXSCALE keyword or WCS: the "
+                             "matching radius (arcsec) needs the pixel scale")
+    truth = load_truth(path / "truth.fits")
+    fd.field_summary(truth, scale, source.shape)  # the reference band's magnitudes are there
+    missing = [f"flux_{b}" for b in bands if f"flux_{b}" not in truth]
+    if missing:
+        raise TfdeblendError(f"{path / 'truth.fits'} has no column(s) {', '.join(missing)}")
+    header = source.header
+    described = ", ".join(f"{key.lower()} {header[key]}" for key in ("SURVEY", "SEED")
+                          if key in header)
+    return source, truth, scale, described
+
+
+def _read_catalog(path: Path) -> dict[str, np.ndarray]:
+    from astropy.table import Table
+
+    table = Table.read(path, hdu="CATALOG")
+    return {name: np.asarray(table[name]) for name in table.colnames}
+
+
+def _cutout(source, run_path: Path, truth, gold) -> dict[str, Any]:
+    """The arrays of the cut-out figure, read from the input and the run's output (no
+    inference): the window of :data:`CUTOUT_SIZE` px holding the most gold galaxies."""
+    from astropy.io import fits
+
+    window = fd.busiest_window(truth["x"][gold], truth["y"][gold], source.shape, CUTOUT_SIZE)
+    y0, y1, x0, x1 = window
+    image, variance, missing = source.read(y0, y1, x0, x1)
+    with fits.open(run_path, memmap=True) as hdul:
+        model = np.array(hdul["MODEL"].data[:, y0:y1, x0:x1], dtype=np.float32)
+        residual = np.array(hdul["RESIDUAL"].data[:, y0:y1, x0:x1], dtype=np.float32)
+    if variance is None:
+        from tfdeblend.scene import noise_sigma
+
+        sigma = np.broadcast_to(noise_sigma(image, missing)[:, None, None], image.shape)
+    else:
+        sigma = np.sqrt(variance)
+    return {"image": np.where(missing, np.nan, image), "model": model, "residual": residual,
+            "sigma": np.where(missing, np.nan, sigma), "window": window,
+            "truth": {"x": truth["x"], "y": truth["y"], "gold": gold}}
+
+
+def evaluate_fields(
+    field_dirs: Sequence[str | os.PathLike],
+    model_dir,
+    out_dir: str | os.PathLike,
+    baselines: Sequence[str] = ("sep",),
+    batch_size: int = 32,
+    overwrite: bool = False,
+    progress: bool = True,
+    scene=None,
+) -> dict[str, Any]:
+    """Score whole-image deblending on simulated fields against baselines; write the report.
+
+    For each field (a ``tfdeblend simulate field`` directory): tfdeblend deblends the whole
+    image once with :func:`tfdeblend.run.run_image` (its output FITS, ``MODEL``, ``RESIDUAL``,
+    ``CATALOG``, is kept as ``<field>_tfdeblend.fits`` in the report directory); each baseline
+    runs on the same image with :meth:`Baseline.run_image`; every catalog is scored against
+    the true galaxies (:func:`fields.analyze_field_catalog`); the figures are drawn from these
+    results and the run's output file. Written atomically: ``report.md``, ``metrics.json``,
+    ``<field>_*.png``, ``<field>_tfdeblend.fits``.
+
+    Args:
+        field_dirs: field directories (``field.fits`` + ``truth.fits``).
+        model_dir: exported model directory, a loaded
+            :class:`tfdeblend.export.DeblendModel`, or ``None`` for the default model.
+        out_dir: the report directory.
+        baselines: names in :data:`tfdeblend.evaluate.baselines.BASELINES` that run on whole
+            images.
+        batch_size: stamps per model call.
+        overwrite: replace an existing ``out_dir``.
+        progress: progress bars.
+        scene: a :class:`tfdeblend.scene.SceneConfig` for tfdeblend (default options when
+            ``None``).
+
+    Returns:
+        The metrics dict (also in ``metrics.json``): ``kind = "fields"``, ``model``,
+        ``definitions``, ``targets``, ``baselines``, ``baseline_settings``, ``fields`` (name ->
+        ``field``, ``path``, ``header``, ``tfdeblend_run``, ``methods`` (name -> metrics),
+        ``targets`` (method -> target -> met)), ``notes``, ``figures``.
+
+    Raises:
+        TfdeblendError: no field, a directory that is not a field, a field without the model's
+            bands, pixel scale or truth columns, an unknown baseline or one that does not run on
+            whole images, existing output.
+    """
+    from tfdeblend.export import DeblendModel, load_model, read_model_metadata
+    from tfdeblend.run import run_image
+
+    out_dir = check_output_path(out_dir, overwrite)
+    if not field_dirs:
+        raise TfdeblendError("no field given")
+    if int(batch_size) < 1:
+        raise TfdeblendError(f"batch size must be >= 1, got {batch_size}")
+    chosen = {name: bl.get_baseline(name) for name in baselines}
+    for name, baseline in chosen.items():
+        if not baseline.runs_on_images:
+            raise TfdeblendError(f"baseline {name} does not run on whole images")
+    for path in field_dirs:
+        if not is_field_dir(path):
+            raise TfdeblendError(f"{path} is not a simulated field directory (field.fits + "
+                                 "truth.fits)")
+    # the fields are checked against the model's bands before TensorFlow loads
+    bands = list(model_dir.bands if isinstance(model_dir, DeblendModel)
+                 else read_model_metadata(model_dir)[1]["bands"])
+    opened = {name: _open_field(Path(path), bands)
+              for name, path in zip(testset_names(field_dirs), field_dirs)}
+    model = model_dir if isinstance(model_dir, DeblendModel) else load_model(model_dir)
+    notes: list[str] = []
+    results: dict[str, Any] = {
+        "kind": "fields",
+        "model": {"name": str(getattr(model, "name", "model")), "bands": bands,
+                  "stamp_size": int(model.stamp_size), "path": str(getattr(model, "path", ""))},
+        "definitions": fd.field_definitions(),
+        "targets": {key: {"label": label, "target": text}
+                    for key, (label, text) in fd.TARGETS.items()},
+        "baselines": list(baselines),
+        "baseline_settings": {name: b.image_description for name, b in chosen.items()},
+        "fields": {},
+        "notes": notes,
+    }
+    if fd.SCATTER_REFERENCE not in chosen:
+        notes.append(f"the r-band flux target compares with {fd.SCATTER_REFERENCE}, which was "
+                     "not run: not judged")
+    figure_blocks: dict[str, list[tuple[str, str]]] = {}
+    with atomic_dir(out_dir) as tmp:
+        for (name, (source, truth, scale, described)), path in zip(opened.items(), field_dirs):
+            run_name = f"{name}_tfdeblend.fits"
+            run = run_image(source.paths[0], tmp / run_name, model=model, scene=scene,
+                            batch_size=batch_size, progress=progress)
+            catalogs = {"tfdeblend": _read_catalog(tmp / run_name)}
+            seconds = {"tfdeblend": run["seconds"]}
+            for base, baseline in chosen.items():
+                started = time.perf_counter()
+                catalogs[base] = baseline.run_image(source, progress=progress)
+                seconds[base] = time.perf_counter() - started
+            methods = {m: fd.analyze_field_catalog(truth, cat, bands, scale)
+                       for m, cat in catalogs.items()}
+            summaries = {m: {**result["summary"], "seconds": seconds[m]}
+                         for m, result in methods.items()}
+            results["fields"][name] = {
+                "path": str(path),
+                "header": described,
+                "field": fd.field_summary(truth, scale, source.shape),
+                "tfdeblend_run": {key: run[key] for key in ("n_objects", "n_blends", "n_stamps",
+                                                            "quality", "flags", "seconds")}
+                | {"output": run_name},
+                "methods": summaries,
+                "targets": fd.field_targets(summaries, bands),
+            }
+            gold = fd.truth_masks(truth, scale)["gold"]
+            cut = _cutout(source, tmp / run_name, truth, gold)
+            blocks = []
+            for key, fig in figures.field_figures(methods, bands, cut):
+                suffix, caption = figures.FIELD_FIGURES[key]
+                fname = f"{name}_{suffix}"
+                figures.save_figure(fig, tmp / fname)
+                blocks.append((fname, caption))
+            figure_blocks[name] = blocks
+        results["figures"] = {n: [f for f, _ in blocks] for n, blocks in figure_blocks.items()}
+        (tmp / "metrics.json").write_text(report.render_json(results))
+        (tmp / "report.md").write_text(report.render_fields_markdown(results, figure_blocks))
+    return results

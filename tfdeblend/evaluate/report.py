@@ -1,8 +1,10 @@
 """The evaluation report's text: a results dict rendered as ``report.md`` and ``metrics.json``.
 
-Rendering only: the numbers come from :mod:`tfdeblend.evaluate.analysis` (gathered by
-:mod:`tfdeblend.evaluate.pipeline`, which writes the files). :func:`render_markdown` gives the
-``report.md`` text and :func:`render_json` the ``metrics.json`` text (``NaN`` as ``null``).
+Rendering only: the numbers come from :mod:`tfdeblend.evaluate.analysis` and
+:mod:`tfdeblend.evaluate.fields` (gathered by :mod:`tfdeblend.evaluate.pipeline`, which writes the
+files). :func:`render_markdown` gives the ``report.md`` text of stamp test sets,
+:func:`render_fields_markdown` that of simulated fields, and :func:`render_json` the
+``metrics.json`` text (``NaN`` as ``null``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tfdeblend.evaluate.analysis import GALAXIES, PAPER
+from tfdeblend.evaluate.fields import TARGETS
 
 
 def jsonable(value: Any) -> Any:
@@ -200,6 +203,129 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
                     f"{_num(s['flux_band_sum']['bias'])} | {_num(s['flux_band_sum']['scatter'])} | "
                     f"{_num(s['flux_fit']['slope'])} |")
         lines += ["", "### Figures", ""]
+        for fname, caption in figure_blocks.get(name, []):
+            lines += [f"**{caption}**", "", f"![{caption}]({fname})", ""]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# whole fields
+
+
+def _pm(entry: dict[str, float], key: str, fmt: str = ".3f") -> str:
+    """``value +- se`` of ``entry[key]`` and ``entry[key + "_se"]``."""
+    value, se = entry.get(key), entry.get(f"{key}_se")
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if se is None or not np.isfinite(se):
+        return format(value, fmt)
+    return f"{format(value, fmt)} ± {format(se, fmt)}"
+
+
+def _fraction(entry: dict[str, float]) -> str:
+    if not entry["n"]:
+        return "n/a"
+    return f"{entry['value']:.3f} ± {entry['se']:.3f} ({entry['k']}/{entry['n']})"
+
+
+def _mark(met) -> str:
+    return "" if met is None else (" ✓" if met else " ✗")
+
+
+def render_fields_markdown(results: dict[str, Any],
+                           figure_blocks: dict[str, list[tuple[str, str]]]) -> str:
+    """The ``report.md`` text of a whole-field evaluation.
+
+    Args:
+        results: the results dict (as ``metrics.json`` holds it; ``kind = "fields"``).
+        figure_blocks: field name -> ``(file name, caption)`` of its figures, in order.
+    """
+    m = results["model"]
+    d = results["definitions"]
+    lines = [
+        "# tfdeblend whole-field evaluation report",
+        "",
+        f"Model: `{m['name']}` (bands {','.join(m['bands'])}, stamps {m['stamp_size']} px), run "
+        "on each whole field with `tfdeblend.run.run_image` (its output FITS is beside this "
+        f"report). Baselines: {', '.join(results['baselines']) or 'none'}.",
+        "",
+    ]
+    for name, text in results.get("baseline_settings", {}).items():
+        lines.append(f"- {name}: {text}")
+    lines += [
+        "",
+        f"Matching: {d['match']}. Gold: {d['gold']}. Flux and pulls on the matched gold "
+        "galaxies. Values ± standard errors (binomial for fractions, bootstrap for medians and "
+        "scatters). ✓ / ✗: the issue's target met / missed. Definitions: `docs/evaluation.md`, "
+        '"Whole fields".',
+        "",
+    ]
+    for note in results["notes"]:
+        lines += [f"> Note: {note}", ""]
+    for name, entry in results["fields"].items():
+        f = entry["field"]
+        run = entry["tfdeblend_run"]
+        lines += [
+            f"## Field `{name}`",
+            "",
+            f"`{entry['path']}`: {f['shape'][1]}x{f['shape'][0]} px at {f['pixel_scale']:g}\"/px"
+            + (f", {entry['header']}" if entry.get("header") else "")
+            + f"; {f['n_true']} galaxies drawn, {f['n_inside']} centred in the field, "
+            f"{f['n_gold']} of them with i < 25.3 ({f['n_gold_neighbour']} with a neighbour "
+            'within 2").',
+            "",
+            f"tfdeblend: {run['n_objects']} galaxies in {run['n_blends']} blends "
+            f"({run['n_stamps']} stamps), quality "
+            + ", ".join(f"{k} {v}" for k, v in run["quality"].items())
+            + "; flags " + (", ".join(f"{k} {v}" for k, v in run["flags"].items() if v) or "none")
+            + f"; output `{run['output']}`.",
+            "",
+        ]
+        methods = entry["methods"]
+        targets = entry["targets"]
+        names = list(methods)
+        lines += ["| metric | " + " | ".join(names) + " | target |",
+                  "|---|" + "---|" * (len(names) + 1)]
+
+        def row(label, cell, target_key=None, _names=names, _methods=methods, _t=targets,
+                _lines=lines):
+            cells = []
+            for n in _names:
+                try:
+                    text = cell(_methods[n])
+                except (KeyError, TypeError):
+                    text = "n/a"
+                if target_key is not None:
+                    text += _mark(_t[n].get(target_key))
+                cells.append(text)
+            target = TARGETS[target_key][1] if target_key else ""
+            _lines.append(f"| {label} | " + " | ".join(cells) + f" | {target} |")
+
+        row("detections", lambda s: str(s["n_detections"]))
+        row(TARGETS["completeness"][0], lambda s: _fraction(s["completeness"]), "completeness")
+        row(TARGETS["completeness_neighbour"][0],
+            lambda s: _fraction(s["completeness_neighbour"]), "completeness_neighbour")
+        row("purity", lambda s: _fraction(s["purity"]), "purity")
+        row('false detections (within 2" of a true galaxy / farther)',
+            lambda s: f"{s['false_detections']['n']} ({s['false_detections']['near_true']} / "
+                      f"{s['false_detections']['isolated']})")
+        row("missed gold galaxies (of which merged into a brighter one's detection)",
+            lambda s: f"{s['missed']['n']} ({s['missed']['merged']})")
+        for band in m["bands"]:
+            key = "flux_scatter_r" if band == "r" else None
+            row(f"{band} flux bias (median)", lambda s, b=band: _pm(s["flux"][b], "median"))
+            row(f"{band} flux robust scatter", lambda s, b=band: _pm(s["flux"][b], "scatter"), key)
+            row(f"{band} flux 3-sigma outliers (%)",
+                lambda s, b=band: _pct(s["flux"][b]["outlier_fraction"]))
+        for band in m["bands"]:
+            row(f"{band} pull median", lambda s, b=band: _pm(s["pull"][b], "median", ".2f"))
+            row(f"{band} pull width (1.4826 MAD)",
+                lambda s, b=band: _pm(s["pull"][b], "scatter", ".2f"),
+                "pull_width" if band == m["bands"][-1] else None)
+        row("seconds", lambda s: _num(s.get("seconds"), ".1f"))
+        lines += ["", "Pull-width target: every band in [0.8, 1.25] (mark on the last band's "
+                  "row). Flux-scatter target: r band, at most half of sep's.", ""]
+        lines += ["### Figures", ""]
         for fname, caption in figure_blocks.get(name, []):
             lines += [f"**{caption}**", "", f"![{caption}]({fname})", ""]
     return "\n".join(lines) + "\n"

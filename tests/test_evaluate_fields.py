@@ -1,0 +1,298 @@
+"""Whole-field evaluation: matching, metrics on constructed cases, the baselines on whole images
+(a small simulated field and a synthetic image with missing pixels), and the CLI end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tfdeblend.errors import TfdeblendError
+from tfdeblend.evaluate import baselines as bl
+from tfdeblend.evaluate import fields as fd
+from tfdeblend.evaluate import pipeline
+
+SCALE = 0.2  # arcsec per pixel: matching radius 5 px, neighbour radius 10 px
+BANDS = ("g", "r", "i")
+
+
+# ------------------------------------------------------------------------------------ matching
+
+
+def test_greedy_match_brightest_first_one_to_one_within_radius():
+    # the brighter galaxy (first in order) takes the detection, though the fainter is nearer
+    true_x, true_y = [0.0, 3.0], [0.0, 0.0]
+    assert fd.match_greedy(true_x, true_y, [2.0], [0.0], 4.0, order=[0, 1]).tolist() == [0, -1]
+    assert fd.match_greedy(true_x, true_y, [2.0], [0.0], 4.0, order=[1, 0]).tolist() == [-1, 0]
+    # each takes the nearest free detection: the second gets the one the first left
+    assert fd.match_greedy([0.0, 2.5], [0.0, 0.0], [2.0, 1.0], [0.0, 0.0], 4.0).tolist() == [1, 0]
+    # one to one: two galaxies on one detection, one match
+    assert fd.match_greedy([5.0, 5.0], [5.0, 5.0], [5.0], [5.0], 1.0).tolist() == [0, -1]
+    # strictly inside the radius; non-finite positions never match
+    assert fd.match_greedy([0.0], [0.0], [3.0], [4.0], 5.0).tolist() == [-1]
+    assert fd.match_greedy([0.0], [0.0], [3.0], [3.9], 5.0).tolist() == [0]
+    assert fd.match_greedy([np.nan, 0.0], [0.0, 0.0], [np.nan, 0.5], [0.0, 0.0], 5.0).tolist() \
+        == [-1, 1]
+    assert fd.match_greedy([0.0], [0.0], [], [], 5.0).tolist() == [-1]
+
+
+def test_has_neighbour_counts_only_other_eligible_galaxies():
+    x, y = np.array([0.0, 6.0, 30.0, 33.0]), np.zeros(4)
+    eligible = np.array([True, True, True, False])
+    assert fd.has_neighbour(x, y, eligible, 10.0).tolist() == [True, True, False, True]
+
+
+# --------------------------------------------------------------------------- metrics on a case
+
+
+def _truth():
+    """Six galaxies: G0/G1 a close pair, G2 alone, G3 faint, G4 in the margin, G5 missed."""
+    return {
+        "x": np.array([10.0, 16.0, 50.0, 80.0, -3.0, 100.0]),
+        "y": np.array([10.0, 10.0, 50.0, 80.0, 50.0, 100.0]),
+        "inside": np.array([True, True, True, True, False, True]),
+        "i_ab": np.array([20.0, 22.0, 24.0, 26.0, 21.0, 23.0]),
+        "flux_i": np.full(6, 1000.0),
+        "frac_inside": np.array([1.0, 1.0, 0.5, 1.0, 0.2, 1.0]),  # half of G2's light in the field
+    }
+
+
+def _catalog():
+    x = np.array([10.5, 16.0, 50.0, 80.0, 0.0, 30.0, 12.5])
+    y = np.array([10.0, 11.0, 50.5, 80.0, 50.0, 30.0, 16.0])
+    flux = np.array([1100.0, 900.0, 500.0, 500.0, 1000.0, 50.0, 50.0])
+    return {"x": x, "y": y, "flux_i": flux, "flux_err_i": np.full(7, 100.0)}
+
+
+def test_completeness_purity_flux_and_pulls_on_a_constructed_field():
+    result = fd.analyze_field_catalog(_truth(), _catalog(), ["i"], SCALE)
+    s = result["summary"]
+    assert result["arrays"]["match"].tolist() == [0, 1, 2, 3, 4, -1]
+    # gold: G0, G1, G2, G5 (inside, i < 25.3); G5 has no detection
+    assert (s["completeness"]["k"], s["completeness"]["n"]) == (3, 4)
+    assert s["completeness"]["se"] == pytest.approx(np.sqrt(0.75 * 0.25 / 4))
+    # G0 and G1 are 6 px = 1.2" apart: both have a neighbour, both found
+    assert (s["completeness_neighbour"]["k"], s["completeness_neighbour"]["n"]) == (2, 2)
+    # the faint G3 and the margin G4 matched their detections: only d5 and d6 are false
+    assert (s["purity"]["k"], s["purity"]["n"]) == (5, 7)
+    assert s["false_detections"] == {"n": 2, "near_true": 1, "isolated": 1}
+    assert s["missed"] == {"n": 1, "merged": 0}
+    # flux on G0, G1, G2 against the light in the field: relative errors +0.1, -0.1, 0;
+    # pulls +1, -1, 0
+    flux, pull = s["flux"]["i"], s["pull"]["i"]
+    assert flux["n"] == 3 and flux["median"] == pytest.approx(0.0)
+    assert flux["scatter"] == pytest.approx(1.4826 * 0.1)
+    assert pull["median"] == pytest.approx(0.0) and pull["scatter"] == pytest.approx(1.4826)
+    assert np.isfinite(flux["median_se"]) and np.isfinite(pull["scatter_se"])
+    curve = s["completeness_by_mag"]
+    assert sum(curve["n"]) == 5 and sum(curve["k"]) == 4  # galaxies inside, any magnitude
+    assert fd.field_summary(_truth(), SCALE, (128, 128))["n_gold"] == 4
+
+
+def test_a_galaxy_whose_detection_a_brighter_one_took_is_merged():
+    truth = {"x": np.array([20.0, 22.0]), "y": np.full(2, 20.0), "inside": np.ones(2, bool),
+             "i_ab": np.array([21.0, 23.0]), "flux_i": np.array([1000.0, 500.0])}
+    cat = {"x": np.array([21.0]), "y": np.array([20.0]), "flux_i": np.array([1500.0]),
+           "flux_err_i": np.array([10.0])}
+    s = fd.analyze_field_catalog(truth, cat, ["i"], SCALE)["summary"]
+    assert s["missed"] == {"n": 1, "merged": 1}
+    assert s["purity"]["value"] == 1.0 and s["completeness"]["value"] == 0.5
+
+
+def test_targets_and_missing_columns():
+    def summary(completeness, neighbour, purity, scatter_r, widths):
+        return {"completeness": {"value": completeness},
+                "completeness_neighbour": {"value": neighbour}, "purity": {"value": purity},
+                "flux": {"r": {"scatter": scatter_r}},
+                "pull": {b: {"scatter": w} for b, w in zip(BANDS, widths)}}
+
+    methods = {"tfdeblend": summary(0.95, 0.9, 0.97, 0.04, (1.0, 1.1, 0.9)),
+               "sep": summary(0.9, 0.7, 0.99, 0.1, (3.0, 3.0, 3.0))}
+    targets = fd.field_targets(methods, BANDS)
+    assert targets["tfdeblend"] == {"completeness": True, "completeness_neighbour": True,
+                                    "purity": True, "flux_scatter_r": True, "pull_width": True}
+    assert targets["sep"] == {"completeness": True, "completeness_neighbour": False,
+                              "purity": True, "flux_scatter_r": False, "pull_width": False}
+    assert fd.field_targets({"tfdeblend": methods["tfdeblend"]}, BANDS)["tfdeblend"][
+        "flux_scatter_r"] is None
+    truth = _truth()
+    del truth["i_ab"]
+    with pytest.raises(TfdeblendError, match="i_ab"):
+        fd.analyze_field_catalog(truth, _catalog(), ["i"], SCALE)
+
+
+def test_fields_analysis_imports_no_rendering_or_running():
+    import ast
+    from pathlib import Path
+
+    source = Path(fd.__file__).read_text()
+    names = {node.module for node in ast.walk(ast.parse(source))
+             if isinstance(node, ast.ImportFrom) and node.module}
+    names |= {alias.name for node in ast.walk(ast.parse(source))
+              if isinstance(node, ast.Import) for alias in node.names}
+    bad = {"tfdeblend.evaluate.figures", "tfdeblend.evaluate.report",
+           "tfdeblend.evaluate.pipeline", "matplotlib", "tfdeblend.export"}
+    assert not names & bad
+
+
+# ------------------------------------------------------------------------ baselines on images
+
+
+@pytest.fixture(scope="module")
+def small_field(tmp_path_factory):
+    """A real simulated 128x128 LSST field (bad column per band, saturated core)."""
+    from tfdeblend.field import FieldConfig, simulate_field
+
+    out = tmp_path_factory.mktemp("fields") / "field_s3"
+    simulate_field(FieldConfig(size=128, seed=3), out, progress=False)
+    return out
+
+
+def _check_image_baseline(name, field_dir):
+    from tfdeblend.image_io import open_image
+
+    source = open_image(field_dir / "field.fits", BANDS)
+    cat = bl.BASELINES[name].run_image(source, progress=False)
+    assert set(cat) == set(bl.image_catalog_columns(BANDS))
+    assert len(cat["x"]) > 5
+    for band in BANDS:
+        assert np.isfinite(cat[f"flux_{band}"]).all()
+        assert (cat[f"flux_err_{band}"] > 0).all() and np.isfinite(cat[f"flux_err_{band}"]).all()
+    truth = pipeline.load_truth(field_dir / "truth.fits")
+    result = fd.analyze_field_catalog(truth, cat, BANDS, SCALE)["arrays"]
+    # every bright galaxy in the field (i < 24) is found, and its r flux is within 50 %
+    bright = result["inside"] & (result["mag"] < 24)
+    assert bright.sum() >= 3 and result["matched"][bright].all()
+    assert np.nanmedian(np.abs(result["rel"][bright, 1])) < 0.5
+    return cat
+
+
+def test_sep_runs_on_a_whole_simulated_field(small_field):
+    _check_image_baseline("sep", small_field)
+
+
+@pytest.mark.skipif(bl.source_extractor_binary() is None, reason="Source Extractor not installed")
+def test_source_extractor_runs_on_a_whole_simulated_field(small_field):
+    _check_image_baseline("source-extractor", small_field)
+
+
+def _synthetic(tmp_path, block: str | None):
+    """A 64x64 image of two Gaussian galaxies (same noise every call); a 2x2 block near the
+    first one's core is intact (``None``), ``"nan"``, ``"zero"`` (0, not flagged) or
+    ``"flagged"`` (1e6, flagged in the mask)."""
+    from tfdeblend.image_io import write_cube
+
+    yy, xx = np.mgrid[:64, :64]
+    image = np.random.default_rng(1).normal(0, 10.0, (3, 64, 64))
+    for cx, cy, flux in ((20.0, 30.0, 2e5), (45.0, 40.0, 1e5)):
+        image += (flux * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 2.5**2))
+                  / (2 * np.pi * 2.5**2))[None]
+    mask = np.zeros(image.shape, np.int32)
+    pixels = (slice(None), slice(31, 33), slice(22, 24))
+    if block is not None:
+        image[pixels] = {"nan": np.nan, "zero": 0.0, "flagged": 1e6}[block]
+        mask[pixels] = block == "flagged"
+    path = tmp_path / f"{block}.fits"
+    write_cube(path, image.astype(np.float32), BANDS, mask=mask,
+               variance=np.full(image.shape, 100.0, np.float32))
+    return path
+
+
+def test_sep_treats_missing_pixels_as_masked_not_zero(tmp_path):
+    from tfdeblend.image_io import open_image
+
+    cats, flux = {}, {}
+    for block in (None, "nan", "flagged", "zero"):
+        cats[block] = bl.run_sep_image(open_image(_synthetic(tmp_path, block), BANDS),
+                                       progress=False)
+        first = int(np.argmin(np.hypot(cats[block]["x"] - 20, cats[block]["y"] - 30)))
+        flux[block] = cats[block]["flux_r"][first]
+    assert len(cats[None]["x"]) == len(cats["nan"]["x"]) == 2
+    # a NaN and a flagged pixel are the same missing pixel, whatever value it holds
+    for key in cats["nan"]:
+        np.testing.assert_array_equal(cats["nan"][key], cats["flagged"][key])
+    # the masked aperture is scaled to its full area: closer to the intact flux than zeros
+    assert flux["zero"] < flux["nan"] < flux[None]
+
+
+def test_a_baseline_without_run_image_is_refused():
+    class Stamps(bl.Baseline):
+        name = "stamps-only"
+
+    with pytest.raises(TfdeblendError, match="does not run on whole images"):
+        Stamps().run_image(None)
+    assert not Stamps.runs_on_images
+    assert all(b.runs_on_images for b in bl.BASELINES.values())
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+
+def test_cli_scores_a_field_against_sep(small_field, tmp_path):
+    from tfdeblend.cli.main import cli
+
+    runner = CliRunner()
+    out = tmp_path / "report"
+    result = runner.invoke(cli, ["evaluate", str(small_field), "--out", str(out), "--baseline",
+                                 "sep", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "field_s3:" in result.output and "purity" in result.output
+    for name in ("report.md", "metrics.json", "field_s3_tfdeblend.fits",
+                 "field_s3_completeness_vs_mag.png", "field_s3_flux_error_vs_mag.png",
+                 "field_s3_pulls.png", "field_s3_cutout.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "fields" and metrics["baselines"] == ["sep"]
+    entry = metrics["fields"]["field_s3"]
+    assert set(entry["methods"]) == {"tfdeblend", "sep"}
+    for summary in entry["methods"].values():
+        assert {"completeness", "completeness_neighbour", "purity", "flux", "pull",
+                "false_detections", "missed", "completeness_by_mag", "seconds"} <= set(summary)
+        assert set(summary["flux"]) == set(summary["pull"]) == set(BANDS)
+        assert 0 <= summary["completeness"]["value"] <= 1
+    assert set(entry["targets"]["tfdeblend"]) == set(fd.TARGETS)
+    assert entry["tfdeblend_run"]["n_objects"] == metrics["fields"]["field_s3"]["methods"][
+        "tfdeblend"]["n_detections"]
+    report = (out / "report.md").read_text()
+    assert "## Field `field_s3`" in report and "| metric | tfdeblend | sep | target |" in report
+    assert ">= 0.90" in report and "in [0.8, 1.25]" in report
+
+    # a stamp test set beside a field: one line, before any work
+    mixed = runner.invoke(cli, ["evaluate", str(small_field), str(tmp_path / "test2"), "--out",
+                                str(tmp_path / "mixed")])
+    assert mixed.exit_code == 1 and mixed.output.startswith("Error:")
+    assert "separate reports" in mixed.output and "Traceback" not in mixed.output
+    assert not (tmp_path / "mixed").exists()
+
+
+def test_inference_runs_once_per_field(small_field, tmp_path, monkeypatch):
+    import tfdeblend.run as run_module
+
+    calls = []
+    real = run_module.run_image
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_image", counting)
+    results = pipeline.evaluate([small_field], None, tmp_path / "r", baselines=(),
+                                progress=False)
+    assert len(calls) == 1
+    assert list(results["fields"]["field_s3"]["methods"]) == ["tfdeblend"]
+    assert "not judged" in " ".join(results["notes"])
+
+
+def test_a_field_without_the_models_bands_is_refused_before_inference(tmp_path, monkeypatch):
+    from tfdeblend.field import FieldConfig, simulate_field
+
+    field = simulate_field(FieldConfig(size=32, bands=("g", "r"), seed=1), tmp_path / "gr",
+                           progress=False)
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("tfdeblend.export.load_model", no_inference)
+    with pytest.raises(TfdeblendError, match="missing i"):
+        pipeline.evaluate([field], None, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
