@@ -33,7 +33,7 @@ def _worker_model(model_dir: str):
 
 def _deblend_tile_task(source, tile, model_dir, scene, batch_size):
     """One tile, on a worker: read it, deblend it (:func:`tfdeblend.scene.deblend_tile`)."""
-    from tfdeblend.outliers import deblend_batch
+    from tfdeblend.outliers import deblend_batch, deblend_one_batch
     from tfdeblend.scene import deblend_tile
 
     model = _worker_model(model_dir)
@@ -42,6 +42,7 @@ def _deblend_tile_task(source, tile, model_dir, scene, batch_size):
         image, variance, missing,
         lambda stamps: deblend_batch(model, stamps, batch_size=batch_size),
         tile, scene, model.stamp_size, source.bands, batch_size=batch_size,
+        deblend_one=lambda stamps: deblend_one_batch(model, stamps, batch_size),
     )
     info = {"model": model.name, "version": model.version, "peel": model.peel_config}
     return result, info

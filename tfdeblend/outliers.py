@@ -132,3 +132,10 @@ def deblend_batch(model, images: np.ndarray, batch_size: int = 32) -> dict[str, 
         result["residual"] = result["residual"] + (images - cleaned)
     result["outliers"] = n_outliers
     return result
+
+
+def deblend_one_batch(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The RDN alone (:meth:`tfdeblend.export.DeblendModel.deblend_one`) on a batch of stamps
+    ``(N, H, W, C)``, with outliers cleaned first; the brightest galaxy of each, input units."""
+    cleaned, _ = prepare_batch(images)
+    return model.deblend_one(cleaned, batch_size=batch_size)

@@ -21,7 +21,7 @@ import numpy as np
 
 from tfdeblend.config import QUALITY_NAMES
 from tfdeblend.errors import TfdeblendError
-from tfdeblend.outliers import deblend_batch
+from tfdeblend.outliers import deblend_batch, deblend_one_batch
 
 
 def _model_info(model) -> tuple[tuple[str, ...], int]:
@@ -331,6 +331,7 @@ def deblend_tiles(source, tiles, model, scene, batch_size: int = 32, progress: b
                 lambda stamps: deblend_batch(model, stamps, batch_size=batch_size),
                 tile, scene, stamp_size, source.bands, batch_size=batch_size,
                 progress=lambda n: (setattr(bar, "total", bar.total + n), bar.update(n)),
+                deblend_one=lambda stamps: deblend_one_batch(model, stamps, batch_size),
             ))
     return results
 

@@ -73,6 +73,12 @@ DUPLICATE_RADIUS: float = 3.0
 #: robust scatter for the brighter galaxy of its model card's 2-galaxy test stamps (0.039), where
 #: the noise adds little. Measured on stamps, not on fields.
 MODEL_FLUX_ERROR: float = 0.04
+#: A detection with no kept galaxy this close (pixels) is tried once more
+#: (:func:`_recover_detections`), and the galaxy found must lie this close to it.
+RECOVER_RADIUS: float = 3.0
+#: Radius (pixels) of the disc around such a detection that the RDN sees (the shipped peel's
+#: residual-detection window).
+RECOVER_WINDOW: float = 5.0
 #: A galaxy's light "touches" a pixel where its model is above this many noise sigmas.
 TOUCH_SIGMA: float = 0.5
 
@@ -348,6 +354,7 @@ def deblend_tile(
     bands: tuple[str, ...],
     batch_size: int = 32,
     progress: Callable[[int], Any] | None = None,
+    deblend_one: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> TileResult:
     """Deblend the groups a tile owns (see the module docstring).
 
@@ -363,6 +370,9 @@ def deblend_tile(
         bands: band names, channel order.
         batch_size: stamps per ``deblend`` call.
         progress: called with the number of stamps peeled, after each batch.
+        deblend_one: the RDN alone on a batch of stamps ``(B, S, S, C) -> (B, S, S, C)`` (the
+            brightest galaxy of each, input units); with it, detections that no kept galaxy
+            explains are tried once more (:func:`_recover_detections`).
     """
     y0, y1, x0, x1 = tile.ext
     image = np.array(image, dtype=np.float32, copy=True)
@@ -449,6 +459,11 @@ def deblend_tile(
             group.rounds_left = config.max_rounds
         pending = [g for g in pending if g.next_window < len(g.windows)]
         round_index += 1
+    if deblend_one is not None:
+        stamps_done += _recover_detections(
+            objects, obj_label, groups, labels, working, missing, sigma_map, band_sigma, model,
+            rows, deblend_one, tile, config, stamp_size, bands, batch_size, progress,
+        )
     table = _rows_to_columns(rows, bands)
     big = {_blend_id(tile, g) for g in groups
            if len(g.windows) > 1 or g.rounds > len(g.windows) or g.n_detected > MAX_COUNT}
@@ -458,6 +473,91 @@ def deblend_tile(
         table["big_group"] = np.isin(table["blend_id"], list(big))
     return TileResult(table, tile.ext, model,
                       {"groups": len(groups), "stamps": stamps_done, "detections": len(objects)})
+
+
+def _recover_detections(objects, obj_label, groups, labels, working, missing, sigma_map,
+                        band_sigma, model, rows, deblend_one, tile, config, size, bands,
+                        batch_size, progress) -> int:
+    """Try once more every detection of an owned group that no kept galaxy explains.
+
+    The classifier sometimes counts a faint galaxy beside a brighter one as nothing, and the
+    peel's own residual detection needs S/N 10. Here each detection with no kept galaxy within
+    :data:`RECOVER_RADIUS` pixels gets a stamp of the residual centred on it, of which the RDN
+    sees only a disc of :data:`RECOVER_WINDOW` pixels; its galaxy is kept (flag ``recovered``,
+    quality medium) when it lies at the detection and passes the ``min_snr`` test. Returns the
+    number of stamps run.
+    """
+    by_label = {g.label: g for g in groups}
+    done = np.array([[r["y"] - tile.ext[0], r["x"] - tile.ext[2]] for r in rows]).reshape(-1, 2)
+    jobs = []
+    for index in np.flatnonzero(np.isin(obj_label, list(by_label))):
+        oy, ox = float(objects["y"][index]), float(objects["x"][index])
+        if len(done) and np.hypot(done[:, 0] - oy, done[:, 1] - ox).min() < RECOVER_RADIUS:
+            continue
+        jobs.append((by_label[int(obj_label[index])], oy, ox))
+    if not jobs:
+        return 0
+    yy, xx = np.mgrid[:size, :size]
+    stamps, cuts = [], []
+    for group, oy, ox in jobs:
+        cy, cx = int(round(oy)), int(round(ox))
+        rng = np.random.default_rng(
+            np.random.SeedSequence([config.seed, tile.index, group.label, 10_000 + cy * 7919 + cx])
+        )
+        stamp, outside = _cut(working, cy, cx, size, 0.0)
+        lab = _cut(labels[None], cy, cx, size, 0)[0][0]
+        miss = _cut(missing, cy, cx, size, True)[0] & ~outside[None]
+        sig = _cut(sigma_map, cy, cx, size, 0.0)[0]
+        sig = np.where(sig > 0, sig, band_sigma[:, None, None])
+        stamp = fill_missing(stamp, miss, sig, rng, outside)
+        other = (lab != group.label) & (lab != 0)
+        stamp = np.where(other[None], rng.normal(0.0, 1.0, stamp.shape) * sig, stamp)
+        dy, dx = oy - (cy - size // 2), ox - (cx - size // 2)
+        disc = np.hypot(yy - dy, xx - dx) < RECOVER_WINDOW
+        stamps.append(np.transpose(stamp * disc[None], (1, 2, 0)))
+        unknown = miss | outside[None] | other[None]
+        cuts.append({"stamp": stamp, "lab": lab, "miss": miss, "outside": outside, "sig": sig,
+                     "var": np.square(sig) * ~unknown, "at": (dy, dx)})
+    galaxies = []
+    for start in range(0, len(stamps), batch_size):
+        galaxies.append(np.asarray(deblend_one(np.stack(stamps[start : start + batch_size]))))
+        if progress is not None:
+            progress(len(stamps[start : start + batch_size]))
+    galaxies = np.transpose(np.concatenate(galaxies), (0, 3, 1, 2))  # (J, C, S, S)
+    y0, _, x0, _ = tile.ext
+    for (group, oy, ox), galaxy, cut in zip(jobs, galaxies, cuts):
+        moments = measure.moments(np.transpose(galaxy, (1, 2, 0)))
+        x, y = float(moments["x"]), float(moments["y"])
+        dy, dx = cut["at"]
+        if not (np.isfinite(x) and np.hypot(x - dx, y - dy) < RECOVER_RADIUS):
+            continue  # the RDN modelled something else
+        footprint = galaxy > measure.FOOTPRINT_SIGMA * cut["sig"]
+        conserved = galaxy + np.where(footprint, cut["stamp"] - galaxy, 0.0)
+        snr = _model_snr(galaxy, conserved, cut["var"])
+        if snr < config.min_snr:
+            continue
+        cy, cx = int(round(oy)), int(round(ox))
+        _add(model, galaxy, cy, cx)
+        _add(working, galaxy, cy, cx, sign=-1.0)
+        flux = conserved.sum(axis=(1, 2))
+        error = flux_errors(galaxy[None], flux[None], cut["var"])[0]
+        light = galaxy > TOUCH_SIGMA * cut["sig"]
+        row = {
+            "x": cx - size // 2 + x + x0, "y": cy - size // 2 + y + y0, "snr": snr,
+            "blend_id": _blend_id(tile, group), "quality": 1,
+            "mu20": float(moments["mu20"]), "mu02": float(moments["mu02"]),
+            "mu11": float(moments["mu11"]),
+            "edge": bool((light.any(axis=0) & cut["outside"]).any()),
+            "masked": bool((light & cut["miss"]).any()), "split": False, "recovered": True,
+            "outliers": False,
+        }
+        for c, band in enumerate(bands):
+            row[f"flux_{band}"] = float(flux[c])
+            row[f"flux_err_{band}"] = float(error[c])
+        group.rows.append(len(rows))
+        rows.append(row)
+        group.kept += 1
+    return len(stamps)
 
 
 def _blend_id(tile: Tile, group: _Group) -> int:
