@@ -84,12 +84,21 @@ def find_outliers(images: np.ndarray, sigma: np.ndarray | None = None) -> np.nda
     if sigma is None:
         sigma = robust_sigma(images)
     sigma = np.broadcast_to(np.asarray(sigma, np.float32), (images.shape[0], images.shape[-1]))
-    base = np.clip(np.nan_to_num(neighbour_median(images), nan=0.0), 0.0, None)
-    excess = images - base
+    out = np.zeros(images.shape, bool)
+    # only pixels above OUTLIER_SNR sigmas can rise that far above a non-negative median
     with np.errstate(invalid="ignore"):
-        return (excess > OUTLIER_SNR * sigma[:, None, None, :]) & (
-            excess > OUTLIER_SHARPNESS * base
-        )
+        candidates = np.argwhere(images > OUTLIER_SNR * sigma[:, None, None, :])
+    if len(candidates) == 0:
+        return out
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    n, y, x, c = candidates.T
+    around = np.stack([padded[n, y + 1 + dy, x + 1 + dx, c]
+                       for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+    base = np.clip(np.nan_to_num(np.median(around, axis=0), nan=0.0), 0.0, None)
+    excess = images[n, y, x, c] - base
+    flagged = (excess > OUTLIER_SNR * sigma[n, c]) & (excess > OUTLIER_SHARPNESS * base)
+    out[n[flagged], y[flagged], x[flagged], c[flagged]] = True
+    return out
 
 
 def clean_outliers(images: np.ndarray, mask: np.ndarray, passes: int = 2) -> np.ndarray:
