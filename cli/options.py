@@ -21,8 +21,8 @@ def _click_type(kind: type, meta: dict):
     if "choices" in meta:
         return click.Choice([str(c) for c in meta["choices"]])
     if kind is int:
-        return click.IntRange(min=meta.get("minimum"))
-    return click.FloatRange(min=meta.get("minimum"))
+        return click.IntRange(min=meta.get("minimum"), max=meta.get("maximum"))
+    return click.FloatRange(min=meta.get("minimum"), max=meta.get("maximum"))
 
 
 def peel_options(command):

@@ -153,3 +153,29 @@ def test_os_errors_on_output_are_one_line(model_dir, images, tmp_path):
             result.output
         )
         assert "Traceback" not in result.output
+
+
+def test_nan_pixels_in_stamps_are_missing_data_not_a_refusal(model_dir, images, tmp_path):
+    """NaN/inf pixels are filled from their neighbours for the networks, counted in BLENDS,
+    NaN in the residual; the other stamps come out as without them."""
+    from tfdeblend.fitsio import read_blends
+    from tfdeblend.run import run_file
+
+    bad = images.copy()
+    bad[1, 30:33, 40, 1] = np.nan  # a short bad column across a galaxy, r band
+    bad[2, 5, 5, 2] = np.inf
+    src = write_blends_fits(tmp_path / "nan.fits", bad)
+    with pytest.raises(TfdeblendError, match="2 stamp"):
+        read_blends(src, bands=("g", "r", "i"))  # the reader alone still says so
+    summary = run_file(src, tmp_path / "o.fits", model=model_dir, progress=False)
+    assert summary["n_missing_blends"] == 2 and summary["n_missing"] == 4
+    clean = run_file(write_blends_fits(tmp_path / "ok.fits", images), tmp_path / "ok_out.fits",
+                     model=model_dir, progress=False)
+    with fits.open(tmp_path / "o.fits") as out, fits.open(tmp_path / "ok_out.fits") as ok:
+        assert out["BLENDS"].data["missing"].tolist() == [0, 3, 1, 0]
+        residual = out["RESIDUAL"].data
+        assert np.isnan(residual[1, 1, 30:33, 40]).all() and np.isinf(residual[2, 2, 5, 5])
+        assert np.isfinite(out["COMPONENTS"].data).all()
+        np.testing.assert_array_equal(out["COMPONENTS"].data[[0, 3]], ok["COMPONENTS"].data[[0, 3]])
+        assert out["BLENDS"].data["n_components"][1] == ok["BLENDS"].data["n_components"][1]
+    assert clean["n_missing"] == 0

@@ -13,7 +13,8 @@ still *active*:
 1. the current residual (the input at ``t = 0``) is normalized by its own scale
    (:func:`tfdeblend.normalize.normalize`);
 2. the classifier counts the galaxies left (argmax of its logits, averaged over ``count_views``
-   rotations/flips of the image); the count is recorded in ``counts[:, t]``;
+   rotations/flips of the image, or only of the images whose single view is unsure with
+   ``view_confidence``); the count is recorded in ``counts[:, t]``;
 3. the blend stops when the count is 0 (quality *high* when the counts dropped by exactly one per
    step, e.g. ``3, 2, 1, 0``; *medium* otherwise), when the same non-zero count has come
    :data:`REPEAT_LIMIT` times in a row (quality *low*; nothing is peeled at that step), or when
@@ -256,15 +257,29 @@ class Peeler(tf.Module):
 
     # ---------------------------------------------------------------- single networks
     def logits(self, normalized: tf.Tensor) -> tf.Tensor:
-        """Classifier logits ``(N, 4)`` of normalized images, averaged over ``count_views``."""
-        if self.config.count_views == 1:
+        """Classifier logits ``(N, 4)`` of normalized images, averaged over ``count_views``.
+
+        With ``view_confidence`` > 0, the views are averaged only for the images whose single
+        view is unsure (top probability below ``view_confidence``); the others keep the single
+        view's logits.
+        """
+        views = self.config.count_views
+        if views == 1:
             return run_classifier(self.classifier, normalized)
-        views = dihedral_views(normalized, self.config.count_views)
-        logits = run_classifier(self.classifier, views)
+        if self.config.view_confidence <= 0:
+            return self._view_average(normalized)
+        single = run_classifier(self.classifier, normalized)
+        unsure = tf.reduce_max(tf.nn.softmax(single, axis=-1), axis=-1) < self.config.view_confidence
+        index = tf.cast(tf.where(unsure), tf.int32)
+        averaged = self._view_average(tf.gather_nd(normalized, index))
+        return tf.tensor_scatter_nd_update(single, index, averaged)
+
+    def _view_average(self, normalized: tf.Tensor) -> tf.Tensor:
+        """Logits averaged over ``count_views`` rotations/flips (an empty batch gives ``(0, 4)``)."""
+        views = self.config.count_views
+        logits = run_classifier(self.classifier, dihedral_views(normalized, views))
         shape = tf.shape(logits)
-        return tf.reduce_mean(
-            tf.reshape(logits, [self.config.count_views, shape[0] // self.config.count_views, shape[1]]), 0
-        )
+        return tf.reduce_mean(tf.reshape(logits, [views, shape[0] // views, shape[1]]), 0)
 
     def deblend_one(self, images: tf.Tensor) -> tf.Tensor:
         """One RDN pass: the brightest galaxy of each image, in the input's flux units.

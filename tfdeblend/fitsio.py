@@ -7,9 +7,10 @@ channels. Checks, each refused with one line (:class:`tfdeblend.errors.DataError
 empty file, not FITS, no image HDU, wrong number of dimensions, non-square stamps or a stamp size
 other than the model's, ``BANDS`` missing, not matching the number of channels or lacking one of
 the model's bands (extra bands are allowed: the model's are selected, in the model's order), no
-stamps, and NaN/inf pixels. **NaN/inf pixels are refused**, not masked: the error gives the
-number of bad pixels and stamps so the user decides how to fill them. All-zero stamps are fine
-(they come out with no components).
+stamps. With ``check_finite`` (the default for :func:`read_blends`), NaN/inf pixels are refused
+too, with the number of bad pixels and stamps; ``tfdeblend run`` opens files without that check
+and treats such pixels as missing data instead (:func:`tfdeblend.run.fill_stamps`). All-zero
+stamps are fine (they come out with no components).
 
 Large files are read lazily (astropy memmap) batch by batch.
 
@@ -33,7 +34,8 @@ given it), written atomically (temporary file, then rename), channels first:
   step was not run), ``split`` (1 where a component the classifier counted as several galaxies
   was split after the peel), ``recovered`` (1 where the residual detection added a galaxy),
   ``merged`` (components merged into a brighter one), ``outliers`` (single-pixel outliers the
-  networks did not see, :mod:`tfdeblend.outliers`), ``noise_<band>`` (robust noise sigma of the
+  networks did not see, :mod:`tfdeblend.outliers`), ``missing`` (NaN/inf input pixels, filled
+  from their neighbours for the networks and NaN in ``RESIDUAL``), ``noise_<band>`` (robust noise sigma of the
   residual, input units).
 """
 
@@ -316,12 +318,14 @@ def blends_table(
     recovered: np.ndarray | None = None,
     merged: np.ndarray | None = None,
     outliers: np.ndarray | None = None,
+    missing: np.ndarray | None = None,
 ) -> Table:
     """One row per blend: ``blend_id, n_components, quality, quality_name, counts, split,
     recovered, merged, outliers`` and, when ``noise_std`` ``(N, C)`` is given, ``noise_<band>``.
 
     ``outliers`` is the number of single-pixel outliers (cosmic rays, hot pixels) the networks
-    did not see (:mod:`tfdeblend.outliers`); 0 when not given."""
+    did not see (:mod:`tfdeblend.outliers`), ``missing`` the number of NaN/inf pixels filled for
+    them; 0 when not given."""
     n = len(n_components)
     table = Table()
     table["blend_id"] = np.arange(first_blend_id, first_blend_id + n, dtype=np.int64)
@@ -337,6 +341,7 @@ def blends_table(
     table["outliers"] = (
         np.zeros(n, np.int32) if outliers is None else np.asarray(outliers, np.int32)
     )
+    table["missing"] = np.zeros(n, np.int32) if missing is None else np.asarray(missing, np.int32)
     if noise_std is not None:
         noise_std = np.asarray(noise_std, dtype=np.float32).reshape(n, -1)
         for c, band in enumerate(bands):
@@ -505,6 +510,7 @@ class ResultWriter:
                 recovered=result.get("recovered"),
                 merged=result.get("merged"),
                 outliers=result.get("outliers"),
+                missing=result.get("missing"),
             )
         )
         self._written += n

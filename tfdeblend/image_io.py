@@ -352,12 +352,15 @@ def _describe(opened, bands, given, mask_bits) -> ImageSource:
         if given is not None:
             band = given[k]
         else:
-            value = header.get("FILTER", header.get("BAND", hdul[0].header.get(
-                "FILTER", hdul[0].header.get("BAND"))))
+            value = None
+            for keyword in ("FILTER", "BAND", "BANDS"):
+                for source_header in (header, hdul[0].header):
+                    if value is None and source_header.get(keyword) is not None:
+                        value = source_header[keyword]
             band = _band_of(value) if value is not None else None
             if band is None:
                 raise DataError(
-                    f"{path}: no FILTER or BAND keyword naming its band"
+                    f"{path}: no FILTER, BAND or BANDS keyword naming its band"
                     + (f" ({value!r} is not one of {','.join(_ALL_BANDS)})" if value else "")
                     + "; name the files' bands with --bands"
                 )

@@ -62,6 +62,8 @@ class PeelConfig(YamlConfig):
         max_iterations: ``K``, the most components peeled from one blend.
         count_views: the classifier's logits are averaged over this many rotations/flips of each
             image (1, 2, 4 or 8; 1 = the paper).
+        view_confidence: average the views only for the images whose single view's top
+            probability is below this (0: always).
         split: after the peel, split a component the classifier counts as two or more galaxies.
         refine_steps: RDN refinement sweeps after the peel: each galaxy estimated again from the
             blend minus the others (0 = the paper).
@@ -81,6 +83,12 @@ class PeelConfig(YamlConfig):
         8, "NVIEWS", "rotations/flips averaged by the classifier",
         "Average the classifier over this many rotations/flips of each image (1 = the paper).",
         choices=COUNT_VIEWS, off=1,
+    )
+    view_confidence: float = _option(
+        0.0, "VIEWCONF", "views averaged only below this top probability",
+        "Average the views only for images whose single view's top class probability is below "
+        "this (0 = always; it saves most of the classifier's time).",
+        minimum=0.0, maximum=1.0, off=0.0,
     )
     split: bool = _option(
         True, "SPLIT", "merged components split after the peel",
@@ -132,6 +140,10 @@ class PeelConfig(YamlConfig):
             if "choices" in meta and value not in meta["choices"]:
                 allowed = ", ".join(map(str, meta["choices"]))
                 raise TfdeblendError(f"{field.name} must be one of {allowed}, not {value!r}")
+            if "maximum" in meta and value > meta["maximum"]:
+                raise TfdeblendError(
+                    f"{field.name} must be at most {meta['maximum']}, not {value!r}"
+                )
             if "minimum" in meta and value < meta["minimum"]:
                 raise TfdeblendError(
                     f"{field.name} must be at least {meta['minimum']}, not {value!r}"

@@ -24,6 +24,35 @@ from tfdeblend.errors import TfdeblendError
 from tfdeblend.outliers import deblend_batch, deblend_one_batch
 
 
+def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0):
+    """Stamps with their NaN/inf pixels filled, and the number of such pixels per stamp.
+
+    Missing pixels are filled from their valid neighbours plus noise of the band's robust sigma
+    (:func:`tfdeblend.scene.fill_missing`), with a random stream per stamp index, so a stamp's
+    result does not depend on the batch it is in.
+
+    Args:
+        images: ``(N, H, W, C)`` channels last.
+        first_index: index of ``images[0]`` in its file.
+    """
+    missing = ~np.isfinite(images)
+    counts = missing.sum(axis=(1, 2, 3)).astype(np.int32)
+    if not counts.any():
+        return images, counts
+    from tfdeblend.outliers import robust_sigma
+    from tfdeblend.scene import fill_missing
+
+    out = np.array(images, dtype=np.float32, copy=True)
+    sigma = robust_sigma(np.where(missing, np.nan, images))
+    for i in np.flatnonzero(counts):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, first_index + int(i)]))
+        stamp = np.transpose(np.where(missing[i], 0.0, images[i]), (2, 0, 1))
+        sig = np.broadcast_to(sigma[i][:, None, None], stamp.shape)
+        out[i] = np.transpose(fill_missing(stamp, np.transpose(missing[i], (2, 0, 1)), sig, rng),
+                              (1, 2, 0))
+    return out, counts
+
+
 def _model_info(model) -> tuple[tuple[str, ...], int]:
     """``(bands, stamp_size)`` of a model, read from its metadata without loading it."""
     from tfdeblend.export import DeblendModel, read_model_metadata
@@ -90,7 +119,7 @@ def run_file(
                 f"preview directory {preview_dir} is not empty; pass --overwrite to write into it"
             )
     bands, stamp_size = _model_info(model)  # no TensorFlow yet
-    with open_blends(input_path, bands=bands, stamp_size=stamp_size) as blends:
+    with open_blends(input_path, bands=bands, stamp_size=stamp_size, check_finite=False) as blends:
         from tfdeblend.export import DeblendModel, load_model
 
         if not isinstance(model, DeblendModel):
@@ -125,9 +154,9 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
                             "n_components", "split")
     }
     totals = {"n_components": 0, "n_split": 0, "n_recovered": 0, "n_merged": 0,
-              "n_outlier_blends": 0, "n_outliers": 0}
+              "n_outlier_blends": 0, "n_outliers": 0, "n_missing_blends": 0, "n_missing": 0}
     sums = {"n_components": "n_components", "n_split": "split", "n_recovered": "recovered",
-            "n_merged": "merged", "n_outliers": "outliers"}
+            "n_merged": "merged", "n_outliers": "outliers", "n_missing": "missing"}
     quality_total = {name: 0 for name in QUALITY_NAMES.values()}
     info = {
         "model": model.name,
@@ -150,13 +179,18 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
     ):
         for start in range(0, blends.n, batch_size):
             chunk = blends.read(start, start + batch_size, channels_last=True)
-            result = deblend_batch(model, chunk, batch_size=batch_size)
+            filled, n_missing = fill_stamps(chunk, start)
+            result = deblend_batch(model, filled, batch_size=batch_size)
+            result["missing"] = n_missing
+            if n_missing.any():  # the residual is the input's: NaN where it is missing
+                result["residual"] = result["residual"] + (chunk - filled)
             writer.write_batch(result)
             for q in result["quality"]:
                 quality_total[QUALITY_NAMES[int(q)]] += 1
             for total, key in sums.items():
                 totals[total] += int(result[key].sum())
             totals["n_outlier_blends"] += int((result["outliers"] > 0).sum())
+            totals["n_missing_blends"] += int((result["missing"] > 0).sum())
             room = preview_count - len(kept["blend"])
             if room > 0:
                 kept["blend"].extend(chunk[:room])
@@ -178,6 +212,12 @@ def summary_line(summary: dict) -> str:
         f"Deblended {summary['n_blends']} blend(s) into {summary['n_components']} component(s) "
         f"in {summary['seconds']:.1f} s (quality: {quality}{added}); wrote {summary['output']}"
     )
+    if summary.get("n_missing_blends"):
+        line += (
+            f"\nNote: {summary['n_missing_blends']} blend(s) held {summary['n_missing']} NaN/inf "
+            "pixel(s); they were filled from their neighbours for the networks, are NaN in the "
+            "residual, and are counted in BLENDS.missing"
+        )
     if summary.get("n_outlier_blends"):
         line += (
             f"\nWarning: {summary['n_outlier_blends']} blend(s) held {summary['n_outliers']} "
