@@ -12,8 +12,9 @@ This module does not import TensorFlow, so options are checked before any networ
 Presets (:data:`PEEL_PRESETS`):
 
 - ``shipped`` (the defaults): the peel exported with the shipped model: counts averaged over the
-  8 rotations/flips, a merged component split, 2 refinement sweeps, the residual detection at
-  S/N 10 within an 8 px window, and components closer than 3 px merged;
+  8 rotations/flips where the single view is unsure (top probability below 0.8), a merged
+  component split, 2 refinement sweeps, the residual detection at S/N 10 within an 8 px window,
+  and components closer than 3 px merged;
 - ``paper``: Wang et al. (2021)'s peel exactly: count, deblend the brightest, subtract, repeat.
 
 Example:
@@ -85,7 +86,7 @@ class PeelConfig(YamlConfig):
         choices=COUNT_VIEWS, off=1,
     )
     view_confidence: float = _option(
-        0.0, "VIEWCONF", "views averaged only below this top probability",
+        0.8, "VIEWCONF", "views averaged only below this top probability",
         "Average the views only for images whose single view's top class probability is below "
         "this (0 = always; it saves most of the classifier's time).",
         minimum=0.0, maximum=1.0, off=0.0,
@@ -208,7 +209,7 @@ class PeelConfig(YamlConfig):
 PEEL_PRESETS: dict[str, PeelConfig] = {
     "shipped": PeelConfig(),
     "paper": PeelConfig(
-        count_views=1, split=False, refine_steps=0, detect_snr=0.0, detect_window=0.0,
+        count_views=1, view_confidence=0.0, split=False, refine_steps=0, detect_snr=0.0, detect_window=0.0,
         merge_radius=0.0,
     ),
 }
