@@ -263,7 +263,7 @@ def open_image(
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    paths = [Path(p) for p in paths]
+    paths = [Path(p).resolve() for p in paths]  # workers elsewhere read them too
     if not paths:
         raise DataError("no input file given")
     bands = parse_bands(bands)

@@ -283,6 +283,13 @@ def run_image(
         raise TfdeblendError(
             f"unknown catalog format {catalog_format!r}; one of {', '.join(CATALOG_FORMATS)}"
         )
+    if catalog_format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise TfdeblendError(
+                "--catalog-format parquet needs pyarrow: pip install 'tfdeblend[parquet]'"
+            ) from None
     if workers is not None and scheduler is not None:
         raise TfdeblendError("give --workers or --scheduler, not both")
     if workers is not None and int(workers) < 1:

@@ -15,27 +15,35 @@ each deblended on its own, in this process or on a Dask worker, with the same re
 3. *groups*: the detected footprints, grown by ``group_grow`` pixels, that touch form one blend;
    a tile deblends the groups whose centre lies in its core (tiles overlap, so every group is
    seen whole by the tile that owns it);
-4. *stamps*: one ``S x S`` stamp per group centred on it; groups wider than a stamp get several
-   windows, centred on their brightest detections, each keeping the galaxies closest to it and
-   passing on its residual to the next. In a stamp, other groups' pixels are replaced by noise,
-   and missing pixels (NaN, masked, outside the image) are filled from their surroundings plus
-   noise (:func:`fill_missing`);
+4. *stamps*: one ``S x S`` stamp per group centred on its detections when they all lie within
+   :data:`WINDOW_REACH` pixels of the centre (the networks were trained on galaxies at most
+   12 px from the stamp's centre), else one window per brightest detection not yet covered,
+   each keeping the galaxies closest to it and passing its residual on to the next. Windows move
+   inward at the image's edge. In a stamp, other groups' pixels are replaced by noise, missing
+   pixels (NaN, masked) are filled from their surroundings plus noise, and pixels outside the
+   image are noise (:func:`fill_missing`);
 5. *peel* of all stamps of a round in batches; a window whose first count is the classifier's
    largest (it cannot count more) is peeled again on its residual, up to ``max_rounds`` times;
-6. *stitching*: each component whose centroid lies in its group's footprint (or just outside
-   it: a galaxy the detection missed) is kept: added to the model image, subtracted from what
-   the next window sees, and measured on its flux-conserving component: centroid, flux and flux
-   error per band (``sqrt(sum(w**2 variance))``, :func:`tfdeblend.measure.apportion_weights`),
-   second moments.
+6. *keep*: a component is kept when its centroid (near its model's peak,
+   :func:`tfdeblend.measure.peak_moments`) lies in its group's footprint (or just outside it: a
+   galaxy the detection missed), its model-matched S/N is at least ``min_snr``, and it is not
+   a piece of a brighter galaxy of the group (within ``duplicate_size`` times that galaxy's
+   size, or :data:`DUPLICATE_RADIUS`: then its flux is added to that galaxy). A kept galaxy is
+   added to the model image, subtracted from what the next window sees, and measured on its
+   flux-conserving component: flux and flux error per band (:func:`flux_errors`), moments;
+7. *recovery*: each detection that no kept galaxy explains gets one more RDN pass on a small disc
+   of the residual around it (:func:`_recover_detections`).
 
-**Catalog** columns (one row per galaxy; :data:`CATALOG_COLUMNS`): ``id, x, y`` (0-based pixels
-of the full image), ``ra, dec`` (degrees, with a WCS), ``flux_<band>``, ``flux_err_<band>``
-(input units), ``mu20, mu02, mu11`` (pixels^2), ``blend_id, n_in_blend, quality`` (2 high, 1
-medium, 0 low: the peel's of its window), and flags ``edge`` (its stamp reached past the
-image), ``masked`` (missing pixels under its light), ``big_group`` (its group needed several
+**Catalog** columns (one row per galaxy; :func:`catalog_columns`): ``id, x, y`` (0-based pixels
+of the full image, measured near the model's peak), ``ra, dec`` (degrees, with a WCS),
+``flux_<band>``, ``flux_err_<band>`` (input units), ``snr`` (matched-filter S/N over all bands,
+the model as template), ``mu20, mu02, mu11`` (pixels^2), ``blend_id, n_in_blend, quality``
+(2 high, 1 medium, 0 low: the peel's of its window), and flags ``edge`` (its light reaches
+pixels past the image, or past the tile it was deblended in), ``masked`` (missing pixels under its light), ``big_group`` (its group needed several
 windows or peels, or had more detections than the classifier counts), ``split``,
-``recovered`` (the peel split a merged component / found one in the residual in its window),
-``edge`` means its light reaches pixels past the image (or past the tile it was deblended in),
+``recovered`` (the peel split a merged component / found one in the residual in the galaxy's
+window: set on every galaxy of that window; or the galaxy was found at a detection nothing
+else explained),
 ``outliers`` (single-pixel outliers were ignored in its stamp).
 
 Axis order: channels first ``(C, H, W)`` for images, as in the files; stamps handed to
