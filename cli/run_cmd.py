@@ -80,6 +80,11 @@ import click
     help="Images: also write the catalog as OUT stem + .catalog.parquet or .csv.",
 )
 @click.option(
+    "--footprints",
+    is_flag=True,
+    help="Images: also write FOOTPRINTS, each galaxy's model cut out to its bounding box.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
@@ -93,7 +98,8 @@ import click
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(inputs, output, model_dir, batch_size, preview_dir, preview_count, file_bands, mask_bits,
-        background, detect_threshold, catalog_format, workers, scheduler, overwrite, quiet):
+        background, detect_threshold, catalog_format, footprints, workers, scheduler, overwrite,
+        quiet):
     """Deblend INPUTS: a FITS file of stamps (N, C, H, W), or a survey image: one cube
     (C, H, W) of any size with BANDS (and optional VARIANCE and MASK extensions), or one file
     per band in the LSST/HSC coadd layout (image, mask, variance HDUs).
@@ -113,6 +119,7 @@ def run(inputs, output, model_dir, batch_size, preview_dir, preview_count, file_
         "--bands": file_bands, "--mask-bits": mask_bits, "--background": background or None,
         "--detect-threshold": detect_threshold, "--workers": workers, "--scheduler": scheduler,
         "--catalog-format": None if catalog_format == "fits" else catalog_format,
+        "--footprints": footprints or None,
     }
     if deblend_kind(list(inputs), model_dir) == "stamps":
         used = [flag for flag, value in image_only.items() if value is not None]
@@ -131,7 +138,8 @@ def run(inputs, output, model_dir, batch_size, preview_dir, preview_count, file_
     from tfdeblend.run import image_summary_line, run_image
     from tfdeblend.scene import SceneConfig
 
-    scene = SceneConfig().replace(background=background, detect_threshold=detect_threshold)
+    scene = SceneConfig().replace(background=background, detect_threshold=detect_threshold,
+                                  footprints=footprints or None)
     summary = run_image(
         list(inputs), output, model=model_dir, scene=scene, batch_size=batch_size,
         file_bands=file_bands, mask_bits=mask_bits.split(",") if mask_bits else None,

@@ -231,3 +231,24 @@ def test_dask_workers_give_the_in_process_catalog(mosaic, tmp_path):
                                    rtol=1e-5, atol=1e-3, err_msg=column)
     np.testing.assert_allclose(fits.getdata(tmp_path / "local.fits", "MODEL"),
                                fits.getdata(tmp_path / "dask.fits", "MODEL"), atol=1e-2)
+
+
+def test_footprints_are_each_galaxy_s_model_cut_out(mosaic, tmp_path):
+    path, _, _ = mosaic
+    out = tmp_path / "out.fits"
+    result = CliRunner().invoke(cli, ["run", str(path), "-o", str(out), "--quiet",
+                                      "--footprints"])
+    assert result.exit_code == 0, result.output
+    catalog = Table.read(out, hdu="CATALOG")
+    footprints = fits.getdata(out, "FOOTPRINTS")
+    assert list(footprints["id"]) == list(catalog["id"])
+    model = fits.getdata(out, "MODEL")
+    rebuilt = np.zeros_like(model)
+    for row, galaxy in zip(footprints, catalog):
+        cut = np.asarray(row["model"], np.float32).reshape(3, row["height"], row["width"])
+        y0, x0 = row["y0"], row["x0"]
+        rebuilt[:, y0 : y0 + row["height"], x0 : x0 + row["width"]] += cut
+        peak = np.unravel_index(np.argmax(cut.sum(axis=0)), cut.shape[1:])
+        assert np.hypot(x0 + peak[1] - galaxy["x"], y0 + peak[0] - galaxy["y"]) < 2.5
+    # the cut-outs hold the galaxies' light: what they leave out is their faint outskirts
+    assert np.abs(model - rebuilt).sum() < 0.1 * np.abs(model).sum()

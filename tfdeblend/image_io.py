@@ -479,8 +479,10 @@ def write_image_results(
     catalog,
     header_info: dict,
     overwrite: bool = False,
+    footprints=None,
 ) -> Path:
-    """Write a whole-image run: primary header, ``MODEL`` and ``RESIDUAL`` images, ``CATALOG``.
+    """Write a whole-image run: primary header, ``MODEL`` and ``RESIDUAL`` images, ``CATALOG``
+    and, when given, ``FOOTPRINTS`` (each galaxy's model cut to its bounding box).
 
     ``RESIDUAL = input - MODEL`` (NaN where the input is missing), computed band by band from
     the input so that memory stays bounded by one band. Both images carry the input's WCS.
@@ -538,8 +540,15 @@ def write_image_results(
         table.name = "CATALOG"
         if source.bunit:
             table.header["BUNIT"] = source.bunit
+        extra = []
+        if footprints is not None:
+            extra = [fits.table_to_hdu(footprints)]
+            extra[0].name = "FOOTPRINTS"
+            extra[0].header["AXES"] = ("C,H,W", "order of each flattened model cut-out")
         with fits.open(tmp, mode="append") as hdul:
             hdul.append(table)
+            for hdu in extra:
+                hdul.append(hdu)
     return path
 
 

@@ -326,6 +326,7 @@ def run_image(
         model_info = {"model": model.name, "version": model.version, "peel": model.peel_config}
     columns = merge_tiles(results, source.bands)
     catalog = _catalog_table(columns, source)
+    footprints = _footprint_table(columns) if scene.footprints else None
     image_model = np.zeros((len(source.bands), *source.shape), np.float32)
     for result in results:
         y0, y1, x0, x1 = result.ext
@@ -333,7 +334,8 @@ def run_image(
     from tfdeblend.image_io import write_image_results
 
     info = {**model_info, "scene": scene, "input": ",".join(Path(p).name for p in inputs)}
-    write_image_results(output_path, source, image_model, catalog, info, overwrite=overwrite)
+    write_image_results(output_path, source, image_model, catalog, info, overwrite=overwrite,
+                        footprints=footprints)
     if side is not None:
         _write_side_catalog(catalog, side, catalog_format, overwrite)
     if preview_path is not None:
@@ -413,6 +415,25 @@ def _catalog_table(columns: dict, source):
             unit = None
         for band in source.bands:
             table[f"flux_{band}"].unit = table[f"flux_err_{band}"].unit = unit
+    return table
+
+
+def _footprint_table(columns: dict):
+    """The ``FOOTPRINTS`` table: each galaxy's model cut out to its bounding box (scarlet-style):
+    ``id, x0, y0`` (full-image pixel of the cut-out's first pixel), ``width, height`` and
+    ``model`` (float32, ``(C, height, width)`` flattened, channels first)."""
+    from astropy.table import Table
+
+    entries = columns.get("footprint", np.empty(0, dtype=object))
+    table = Table()
+    table["id"] = columns["id"]
+    table["x0"] = np.array([e[0] for e in entries], np.int64)
+    table["y0"] = np.array([e[1] for e in entries], np.int64)
+    table["width"] = np.array([e[2].shape[2] for e in entries], np.int32)
+    table["height"] = np.array([e[2].shape[1] for e in entries], np.int32)
+    pixels = np.empty(len(entries), dtype=object)
+    pixels[:] = [np.ascontiguousarray(e[2], np.float32).ravel() for e in entries]
+    table["model"] = pixels
     return table
 
 

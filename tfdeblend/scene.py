@@ -91,6 +91,8 @@ RECOVER_RADIUS: float = 3.0
 #: Radius (pixels) of the disc around such a detection that the RDN sees (the shipped peel's
 #: residual-detection window).
 RECOVER_WINDOW: float = 5.0
+#: Pixels added around a footprint's bounding box.
+FOOTPRINT_PAD: int = 2
 #: A galaxy's light "touches" a pixel where its model is above this many noise sigmas.
 TOUCH_SIGMA: float = 0.5
 
@@ -115,6 +117,9 @@ class SceneConfig(YamlConfig):
             its largest, :data:`tfdeblend.config.MAX_COUNT`).
         min_snr: a component whose matched-filter S/N (its model as the template) is below this
             is not a galaxy: it is dropped and its light stays in the residual.
+        footprints: keep each galaxy's model as a cut-out of its bounding box (the pixels where
+            its model is above :data:`TOUCH_SIGMA` noise sigmas in some band, plus
+            :data:`FOOTPRINT_PAD` pixels), returned in the catalog's ``footprint`` entry.
         duplicate_size: a component closer to a brighter galaxy of its group than this many
             times that galaxy's size (``sqrt((mu20 + mu02) / 2)``), or than
             :data:`DUPLICATE_RADIUS`, is a piece of it and is added to it.
@@ -132,6 +137,7 @@ class SceneConfig(YamlConfig):
     max_rounds: int = 3
     min_snr: float = 5.0
     duplicate_size: float = 1.0
+    footprints: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -566,6 +572,8 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
         for c, band in enumerate(bands):
             row[f"flux_{band}"] = float(flux[c])
             row[f"flux_err_{band}"] = float(error[c])
+        if config.footprints:
+            row["footprint"] = _footprint(galaxy, light, cy - size // 2 + y0, cx - size // 2 + x0)
         group.rows.append(len(rows))
         rows.append(row)
         group.kept += 1
@@ -637,14 +645,11 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         for c, band in enumerate(bands):
             row[f"flux_{band}"] = float(fluxes[j, c])
             row[f"flux_err_{band}"] = float(errors[j, c])
+        if config.footprints:
+            row["footprint"] = _footprint(components[j], light, sy0 + y0, sx0 + x0)
         twin = _twin(rows, group, row, config.duplicate_size)
         if twin is not None:  # a piece of a brighter galaxy the group already kept
-            for band in bands:
-                twin[f"flux_{band}"] += row[f"flux_{band}"]
-                twin[f"flux_err_{band}"] = float(np.hypot(twin[f"flux_err_{band}"],
-                                                          row[f"flux_err_{band}"]))
-            for flag in ("edge", "masked", "outliers"):
-                twin[flag] = twin[flag] or row[flag]
+            _absorb(twin, row, bands)
             continue
         group.rows.append(len(rows))
         rows.append(row)
@@ -692,6 +697,37 @@ def _model_snr(model: np.ndarray, data: np.ndarray, variance: np.ndarray) -> flo
     template = np.clip(model, 0.0, None)
     norm = float(np.sqrt((np.square(template) * inverse).sum()))
     return float((template * data * inverse).sum() / norm) if norm > 0 else 0.0
+
+
+def _footprint(model: np.ndarray, light: np.ndarray, y0: int, x0: int):
+    """``(x0, y0, cut-out (C, h, w))`` of a model ``(C, S, S)`` whose stamp starts at full-image
+    pixel ``(y0, x0)``: its bounding box where ``light`` ``(C, S, S)`` is set, padded."""
+    where = np.argwhere(light.any(axis=0))
+    if len(where) == 0:
+        where = np.argwhere(model.sum(axis=0) == model.sum(axis=0).max())
+    (a, b), (c, d) = where.min(axis=0) - FOOTPRINT_PAD, where.max(axis=0) + FOOTPRINT_PAD + 1
+    a, b = max(a, 0), max(b, 0)
+    c, d = min(c, model.shape[1]), min(d, model.shape[2])
+    return (int(x0 + b), int(y0 + a), np.array(model[:, a:c, b:d], dtype=np.float32))
+
+
+def _absorb(twin: dict, piece: dict, bands) -> None:
+    """Add a piece's flux (errors in quadrature), flags and footprint to the galaxy it is of."""
+    for band in bands:
+        twin[f"flux_{band}"] += piece[f"flux_{band}"]
+        twin[f"flux_err_{band}"] = float(np.hypot(twin[f"flux_err_{band}"],
+                                                  piece[f"flux_err_{band}"]))
+    for flag in ("edge", "masked", "outliers"):
+        twin[flag] = twin[flag] or piece[flag]
+    if "footprint" in twin and "footprint" in piece:
+        (ax, ay, a), (bx, by, b) = twin["footprint"], piece["footprint"]
+        x0, y0 = min(ax, bx), min(ay, by)
+        x1 = max(ax + a.shape[2], bx + b.shape[2])
+        y1 = max(ay + a.shape[1], by + b.shape[1])
+        union = np.zeros((a.shape[0], y1 - y0, x1 - x0), np.float32)
+        union[:, ay - y0 : ay - y0 + a.shape[1], ax - x0 : ax - x0 + a.shape[2]] += a
+        union[:, by - y0 : by - y0 + b.shape[1], bx - x0 : bx - x0 + b.shape[2]] += b
+        twin["footprint"] = (x0, y0, union)
 
 
 def _twin(rows: list[dict], group: _Group, row: dict, size_factor: float) -> dict | None:
@@ -742,7 +778,12 @@ def _rows_to_columns(rows: list[dict], bands) -> dict[str, np.ndarray]:
     out = _empty_rows(bands)
     if not rows:
         return out
+    if "footprint" in rows[0]:
+        out["footprint"] = np.empty(len(rows), dtype=object)
+        out["footprint"][:] = [r["footprint"] for r in rows]
     for key in out:
+        if key == "footprint":
+            continue
         if key == "n_in_blend":
             out[key] = np.zeros(len(rows), np.int16)
             continue
@@ -755,6 +796,10 @@ def merge_tiles(results: list[TileResult], bands: tuple[str, ...]) -> dict[str, 
     renumbered from 1 in order of first appearance."""
     parts = [r.rows for r in results]
     columns = _empty_rows(bands)
+    if any("footprint" in p for p in parts):
+        columns["footprint"] = np.empty(0, dtype=object)
+        for p in parts:
+            p.setdefault("footprint", np.empty(0, dtype=object))
     if parts:
         columns = {key: np.concatenate([p[key] for p in parts]) for key in columns}
     order = np.lexsort((columns["x"], columns["y"]))
