@@ -142,6 +142,33 @@ class BlendFile:
             )
 
 
+def open_fits(path: str | os.PathLike) -> fits.HDUList:
+    """Open a FITS file read-only (memmap) with every header read, or one clear error.
+
+    Raises:
+        DataError: missing, a directory, empty, truncated, or not FITS.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a FITS file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty")
+    try:
+        with warnings.catch_warnings():
+            # astropy only warns about a short file, then fails on the first read of the data
+            warnings.filterwarnings("error", "File may have been truncated", AstropyUserWarning)
+            hdul = fits.open(path, memmap=True, mode="readonly")
+            hdul.verify("silentfix")
+            len(hdul)  # forces reading every header
+    except AstropyUserWarning as err:
+        raise DataError(f"{path} is truncated ({str(err).splitlines()[0]})") from err
+    except (OSError, ValueError, TypeError) as err:
+        raise DataError(f"{path} is not a readable FITS file ({str(err).splitlines()[0]})") from err
+    return hdul
+
+
 def _find_image_hdu(path: Path, hdul) -> fits.hdu.base._BaseHDU:
     for hdu in hdul:
         if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.header.get("NAXIS", 0) > 0:
@@ -170,23 +197,7 @@ def open_blends(
         DataError: any of the problems listed in the module docstring.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} does not exist")
-    if path.is_dir():
-        raise DataError(f"{path} is a directory, not a FITS file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty")
-    try:
-        with warnings.catch_warnings():
-            # astropy only warns about a short file, then fails on the first read of the data
-            warnings.filterwarnings("error", "File may have been truncated", AstropyUserWarning)
-            hdul = fits.open(path, memmap=True, mode="readonly")
-            hdul.verify("silentfix")
-            len(hdul)  # forces reading every header
-    except AstropyUserWarning as err:
-        raise DataError(f"{path} is truncated ({str(err).splitlines()[0]})") from err
-    except (OSError, ValueError, TypeError) as err:
-        raise DataError(f"{path} is not a readable FITS file ({str(err).splitlines()[0]})") from err
+    hdul = open_fits(path)
     try:
         hdu = _find_image_hdu(path, hdul)
         header = hdu.header

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.utils.exceptions import AstropyUserWarning
 
 from tfdeblend.config import parse_bands
 from tfdeblend.errors import DataError, TfdeblendError
+from tfdeblend.fitsio import open_fits
 
 #: LSST/HSC mask plane bits, used when a mask names none of its planes (``MP_*`` keywords).
 LSST_MASK_PLANES: dict[str, int] = {
@@ -51,26 +51,6 @@ DEFAULT_BAD_PLANES: tuple[str, ...] = ("BAD", "SAT", "CR", "NO_DATA", "SUSPECT")
 #: Rows scanned at a time when checking an image.
 SCAN_ROWS = 512
 _ALL_BANDS = ("u", "g", "r", "i", "z", "y")
-
-
-def _open_fits(path: Path):
-    if not path.exists():
-        raise DataError(f"{path} does not exist")
-    if path.is_dir():
-        raise DataError(f"{path} is a directory, not a FITS file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("error", "File may have been truncated", AstropyUserWarning)
-            hdul = fits.open(path, memmap=True, mode="readonly")
-            hdul.verify("silentfix")
-            len(hdul)
-    except AstropyUserWarning as err:
-        raise DataError(f"{path} is truncated ({str(err).splitlines()[0]})") from err
-    except (OSError, ValueError, TypeError) as err:
-        raise DataError(f"{path} is not a readable FITS file ({str(err).splitlines()[0]})") from err
-    return hdul
 
 
 def _image_hdus(hdul) -> list[int]:
@@ -96,7 +76,7 @@ def input_kind(paths: list[str | os.PathLike], stamp_size: int) -> str:
     if len(paths) != 1:
         return "image"
     path = Path(paths[0])
-    with _open_fits(path) as hdul:
+    with open_fits(path) as hdul:
         found = _image_hdus(hdul)
         if not found:
             raise DataError(f"{path} holds no image HDU")
@@ -270,7 +250,7 @@ def open_image(
     given = parse_bands(file_bands) if file_bands else None
     opened = []
     for path in paths:
-        opened.append((path, _open_fits(path)))
+        opened.append((path, open_fits(path)))
     try:
         source = _describe(opened, bands, given, mask_bits)
     finally:
