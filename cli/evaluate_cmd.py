@@ -32,7 +32,9 @@ def evaluate(testset_dirs, out_dir, model_dir, baselines, no_baseline, batch_siz
 
     Stamp test sets: writes Table I (quality fractions), Table II (PSNR/SSIM), flux and moment
     recovery, the baselines side by side and the paper's numbers to OUT/report.md,
-    OUT/metrics.json and PNG figures.
+    OUT/metrics.json and PNG figures. Test sets drawn under different observing conditions
+    (tfdeblend simulate --conditions ...) also get the conditions grid, printed here too: one
+    row per test set with tfdeblend and the baselines side by side, and OUT/conditions.png.
 
     Fields: deblends each whole field once (OUT/<field>_tfdeblend.fits), runs the baselines on
     the same image, matches every catalog to the true galaxies within 1 arcsec and writes
@@ -43,6 +45,7 @@ def evaluate(testset_dirs, out_dir, model_dir, baselines, no_baseline, batch_siz
     \b
     Examples:
       tfdeblend evaluate data/test2 data/test3 --out report/ --baseline sep
+      tfdeblend evaluate data/test2 data/test2_year1 data/test2_hsc --out grid/
       tfdeblend simulate field --size 512 --seed 7 --out data/field7
       tfdeblend evaluate data/field7 --out field_report/ --baseline sep \\
           --baseline source-extractor
@@ -70,4 +73,9 @@ def evaluate(testset_dirs, out_dir, model_dir, baselines, no_baseline, batch_siz
         q = ts["table1_quality"]["all"]
         click.echo(f"{name}: {ts['n_stamps']} stamps; quality high/medium/low "
                    f"{100 * q['high']:.1f}/{100 * q['medium']:.1f}/{100 * q['low']:.1f} %")
+    if results.get("conditions_grid"):
+        from tfdeblend.evaluate.report import render_conditions_grid
+
+        click.echo("")
+        click.echo("\n".join(render_conditions_grid(results)))
     click.echo(f"Wrote {Path(out_dir) / 'report.md'}")

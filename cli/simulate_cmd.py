@@ -5,27 +5,49 @@ from __future__ import annotations
 
 import click
 
+from tfdeblend.simulate import CONDITION_PRESETS
+
 #: Options of the stamp kinds (deblender, classifier, test) and of kind 'field' only, by their
-#: parameter names; the others (--out, --bands, --seed, --catalog, --overwrite, --quiet) are
-#: shared.
+#: parameter names; the others (--out, --bands, --seed, --catalog, --survey, --overwrite,
+#: --quiet) are shared.
 STAMP_OPTIONS = {
     "n_gal": "--n-gal",
     "count": "--count",
     "preset": "--preset",
     "fmt": "--format",
     "max_shift": "--max-shift",
+    "conditions": "--conditions",
+    "psf_scale": "--psf-scale",
+    "exposure_scale": "--exposure-scale",
+    "bright_fraction": "--bright-fraction",
+    "bright_mag": "--bright-mag",
     "num_shards": "--num-shards",
     "shard_index": "--shard-index",
     "jobs": "--jobs",
 }
 FIELD_OPTIONS = {
     "size": "--size",
-    "survey": "--survey",
     "bad_columns": "--bad-columns/--no-bad-columns",
     "saturate": "--saturate/--no-saturate",
     "per_band": "--per-band",
     "noiseless": "--noiseless",
 }
+
+
+def parse_scale(text: str | None, flag: str) -> float | tuple[float, float] | None:
+    """``"1.5"`` -> 1.5, ``"0.1:1"`` -> (0.1, 1.0); ``None`` stays ``None``."""
+    from tfdeblend.errors import TfdeblendError
+
+    if text is None:
+        return None
+    parts = str(text).split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise TfdeblendError(f"{flag} must be a number or a range lo:hi, got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -77,6 +99,39 @@ def _refuse_foreign(ctx: click.Context, kind: str) -> None:
     "(default 2.4, BTK's: a tenth of the 24\" stamp). Smaller values give closer pairs.",
 )
 @click.option(
+    "--conditions",
+    type=click.Choice(list(CONDITION_PRESETS)),
+    default=None,
+    help="Observing conditions: nominal (LSST 10-year depth, BTK's PSF; the default), psf1.5 "
+    "(PSF FWHM x1.5), year1 (LSST exposure x0.1), hsc (HSC's pixels, PSF and depth). "
+    "--survey, --psf-scale and --exposure-scale override the preset's values.",
+)
+@click.option(
+    "--psf-scale",
+    default=None,
+    help="Multiply each band's atmospheric PSF FWHM by this; lo:hi samples it uniformly per "
+    "stamp (default 1).",
+)
+@click.option(
+    "--exposure-scale",
+    default=None,
+    help="Multiply each band's full exposure time by this (0.1: LSST year 1); lo:hi samples it "
+    "log-uniformly per stamp (default 1).",
+)
+@click.option(
+    "--bright-fraction",
+    type=float,
+    default=None,
+    help="Share of galaxies drawn from those with i <= --bright-mag (default 0: all from the "
+    "i <= 25.3 sample).",
+)
+@click.option(
+    "--bright-mag",
+    type=float,
+    default=None,
+    help="i-band magnitude limit of the galaxies --bright-fraction draws (default 20).",
+)
+@click.option(
     "--catalog",
     "catalog_path",
     type=click.Path(),
@@ -93,9 +148,9 @@ def _refuse_foreign(ctx: click.Context, kind: str) -> None:
 )
 @click.option(
     "--survey",
-    default="LSST",
-    show_default=True,
-    help="Survey whose pixel scale, PSF, depth and sky are used: LSST, HSC, ... (field).",
+    default=None,
+    help="Survey whose pixel scale, PSF, depth and sky are used: LSST, HSC, ... [default: LSST, "
+    "or the --conditions preset's]. Bands keep their names (g,r,i).",
 )
 @click.option(
     "--bad-columns/--no-bad-columns",
@@ -125,6 +180,11 @@ def simulate(
     bands: str,
     seed: int,
     max_shift: float | None,
+    conditions: str | None,
+    psf_scale: str | None,
+    exposure_scale: str | None,
+    bright_fraction: float | None,
+    bright_mag: float | None,
     catalog_path: str | None,
     num_shards: int | None,
     shard_index: int | None,
@@ -132,14 +192,14 @@ def simulate(
     jobs: int | None,
     quiet: bool,
     size: int,
-    survey: str,
+    survey: str | None,
     bad_columns: bool,
     saturate: bool,
     per_band: bool,
     noiseless: bool,
 ) -> None:
-    """Simulate LSST blends of KIND (deblender, classifier or test) into --out, or a whole
-    field (KIND field).
+    """Simulate blends of KIND (deblender, classifier or test; LSST unless --survey or
+    --conditions say otherwise) into --out, or a whole field (KIND field).
 
     \b
     deblender   2-galaxy blends
@@ -147,6 +207,9 @@ def simulate(
     test        exactly --n-gal galaxies (default 2)
     field       a --size x --size survey-like field of every catalog galaxy
                 (i <= 26.5) with noise, mask, variance, WCS and truth.fits
+
+    Stamps are drawn at LSST 10-year depth with BTK's PSF unless --conditions, --survey,
+    --psf-scale or --exposure-scale say otherwise; each stamp's conditions are stored with it.
 
     Rerunning the same command on an incomplete dataset finishes it. A job array can write one
     dataset together: each task passes the same options plus --num-shards N --shard-index I.
@@ -172,7 +235,7 @@ def simulate(
             size=size,
             bands=bands,
             seed=seed,
-            survey=survey,
+            survey=survey or "LSST",
             catalog=catalog_path,
             noise=not noiseless,
             bad_columns=bad_columns,
@@ -192,6 +255,16 @@ def simulate(
     from tfdeblend.data import load_manifest, write_dataset
     from tfdeblend.simulate import SimConfig
 
+    chosen = dict(CONDITION_PRESETS[conditions or "nominal"])
+    given = {
+        "survey": survey,
+        "psf_scale": parse_scale(psf_scale, "--psf-scale"),
+        "exposure_scale": parse_scale(exposure_scale, "--exposure-scale"),
+        "bright_fraction": bright_fraction,
+        "bright_mag": bright_mag,
+        "max_shift": max_shift,
+    }
+    chosen.update({k: v for k, v in given.items() if v is not None})
     config = SimConfig(
         kind=kind,
         count=count,
@@ -200,7 +273,7 @@ def simulate(
         seed=seed,
         preset=preset,
         catalog=catalog_path,
-        **({} if max_shift is None else {"max_shift": max_shift}),
+        **chosen,
     )
     path = write_dataset(
         config,
@@ -213,12 +286,14 @@ def simulate(
         progress=not quiet,
     )
     if fmt == "fits":
-        click.echo(f"Wrote {config.count} {kind} stamps to {path}/blends.fits and truth.fits")
+        click.echo(f"Wrote {config.count} {kind} stamps to {path}/blends.fits and truth.fits "
+                   f"({config.describe_conditions()})")
         return
     manifest = load_manifest(path)
     done = sum(bool(s["complete"]) for s in manifest["shards"])
     state = "complete" if manifest["complete"] else "incomplete: run the other shards"
     click.echo(
         f"Wrote {kind} dataset {path}: {done}/{len(manifest['shards'])} shards ({state}), "
-        f"{config.count} examples, bands {','.join(config.bands)}"
+        f"{config.count} examples, bands {','.join(config.bands)} "
+        f"({config.describe_conditions()})"
     )

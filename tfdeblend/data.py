@@ -15,6 +15,9 @@ incomplete shards that a rerun of the same command writes (resume).
 
 Records hold the fields of :data:`tfdeblend.simulate.RECORD_FIELDS`, channels last: float arrays
 as raw little-endian float32 bytes, ``n_gal`` and ``noisy`` as int64. Shapes come from the manifest.
+Simulated datasets also hold each example's observing conditions
+(:data:`tfdeblend.simulate.CONDITION_FIELDS`, float32), named by the manifest's ``conditions``;
+datasets written before them have no such key and are read as before.
 
 FITS test sets (``DIR/blends.fits`` + ``DIR/truth.fits``, channels first) are described in
 ``docs/architecture.md``.
@@ -39,7 +42,15 @@ import numpy as np
 
 from tfdeblend import __version__
 from tfdeblend.errors import DataError, TfdeblendError
-from tfdeblend.simulate import RECORD_FIELDS, SimConfig, simulate, validate_catalog
+from tfdeblend.simulate import (
+    BAND_CONDITION_FIELDS,
+    CONDITION_FIELDS,
+    RECORD_FIELDS,
+    SimConfig,
+    band_conditions,
+    simulate,
+    validate_catalog,
+)
 from tfdeblend.utils import atomic_dir, atomic_file, check_output_path
 
 MANIFEST = "manifest.json"
@@ -78,7 +89,18 @@ def field_shapes(manifest: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         "mu20": (slots,),
         "mu02": (slots,),
         "mu11": (slots,),
+        **{key: (n_bands,) if key in BAND_CONDITION_FIELDS else ()
+           for key in manifest.get("conditions") or ()},
     }
+
+
+def condition_fields(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The condition fields a dataset's records hold (none for datasets written before them)."""
+    names = tuple(manifest.get("conditions") or ())
+    unknown = [n for n in names if n not in CONDITION_FIELDS]
+    if unknown:
+        raise DataError(f"unknown condition field(s) in the manifest: {', '.join(unknown)}")
+    return names
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -200,6 +222,10 @@ def _serialize(record: dict[str, np.ndarray]) -> bytes:
         feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw]))
     for key in _INT_FIELDS:
         feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(record[key])]))
+    for key in CONDITION_FIELDS:
+        if key in record:
+            raw = np.ascontiguousarray(record[key], dtype="<f4").tobytes()
+            feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw]))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     # deterministic: the feature map in key order. Otherwise protobuf (upb) writes map entries in
     # hash-table order, which is seeded per process, so the same record gives other bytes in
@@ -352,6 +378,8 @@ def write_dataset(
         "bands": list(config.bands),
         "bunit": "electron",
         "pixel_scale": config.pixel_scale,
+        "survey": config.survey,
+        "conditions": list(CONDITION_FIELDS),
         "stamp_size": config.stamp_size,
         "max_sources": config.max_sources,
         "count": config.count,
@@ -495,24 +523,35 @@ def write_fits_testset(
     ``BUNIT='electron'``, ``PIXSCALE``. ``truth.fits``: ``ISOLATED`` ``(N, S, C, H, W)``,
     ``NOISELESS`` ``(N, C, H, W)``, ``CATALOG`` table (``blend_id, source, x, y, flux_<band>,
     mu20, mu02, mu11``, one row per galaxy, brightest first) and ``BLENDS`` table
-    (``blend_id, N_GAL, NOISY``).
+    (``blend_id, N_GAL, NOISY`` and the conditions of each blend: ``PSF_FWHM_<band>``,
+    ``NOISE_<band>``, ``DEPTH_<band>``, ``PIXSCALE``, ``PSF_SCALE``, ``EXP_SCALE``).
+
+    The conditions are also header keys (:func:`condition_cards`) of ``truth.fits``'s primary
+    HDU, and of ``blends.fits`` unless they are the nominal ones (so that a nominal
+    ``blends.fits`` keeps its bytes of before the conditions existed).
     """
     from astropy.io import fits
     from astropy.table import Table
 
     out = check_output_path(out, overwrite)
     arrays = {key: np.stack([r[key] for r in records]) for key in RECORD_FIELDS}
+    conditions = {key: np.stack([r[key] for r in records]) for key in CONDITION_FIELDS
+                  if all(key in r for r in records)}
     bands = ",".join(config.bands)
+    unit_comment = ("per pixel, LSST 10-year depth, sky subtracted" if config.nominal
+                    else "per pixel, sky subtracted; see SURVEY etc.")
 
     def header(hdu: Any) -> Any:
         hdu.header["BANDS"] = (bands, "channel order")
-        hdu.header["BUNIT"] = ("electron", "per pixel, LSST 10-year depth, sky subtracted")
+        hdu.header["BUNIT"] = ("electron", unit_comment)
         hdu.header["PIXSCALE"] = (config.pixel_scale, "arcsec per pixel")
         return hdu
 
     blends = header(fits.PrimaryHDU(np.moveaxis(arrays["blend"], -1, 1).astype(np.float32)))
     blends.header["KIND"] = config.kind
     blends.header["SEED"] = config.seed
+    if not config.nominal:
+        blends.header.extend(condition_cards(config))
     isolated = header(
         fits.ImageHDU(np.moveaxis(arrays["isolated"], -1, 2).astype(np.float32), name="ISOLATED")
     )
@@ -540,16 +579,31 @@ def write_fits_testset(
     )
     catalog_hdu = header(fits.table_to_hdu(catalog))
     catalog_hdu.name = "CATALOG"
-    blends_table = Table(
-        {
-            "blend_id": np.arange(len(records), dtype=np.int64),
-            "N_GAL": arrays["n_gal"].astype(np.int64),
-            "NOISY": arrays["noisy"].astype(np.int64),
-        }
-    )
-    blends_hdu = fits.table_to_hdu(blends_table)
+    columns = {
+        "blend_id": np.arange(len(records), dtype=np.int64),
+        "N_GAL": arrays["n_gal"].astype(np.int64),
+        "NOISY": arrays["noisy"].astype(np.int64),
+    }
+    for key, (column, _) in _CONDITION_COLUMNS.items():
+        if key not in conditions:
+            continue
+        if key in BAND_CONDITION_FIELDS:
+            for channel, band in enumerate(config.bands):
+                columns[f"{column}_{band}"] = conditions[key][:, channel].astype(np.float32)
+        else:
+            columns[column] = conditions[key].astype(np.float32)
+    blends_hdu = fits.table_to_hdu(Table(columns))
     blends_hdu.name = "BLENDS"
-    truth = fits.HDUList([header(fits.PrimaryHDU()), isolated, noiseless, catalog_hdu, blends_hdu])
+    for key, (column, unit) in _CONDITION_COLUMNS.items():
+        if unit and key in conditions:
+            names = ([f"{column}_{b}" for b in config.bands] if key in BAND_CONDITION_FIELDS
+                     else [column])
+            for name in names:
+                index = list(columns).index(name) + 1
+                blends_hdu.header[f"TUNIT{index}"] = unit
+    primary = header(fits.PrimaryHDU())
+    primary.header.extend(condition_cards(config))
+    truth = fits.HDUList([primary, isolated, noiseless, catalog_hdu, blends_hdu])
     with atomic_dir(out) as tmp:
         blends.writeto(tmp / "blends.fits")
         truth.writeto(tmp / "truth.fits")
@@ -558,6 +612,55 @@ def write_fits_testset(
         for item in tmp.iterdir():
             item.chmod(_FILE_MODE)
     return out
+
+
+#: condition field -> (``BLENDS`` column, or its prefix before ``_<band>``; FITS unit)
+_CONDITION_COLUMNS: dict[str, tuple[str, str]] = {
+    "psf_fwhm": ("PSF_FWHM", "arcsec"),
+    "noise_sigma": ("NOISE", ""),  # electrons (not a FITS unit)
+    "depth": ("DEPTH", "mag"),
+    "pixel_scale": ("PIXSCALE", "arcsec"),
+    "psf_scale": ("PSF_SCALE", ""),
+    "exposure_scale": ("EXP_SCALE", ""),
+}
+
+
+def condition_cards(config: SimConfig) -> list[tuple[str, Any, str]]:
+    """FITS header cards of a test set's conditions.
+
+    ``SURVEY``; ``PSFSCALE`` and ``EXPSCALE`` when fixed, ``PSFSCMIN``/``PSFSCMAX`` and
+    ``EXPSCMIN``/``EXPSCMAX`` for ranges; ``BRIGHTF``/``BRIGHTM`` with a bright fraction; and when
+    both scales are fixed, per band ``FWHM_<B>`` (atmospheric PSF FWHM, arcsec), ``NOISE_<B>``
+    (sky noise std, electrons) and ``DEPTH_<B>`` (5-sigma AB magnitude of the sky noise in 1
+    arcsec^2).
+    """
+    cards: list[tuple[str, Any, str]] = [("SURVEY", config.survey, "BTK/surveycodex survey")]
+    for keys, value, what in (
+        (("PSFSCALE", "PSFSCMIN", "PSFSCMAX"), config.psf_scale, "atmospheric PSF FWHM factor"),
+        (("EXPSCALE", "EXPSCMIN", "EXPSCMAX"), config.exposure_scale, "exposure time factor"),
+    ):
+        if isinstance(value, tuple):
+            cards += [(keys[1], value[0], f"{what}, lowest"),
+                      (keys[2], value[1], f"{what}, highest")]
+        else:
+            cards.append((keys[0], value, what))
+    if config.bright_fraction > 0:
+        cards += [("BRIGHTF", config.bright_fraction, "share of galaxies with i <= BRIGHTM"),
+                  ("BRIGHTM", config.bright_mag, "i mag limit of the bright galaxies")]
+    if config.fixed_conditions:
+        cond = band_conditions(config.survey, config.bands, config.psf_scale,
+                               config.exposure_scale)
+        for channel, band in enumerate(config.bands):
+            b = band.upper()
+            cards += [
+                (f"FWHM_{b}", round(float(cond["psf_fwhm"][channel]), 4),
+                 f"{band} atmospheric PSF FWHM, arcsec"),
+                (f"NOISE_{b}", round(float(cond["noise_sigma"][channel]), 3),
+                 f"{band} sky noise std, electron"),
+                (f"DEPTH_{b}", round(float(cond["depth"][channel]), 3),
+                 f"{band} 5-sigma sky limit in 1 arcsec2, AB"),
+            ]
+    return cards
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -611,7 +714,7 @@ def read_dataset(
 
     Returns:
         ``tf.data.Dataset`` yielding dicts of the record fields (float32, ``n_gal``/``noisy``
-        int64), with static shapes.
+        int64), with static shapes; plus the condition fields the manifest names.
 
     Raises:
         DataError: incomplete dataset, missing or corrupted shard.
@@ -623,13 +726,14 @@ def read_dataset(
     _require_complete(path, manifest)
     files = [str(path / s["name"]) for s in manifest["shards"]]
     shapes = field_shapes(manifest)
-    spec = {k: tf.io.FixedLenFeature([], tf.string) for k in _FLOAT_FIELDS}
+    floats = (*_FLOAT_FIELDS, *condition_fields(manifest))
+    spec = {k: tf.io.FixedLenFeature([], tf.string) for k in floats}
     spec.update({k: tf.io.FixedLenFeature([], tf.int64) for k in _INT_FIELDS})
 
     def parse(serialized: Any) -> dict[str, Any]:
         parsed = tf.io.parse_single_example(serialized, spec)
         out = {}
-        for key in _FLOAT_FIELDS:
+        for key in floats:
             values = tf.io.decode_raw(parsed[key], tf.float32, little_endian=True)
             out[key] = tf.reshape(values, shapes[key])
         for key in _INT_FIELDS:
@@ -668,7 +772,11 @@ def load_testset(path: str | os.PathLike, verify: bool = True) -> dict[str, np.n
         verify: check the TFRecord shards' SHA-256.
 
     Returns:
-        Dict with the record fields stacked ``(N, ...)`` plus ``bands`` (numpy array of str).
+        Dict with the record fields stacked ``(N, ...)`` plus ``bands`` (numpy array of str),
+        the observing conditions of each stamp (:data:`tfdeblend.simulate.CONDITION_FIELDS`,
+        ``(N, C)`` or ``(N,)``) and ``survey`` (0-d str array) where the set records them.
+        Test sets written before the conditions existed get those of their config (FITS:
+        ``config.yaml``; TFRecords: the manifest's ``config``) when it is readable.
 
     Raises:
         DataError: nothing readable there, or a FITS pair that does not match.
@@ -680,9 +788,31 @@ def load_testset(path: str | os.PathLike, verify: bool = True) -> dict[str, np.n
         return _load_fits_testset(path)
     manifest = load_manifest(path)
     records = [r for r in read_dataset(path, verify=verify).as_numpy_iterator()]
-    arrays = {key: np.stack([r[key] for r in records]) for key in RECORD_FIELDS}
+    keys = (*RECORD_FIELDS, *condition_fields(manifest))
+    arrays = {key: np.stack([r[key] for r in records]) for key in keys}
     arrays["bands"] = np.array(manifest["bands"])
+    config = manifest.get("config")
+    if manifest.get("survey"):
+        arrays["survey"] = np.array(manifest["survey"])
+    if "psf_fwhm" not in arrays and isinstance(config, dict) and "kind" in config:
+        _conditions_from_config(arrays, lambda: SimConfig.from_dict(config))
     return arrays
+
+
+def _conditions_from_config(arrays: dict[str, np.ndarray], make_config: Callable) -> None:
+    """Fill the conditions of a test set written before they were stored, from its config
+    (fixed conditions only); leave them out when the config cannot be read."""
+    try:
+        config = make_config()
+    except (TfdeblendError, OSError, ValueError, TypeError):
+        return
+    if not config.fixed_conditions:
+        return
+    count = len(arrays["n_gal"])
+    cond = band_conditions(config.survey, config.bands, config.psf_scale, config.exposure_scale)
+    for key in CONDITION_FIELDS:
+        arrays[key] = np.repeat(np.asarray(cond[key])[None], count, axis=0)
+    arrays["survey"] = np.array(config.survey)
 
 
 def _load_fits_testset(path: Path) -> dict[str, np.ndarray]:
@@ -694,6 +824,7 @@ def _load_fits_testset(path: Path) -> dict[str, np.ndarray]:
             blend = np.asarray(hdus[0].data, dtype=np.float32)
             bands = [b for b in str(hdus[0].header.get("BANDS", "")).split(",") if b]
         with fits.open(path / "truth.fits") as hdus:
+            survey = str(hdus[0].header.get("SURVEY", ""))
             isolated = np.asarray(hdus["ISOLATED"].data, dtype=np.float32)
             noiseless = np.asarray(hdus["NOISELESS"].data, dtype=np.float32)
             catalog = Table(hdus["CATALOG"].data)
@@ -730,6 +861,15 @@ def _load_fits_testset(path: Path) -> dict[str, np.ndarray]:
     for channel, band in enumerate(bands):
         arrays["flux"][blend_id, source, channel] = catalog[f"flux_{band}"]
     arrays["bands"] = np.array(bands)
+    for key, (column, _) in _CONDITION_COLUMNS.items():
+        names = ([f"{column}_{b}" for b in bands] if key in BAND_CONDITION_FIELDS else [column])
+        if all(n in blends.colnames for n in names):
+            values = np.stack([np.asarray(blends[n], dtype=np.float32) for n in names], axis=-1)
+            arrays[key] = values if key in BAND_CONDITION_FIELDS else values[:, 0]
+    if survey:
+        arrays["survey"] = np.array(survey)
+    if "psf_fwhm" not in arrays and (path / "config.yaml").is_file():
+        _conditions_from_config(arrays, lambda: SimConfig.from_yaml(path / "config.yaml"))
     return arrays
 
 

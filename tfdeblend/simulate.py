@@ -11,6 +11,19 @@ Every example is a pure function of ``(config, catalog, example index)``: its ra
 come from ``numpy.random.SeedSequence([seed, index])``. A dataset can therefore be written in
 any number of shards, by any number of processes, and always holds the same bytes.
 
+**Observing conditions.** By default the stamps are the paper's: LSST 10-year depth with BTK's
+PSF. :class:`SimConfig` can draw them under other conditions instead: another ``survey`` (its
+pixel scale, PSF, zeropoints, sky and exposure times, from BTK/surveycodex), a ``psf_scale``
+(multiplies each band's atmospheric FWHM; the PSF is rebuilt with BTK's own
+``_get_default_psf_with_surveycodex_info``, Kolmogorov atmosphere + Airy optics) and an
+``exposure_scale`` (multiplies each band's full exposure time: 0.1 is LSST's first year). Each
+is a fixed value or a range ``(lo, hi)`` sampled per example (uniformly; log-uniformly for the
+exposure) from the example's own random stream, so every example stays a pure function of
+``(config, catalog, index)``. ``bright_fraction`` draws that share of the galaxies from those
+brighter than ``bright_mag`` (i band), to populate the bright end. The conditions of each example
+(:data:`CONDITION_FIELDS`) are returned with it. The nominal config draws exactly the bytes it
+drew before these options existed.
+
 Records are returned as numpy arrays, channels last (see ``docs/architecture.md``); units are
 electrons per pixel. Writing them to disk is :mod:`tfdeblend.data`'s job.
 
@@ -23,7 +36,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import multiprocessing
+import numbers
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -78,6 +94,127 @@ RECORD_FIELDS: tuple[str, ...] = (
     "mu02",
     "mu11",
 )
+#: Observing conditions stored with every example (float32; ``C`` = bands):
+#: ``psf_fwhm`` (C,) atmospheric PSF FWHM in arcsec (the survey's, times the example's
+#: ``psf_scale``; BTK adds the telescope's Airy optics to it), ``noise_sigma`` (C,) sky noise std
+#: in electrons per pixel (``sqrt`` of BTK's mean sky level), ``depth`` (C,) 5-sigma limiting AB
+#: magnitude of the sky noise in a 1 arcsec^2 aperture (exposure and sky only, not the PSF),
+#: ``pixel_scale`` () arcsec, ``psf_scale`` () and ``exposure_scale`` () the example's factors.
+CONDITION_FIELDS: tuple[str, ...] = (
+    "psf_fwhm",
+    "noise_sigma",
+    "depth",
+    "pixel_scale",
+    "psf_scale",
+    "exposure_scale",
+)
+#: Condition fields with one value per band (the others are scalars).
+BAND_CONDITION_FIELDS: tuple[str, ...] = ("psf_fwhm", "noise_sigma", "depth")
+#: Presets of ``tfdeblend simulate --conditions``: survey, psf_scale, exposure_scale.
+CONDITION_PRESETS: dict[str, dict[str, Any]] = {
+    "nominal": {"survey": "LSST", "psf_scale": 1.0, "exposure_scale": 1.0},
+    "psf1.5": {"survey": "LSST", "psf_scale": 1.5, "exposure_scale": 1.0},
+    "year1": {"survey": "LSST", "psf_scale": 1.0, "exposure_scale": 0.1},
+    "hsc": {"survey": "HSC", "psf_scale": 1.0, "exposure_scale": 1.0},
+}
+#: Allowed values of ``psf_scale`` and ``exposure_scale`` (inclusive).
+PSF_SCALE_LIMITS: tuple[float, float] = (0.25, 4.0)
+EXPOSURE_SCALE_LIMITS: tuple[float, float] = (0.001, 10.0)
+#: Default ``bright_mag``: i-band magnitude of the galaxies ``bright_fraction`` draws.
+BRIGHT_MAG: float = 20.0
+
+Scale = float | tuple[float, float]
+
+
+@functools.cache
+def survey_info(name: str) -> Any:
+    """surveycodex's survey ``name`` (any case).
+
+    Raises:
+        TfdeblendError: an unknown survey.
+    """
+    import surveycodex
+
+    names = {n.lower(): n for n in surveycodex.available_surveys}
+    canonical = names.get(str(name).lower())
+    if canonical is None:
+        raise TfdeblendError(
+            f"unknown survey {name!r}; choose one of "
+            f"{', '.join(sorted(surveycodex.available_surveys))}"
+        )
+    return surveycodex.get_survey(canonical)
+
+
+def _checked_scale(name: str, value: Any, limits: tuple[float, float]) -> Scale:
+    """``value`` (a number or a pair ``[lo, hi]``) as a float or a ``(lo, hi)`` tuple, checked."""
+    lo_limit, hi_limit = limits
+    what = f"{name} must be a number or a range [lo, hi] within [{lo_limit:g}, {hi_limit:g}]"
+
+    def number(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+            raise TfdeblendError(f"{what}, got {value!r}")
+        if not lo_limit <= float(v) <= hi_limit:
+            raise TfdeblendError(f"{what}, got {value!r}")
+        return float(v)
+
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise TfdeblendError(f"{what}, got {value!r}")
+        lo, hi = number(value[0]), number(value[1])
+        if lo > hi:
+            raise TfdeblendError(f"{name} range must have lo <= hi, got [{lo:g}, {hi:g}]")
+        return lo if lo == hi else (lo, hi)
+    return number(value)
+
+
+def scale_text(value: Scale) -> str:
+    """``1.5`` or ``1:2`` (the CLI's form) of a fixed value or a range."""
+    if isinstance(value, tuple):
+        return f"{value[0]:g}:{value[1]:g}"
+    return f"{value:g}"
+
+
+def band_conditions(
+    survey: str, bands: tuple[str, ...], psf_scale: float, exposure_scale: float
+) -> dict[str, np.ndarray]:
+    """The :data:`CONDITION_FIELDS` of one example drawn under fixed conditions.
+
+    Computed from surveycodex's numbers as BTK uses them (no drawing): the sky noise is
+    ``sqrt(mean_sky_level)`` with the scaled exposure time, and the depth is
+    ``0.5 (zeropoint + sky brightness) + 1.25 log10(exposure time) - 2.5 log10(5)``, the 5-sigma
+    AB magnitude of the sky noise in 1 arcsec^2.
+    """
+    return {k: v.copy() for k, v in _band_conditions(survey, tuple(bands), float(psf_scale),
+                                                     float(exposure_scale)).items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _band_conditions(
+    survey: str, bands: tuple[str, ...], psf_scale: float, exposure_scale: float
+) -> dict[str, np.ndarray]:
+    from surveycodex.utilities import mean_sky_level
+
+    info = survey_info(survey)
+    fwhm, sigma, depth = [], [], []
+    for band in bands:
+        filt = info.get_filter(band)
+        exposure = filt.full_exposure_time * exposure_scale
+        scaled = dataclasses.replace(filt, full_exposure_time=exposure)
+        fwhm.append(filt.psf_fwhm.to_value("arcsec") * psf_scale)
+        sigma.append(math.sqrt(mean_sky_level(info, scaled).to_value("electron")))
+        depth.append(
+            0.5 * (filt.zeropoint.value + filt.sky_brightness.value)
+            + 1.25 * math.log10(exposure.to_value("s"))
+            - 2.5 * math.log10(5.0)
+        )
+    return {
+        "psf_fwhm": np.asarray(fwhm, np.float32),
+        "noise_sigma": np.asarray(sigma, np.float32),
+        "depth": np.asarray(depth, np.float32),
+        "pixel_scale": np.float32(info.pixel_scale.to_value("arcsec")),
+        "psf_scale": np.float32(psf_scale),
+        "exposure_scale": np.float32(exposure_scale),
+    }
 
 
 @dataclasses.dataclass
@@ -98,8 +235,18 @@ class SimConfig(YamlConfig):
         max_mag: faintest i-band AB magnitude sampled.
         max_shift: largest shift of a galaxy centre from the stamp centre along x and y, arcsec.
             Must keep every centre well inside the crop.
-        survey: BTK/surveycodex survey name.
-        pixel_scale: arcsec per pixel (informational; taken from the survey).
+        survey: BTK/surveycodex survey (``LSST``, ``HSC``, ...; any case): its pixel scale, PSF,
+            zeropoints, sky brightness and full exposure times. Bands keep their names
+            (surveycodex names HSC's filters g, r, i, z, y); galaxies take the catalog's
+            magnitude of the band of the same name.
+        pixel_scale: arcsec per pixel: the survey's (set from it; any other value is refused).
+        psf_scale: multiplies each band's atmospheric PSF FWHM: a number, or a range
+            ``[lo, hi]`` sampled uniformly per example.
+        exposure_scale: multiplies each band's full exposure time (0.1: LSST year 1): a number,
+            or a range ``[lo, hi]`` sampled log-uniformly per example.
+        bright_fraction: share of the galaxies drawn from those with ``i <= bright_mag`` (each
+            galaxy independently); 0 draws every galaxy from the whole ``i <= max_mag`` sample.
+        bright_mag: i-band magnitude limit of the bright galaxies ``bright_fraction`` draws.
         catalog: path of the CatSim catalog, or ``None`` for the default catalog.
     """
 
@@ -115,6 +262,10 @@ class SimConfig(YamlConfig):
     max_shift: float = DEFAULT_MAX_SHIFT
     survey: str = "LSST"
     pixel_scale: float = LSST_PIXEL_SCALE
+    psf_scale: float | tuple[float, float] = 1.0
+    exposure_scale: float | tuple[float, float] = 1.0
+    bright_fraction: float = 0.0
+    bright_mag: float = BRIGHT_MAG
     catalog: str | None = None
 
     def __post_init__(self) -> None:
@@ -154,6 +305,7 @@ class SimConfig(YamlConfig):
                 f"stamp_size ({self.stamp_size}) must be positive and at most "
                 f"raw_stamp_size ({self.raw_stamp_size})"
             )
+        self._check_conditions()
         # keep every centre at least 5 pixels inside the crop
         limit = (self.stamp_size / 2 - 5) * self.pixel_scale
         if not 0 <= self.max_shift <= limit:
@@ -161,6 +313,84 @@ class SimConfig(YamlConfig):
                 f"max_shift must be between 0 and {limit:.1f} arcsec so that every galaxy "
                 f"lies inside the {self.stamp_size}x{self.stamp_size} crop, got {self.max_shift}"
             )
+
+    def _check_conditions(self) -> None:
+        info = survey_info(self.survey)
+        self.survey = info.name
+        missing = [b for b in self.bands if b not in info.available_filters]
+        if missing:
+            raise TfdeblendError(
+                f"survey {self.survey} has no band(s) {','.join(missing)}; "
+                f"its bands are {','.join(info.available_filters)}"
+            )
+        scale = float(info.pixel_scale.to_value("arcsec"))
+        given = self.pixel_scale
+        if isinstance(given, bool) or not isinstance(given, numbers.Real):
+            raise TfdeblendError(f"pixel_scale must be a number, got {given!r}")
+        if not (math.isclose(given, scale, rel_tol=1e-6) or given == LSST_PIXEL_SCALE):
+            raise TfdeblendError(
+                f"pixel_scale is the survey's ({scale:g} arcsec for {self.survey}), got {given!r}"
+            )
+        self.pixel_scale = scale
+        self.psf_scale = _checked_scale("psf_scale", self.psf_scale, PSF_SCALE_LIMITS)
+        self.exposure_scale = _checked_scale(
+            "exposure_scale", self.exposure_scale, EXPOSURE_SCALE_LIMITS
+        )
+        for name in ("bright_fraction", "bright_mag"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TfdeblendError(f"{name} must be a number, got {value!r}")
+            setattr(self, name, float(value))
+        if not 0.0 <= self.bright_fraction <= 1.0:
+            raise TfdeblendError(
+                f"bright_fraction must be between 0 and 1, got {self.bright_fraction}"
+            )
+        if not 10.0 <= self.bright_mag <= self.max_mag:
+            raise TfdeblendError(
+                f"bright_mag must be between 10 and max_mag ({self.max_mag:g}), "
+                f"got {self.bright_mag}"
+            )
+
+    @property
+    def fixed_conditions(self) -> bool:
+        """Whether every example has the same conditions (no range)."""
+        return not isinstance(self.psf_scale, tuple) and not isinstance(
+            self.exposure_scale, tuple
+        )
+
+    @property
+    def nominal(self) -> bool:
+        """The paper's conditions: LSST 10-year depth with BTK's PSF (the default)."""
+        return self.survey == "LSST" and self.psf_scale == 1.0 and self.exposure_scale == 1.0
+
+    def describe_conditions(self) -> str:
+        """One line: survey, scales and bright fraction, e.g. ``LSST, psf x1.5, exposure x1``."""
+        text = (
+            f"{self.survey}, psf x{scale_text(self.psf_scale)}, "
+            f"exposure x{scale_text(self.exposure_scale)}"
+        )
+        if self.bright_fraction > 0:
+            text += f", {self.bright_fraction:g} of galaxies with i <= {self.bright_mag:g}"
+        return text
+
+    def example_scales(self, index: int) -> tuple[float, float, np.ndarray]:
+        """``(psf_scale, exposure_scale, bright)`` of example ``index``.
+
+        Drawn from the example's third random stream ``SeedSequence([seed, index]).spawn(3)[2]``
+        (the galaxies and the noise use the first two, as before these options existed):
+        uniform numbers ``u``; ``u[0]`` picks the PSF scale (uniform in its range), ``u[1]`` the
+        exposure scale (log-uniform), ``u[2 + j] < bright_fraction`` makes galaxy ``j`` bright.
+        """
+        stream = np.random.SeedSequence([self.seed, int(index)]).spawn(3)[2]
+        u = np.random.default_rng(stream).random(2 + max(MAX_TEST_GALAXIES, MAX_COUNT))
+        psf = self.psf_scale
+        if isinstance(psf, tuple):
+            psf = psf[0] + (psf[1] - psf[0]) * float(u[0])
+        exposure = self.exposure_scale
+        if isinstance(exposure, tuple):
+            lo, hi = math.log(exposure[0]), math.log(exposure[1])
+            exposure = math.exp(lo + (hi - lo) * float(u[1]))
+        return float(psf), float(exposure), u[2:] < self.bright_fraction
 
     @property
     def max_sources(self) -> int:
@@ -209,6 +439,13 @@ def validate_catalog(table: Any, config: SimConfig) -> Any:
             f"catalog has {len(eligible)} galaxies with i <= {config.max_mag}; "
             f"{config.kind} blends need at least {config.max_sources}"
         )
+    if config.bright_fraction > 0:
+        n_bright = int(np.sum(np.asarray(eligible["i_ab"], dtype=float) <= config.bright_mag))
+        if n_bright < config.max_sources:
+            raise CatalogError(
+                f"catalog has {n_bright} galaxies with i <= {config.bright_mag:g} (bright_mag); "
+                f"bright_fraction {config.bright_fraction:g} needs at least {config.max_sources}"
+            )
     return eligible
 
 
@@ -226,7 +463,9 @@ def make_survey(name: str, bands: Iterable[str]) -> Any:
     import btk
 
     try:
-        survey = btk.survey.get_surveys(name)
+        survey = btk.survey.get_surveys(survey_info(name).name)
+    except TfdeblendError:
+        raise
     except Exception as err:  # surveycodex raises a bare ValueError
         raise TfdeblendError(f"unknown survey {name!r}: {err}") from err
     bands = list(bands)
@@ -252,6 +491,9 @@ class BlendRenderer:
         self.table = table
         self.survey = make_survey(config.survey, config.bands)
         raw_arcsec = config.raw_stamp_size * config.pixel_scale
+        if int(raw_arcsec / config.pixel_scale) != config.raw_stamp_size:
+            # BTK sizes its stamps as int(arcsec / pixel scale): keep it from rounding down
+            raw_arcsec = (config.raw_stamp_size + 0.5) * config.pixel_scale
         sampling = btk.sampling_functions.DefaultSampling(
             stamp_size=raw_arcsec,
             max_number=max(config.max_sources, 1),
@@ -270,17 +512,67 @@ class BlendRenderer:
             seed=config.seed,
         )
         self.psf = self.generator._get_psf_from_survey(self.survey)
+        self.nominal_psf = list(self.psf)
+        self.nominal_filters = {
+            band: (filt.psf_fwhm, filt.full_exposure_time)
+            for band in config.bands
+            for filt in [self.survey.get_filter(band)]
+        }
+        self.scales: tuple[float, float] = (1.0, 1.0)
+        self.bright_rows = np.flatnonzero(np.asarray(table["i_ab"], float) <= config.bright_mag)
         start = (config.raw_stamp_size - config.stamp_size) // 2
         self.crop = slice(start, start + config.stamp_size)
 
+    def set_conditions(self, psf_scale: float, exposure_scale: float) -> None:
+        """Scale the survey's atmospheric PSF FWHM and exposure times (from the nominal ones).
+
+        The filters of ``self.survey`` are changed in place and each band's PSF is rebuilt with
+        BTK's own helper (Kolmogorov atmosphere of the scaled FWHM + the telescope's Airy
+        optics). Scales of 1 keep BTK's own PSF objects, so nominal stamps are unchanged.
+        """
+        import btk
+
+        if (psf_scale, exposure_scale) == self.scales:
+            return
+        psfs = []
+        for channel, band in enumerate(self.config.bands):
+            filt = self.survey.get_filter(band)
+            fwhm, exposure = self.nominal_filters[band]
+            filt.full_exposure_time = exposure * exposure_scale
+            if psf_scale == 1.0:
+                filt.psf_fwhm = fwhm
+                psf = self.nominal_psf[channel]
+            else:
+                filt.psf_fwhm = fwhm * psf_scale
+                psf = btk.survey._get_default_psf_with_surveycodex_info(self.survey, filt)
+            filt.psf = psf
+            psfs.append(psf)
+        self.psf = psfs
+        self.scales = (psf_scale, exposure_scale)
+
+    def _choose_rows(
+        self, rng: np.random.Generator, n_gal: int, bright: np.ndarray
+    ) -> np.ndarray:
+        """Catalog rows of the example's galaxies (``bright[j]``: galaxy ``j`` is bright)."""
+        n_bright = int(np.sum(bright[:n_gal])) if self.config.bright_fraction > 0 else 0
+        if n_bright == 0:
+            return rng.choice(len(self.table), size=n_gal, replace=False)
+        chosen = rng.choice(self.bright_rows, size=n_bright, replace=False)
+        others = rng.choice(len(self.table), size=n_gal, replace=False)
+        others = others[~np.isin(others, chosen)][: n_gal - n_bright]
+        return np.concatenate([chosen, others])
+
     def render(self, index: int) -> dict[str, np.ndarray]:
-        """Draw example ``index``: a dict of the :data:`RECORD_FIELDS`, channels last."""
+        """Draw example ``index``: a dict of the :data:`RECORD_FIELDS` and
+        :data:`CONDITION_FIELDS`, channels last."""
         cfg = self.config
         n_gal, noisy = cfg.plan(index)
         seq = np.random.SeedSequence([cfg.seed, int(index)])
         sample_seq, noise_seq = seq.spawn(2)
+        psf_scale, exposure_scale, bright = cfg.example_scales(index)
+        self.set_conditions(psf_scale, exposure_scale)
         rng = np.random.default_rng(sample_seq)
-        rows = rng.choice(len(self.table), size=n_gal, replace=False)
+        rows = self._choose_rows(rng, n_gal, bright)
         blend = self.table[np.sort(rows)]
         blend["ra"] = rng.uniform(-cfg.max_shift, cfg.max_shift, n_gal)
         blend["dec"] = rng.uniform(-cfg.max_shift, cfg.max_shift, n_gal)
@@ -303,12 +595,14 @@ class BlendRenderer:
         order = np.argsort(-measure.brightness(isolated), kind="stable")
         isolated = isolated[order]
         noiseless = isolated.sum(axis=0) if n_gal else np.zeros_like(noisy_image)
-        return make_record(
+        record = make_record(
             blend=noisy_image if noisy else noiseless,
             isolated=isolated,
             noisy=noisy,
             max_sources=cfg.max_sources,
         )
+        record.update(band_conditions(cfg.survey, cfg.bands, psf_scale, exposure_scale))
+        return record
 
 
 def make_record(
@@ -448,9 +742,12 @@ def simulate_arrays(
 ) -> dict[str, np.ndarray]:
     """Draw all ``config.count`` examples and stack them into arrays ``(N, ...)``.
 
-    Meant for small sets (everything is held in memory). Adds ``bands`` (list of str).
+    Meant for small sets (everything is held in memory). Holds the :data:`RECORD_FIELDS` and
+    :data:`CONDITION_FIELDS`, plus ``bands`` (array of str) and ``survey`` (0-d str array).
     """
     records = list(simulate(config, table=table, jobs=jobs))
-    arrays = {key: np.stack([r[key] for r in records]) for key in RECORD_FIELDS}
+    arrays = {key: np.stack([r[key] for r in records])
+              for key in (*RECORD_FIELDS, *CONDITION_FIELDS)}
     arrays["bands"] = np.array(config.bands)
+    arrays["survey"] = np.array(config.survey)
     return arrays

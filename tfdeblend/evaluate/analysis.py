@@ -24,6 +24,7 @@ from tfdeblend import measure
 from tfdeblend.config import QUALITY_NAMES
 from tfdeblend.evaluate import metrics as mt
 from tfdeblend.evaluate.match import DEFAULT_MAX_SEP, match_batch, match_positions
+from tfdeblend.simulate import BAND_CONDITION_FIELDS, CONDITION_FIELDS
 
 #: The paper's numbers (Wang et al. 2021), for the side-by-side columns.
 PAPER = {
@@ -391,6 +392,7 @@ def testset_summary(
         "n_components_histogram": {
             str(int(k)): int((n_components == k).sum()) for k in np.unique(n_components)
         },
+        "conditions": conditions_summary(testset),
         "methods": {m: a["summary"] for m, a in methods.items()},
         "tfdeblend_by_quality": quality_breakdown(methods["tfdeblend"], quality),
         # each baseline against tfdeblend on the galaxies both found
@@ -431,3 +433,174 @@ def missed_stamps(arrays: dict[str, Any], n_stamps: int, count: int) -> np.ndarr
         if label in arrays:
             missed |= arrays[label]["present"] & ~arrays[label]["found"]
     return np.flatnonzero(missed)[:count]
+
+
+# --------------------------------------------------------------------------------------------
+# observing conditions
+
+
+#: the targets of issue 27 for a test set under other observing conditions:
+#: key -> (label, goal); judged against :data:`CONDITION_REFERENCE` where they name it
+CONDITION_TARGETS: dict[str, tuple[str, str]] = {
+    "y_recall": ("fainter-galaxy recall", ">= sep's + 0.15"),
+    "precision": ("precision", ">= 0.95"),
+    "exact_count": ("exact-count fraction", ">= 0.80"),
+    "flux_scatter_x": ("r flux scatter, brighter x", "< sep's"),
+    "flux_scatter_y": ("r flux scatter, fainter y", "< sep's"),
+    "high": ("high-quality fraction", ">= 0.75"),
+}
+#: the baseline the condition targets compare with
+CONDITION_REFERENCE = "sep"
+
+
+def _spread(values: np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, dtype=np.float64)
+    return {"median": float(np.median(values)), "min": float(values.min()),
+            "max": float(values.max())}
+
+
+def conditions_summary(testset: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The observing conditions of a test set, from the conditions stored with its stamps.
+
+    Returns:
+        ``{"known": bool, "survey": str | None}``, and when known (every
+        :data:`tfdeblend.simulate.CONDITION_FIELDS` present): ``psf_fwhm``, ``noise_sigma``,
+        ``depth`` as ``{band: {"median", "min", "max"}}`` and ``pixel_scale``, ``psf_scale``,
+        ``exposure_scale`` as ``{"median", "min", "max"}`` over the stamps.
+    """
+    survey = str(np.asarray(testset["survey"])) if "survey" in testset else None
+    out: dict[str, Any] = {"known": all(k in testset for k in CONDITION_FIELDS),
+                           "survey": survey or None}
+    if not out["known"] or not len(np.asarray(testset["n_gal"])):
+        out["known"] = False
+        return out
+    bands = [str(b) for b in np.asarray(testset["bands"]).ravel()]
+    for key in BAND_CONDITION_FIELDS:
+        values = np.asarray(testset[key], dtype=np.float64).reshape(-1, len(bands))
+        out[key] = {b: _spread(values[:, c]) for c, b in enumerate(bands)}
+    for key in ("pixel_scale", "psf_scale", "exposure_scale"):
+        out[key] = _spread(testset[key])
+    return out
+
+
+def _conditions_key(cond: dict[str, Any]) -> tuple:
+    """What makes two test sets' conditions the same (rounded)."""
+    if not cond.get("known"):
+        return (cond.get("survey"),)
+    key: list[Any] = [cond.get("survey"), round(cond["pixel_scale"]["median"], 4)]
+    for name in ("psf_scale", "exposure_scale"):
+        key += [round(cond[name]["min"], 3), round(cond[name]["max"], 3)]
+    for name, digits in (("psf_fwhm", 3), ("depth", 2)):
+        key += [round(v["median"], digits) for v in cond[name].values()]
+    return tuple(key)
+
+
+def conditions_differ(summaries: Sequence[dict[str, Any]]) -> bool:
+    """Whether test sets with known conditions were drawn under different conditions."""
+    known = [_conditions_key(c) for c in summaries if c and c.get("known")]
+    return len(set(known)) > 1
+
+
+def is_nominal(cond: dict[str, Any]) -> bool:
+    """LSST at 10-year depth with BTK's PSF (the paper's conditions)."""
+    return bool(
+        cond.get("known") and cond.get("survey") == "LSST"
+        and all(np.isclose(cond[k][e], 1.0) for k in ("psf_scale", "exposure_scale")
+                for e in ("min", "max"))
+    )
+
+
+def _flux_band(bands: Sequence[str]) -> str:
+    """The band of the grid's flux columns: r where there is one, else the middle band."""
+    bands = list(bands)
+    return "r" if "r" in bands else bands[len(bands) // 2]
+
+
+def _method_row(summary: dict[str, Any], band: str) -> dict[str, Any]:
+    nan = float("nan")
+
+    def get(fn) -> Any:
+        try:
+            return fn()
+        except (KeyError, TypeError):
+            return nan
+
+    row = {
+        "x_recall": get(lambda: summary["x"]["found_fraction"]),
+        "y_recall": get(lambda: summary["y"]["found_fraction"]),
+        "recall": get(lambda: summary["detection"]["recall"]),
+        "precision": get(lambda: summary["detection"]["precision"]),
+        "exact_count": get(lambda: summary["detection"]["exact_count_fraction"]),
+        "flux": {},
+    }
+    for label in GALAXIES:
+        stats = get(lambda lb=label: summary[lb]["flux"][band])
+        row["flux"][label] = {k: (stats[k] if isinstance(stats, dict) else nan)
+                              for k in ("bias", "scatter", "outlier_fraction")}
+    return row
+
+
+def _judge(ours: dict[str, Any], ref: dict[str, Any] | None, high: float) -> dict[str, Any]:
+    """:data:`CONDITION_TARGETS` met (True/False), or None where not judgeable."""
+
+    def check(value: float, passed) -> bool | None:
+        return None if value is None or not np.isfinite(value) else bool(passed(value))
+
+    out: dict[str, Any] = {
+        "precision": check(ours["precision"], lambda v: v >= 0.95),
+        "exact_count": check(ours["exact_count"], lambda v: v >= 0.80),
+        "high": check(high, lambda v: v >= 0.75),
+        "y_recall": None, "flux_scatter_x": None, "flux_scatter_y": None,
+    }
+    if ref is not None:
+        if np.isfinite(ref["y_recall"]):
+            out["y_recall"] = check(ours["y_recall"], lambda v: v >= ref["y_recall"] + 0.15)
+        for label in GALAXIES:
+            theirs = ref["flux"][label]["scatter"]
+            if np.isfinite(theirs):
+                out[f"flux_scatter_{label}"] = check(ours["flux"][label]["scatter"],
+                                                     lambda v, t=theirs: v < t)
+    return out
+
+
+def conditions_grid(testsets: dict[str, dict[str, Any]], bands: Sequence[str]) -> dict[str, Any]:
+    """One row per test set: its conditions and the key metrics of every method, side by side.
+
+    Args:
+        testsets: name -> :func:`testset_summary` (``metrics.json``'s ``testsets``).
+        bands: the model's bands.
+
+    Returns:
+        ``{"band": flux band, "reference": baseline the targets compare with (or None),
+        "targets": {key: {"label", "goal"}}, "rows": [{"testset", "n_stamps", "n_gal_counts",
+        "conditions", "nominal", "methods": {method: {"x_recall", "y_recall", "recall",
+        "precision", "exact_count", "flux": {"x"/"y": {"bias", "scatter",
+        "outlier_fraction"}}}}, "quality": {"high", "medium", "low"}, "targets": {key: met}}]}``.
+    """
+    band = _flux_band(bands)
+    rows = []
+    reference = None
+    for name, ts in testsets.items():
+        methods = {m: _method_row(s, band) for m, s in ts["methods"].items()}
+        ref = methods.get(CONDITION_REFERENCE)
+        if ref is not None:
+            reference = CONDITION_REFERENCE
+        quality = {k: ts["table1_quality"]["all"][k] for k in ("high", "medium", "low")}
+        cond = ts.get("conditions") or {"known": False, "survey": None}
+        rows.append({
+            "testset": name,
+            "n_stamps": ts["n_stamps"],
+            "n_gal_counts": ts["n_gal_counts"],
+            "conditions": cond,
+            "nominal": is_nominal(cond),
+            "methods": methods,
+            "quality": quality,
+            "targets": _judge(methods["tfdeblend"], ref, quality["high"]),
+        })
+    return {
+        "band": band,
+        "reference": reference,
+        "targets": {k: {"label": label, "goal": goal}
+                    for k, (label, goal) in CONDITION_TARGETS.items()},
+        "rows": rows,
+    }

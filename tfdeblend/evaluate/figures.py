@@ -539,3 +539,73 @@ def field_figures(
     yield "pulls", field_pulls(methods, bands)
     if cutout is not None:
         yield "cutout", field_cutout(methods=methods, bands=bands, **cutout)
+
+
+# --------------------------------------------------------------------------------------------
+# observing conditions
+
+#: file name and caption of the observing-conditions figure (one per report)
+CONDITIONS_FIGURE = ("conditions.png",
+                     "Key metrics against PSF FWHM and depth, tfdeblend and the baselines")
+
+#: (key, label, the target's threshold or None) of each metric panel row
+_CONDITION_METRICS = (
+    ("y_recall", "fainter-galaxy recall", None),
+    ("precision", "precision", 0.95),
+    ("exact_count", "exact-count fraction", 0.80),
+    ("flux_scatter_x", "flux robust scatter, x", None),
+    ("flux_scatter_y", "flux robust scatter, y", None),
+    ("high", "high-quality fraction", 0.75),
+)
+
+
+def _condition_value(row: dict[str, Any], method: str, key: str) -> float:
+    m = row["methods"].get(method)
+    if m is None:
+        return float("nan")
+    if key == "high":
+        return row["quality"]["high"] if method == "tfdeblend" else float("nan")
+    if key.startswith("flux_scatter_"):
+        return m["flux"][key[-1]]["scatter"]
+    return m[key]
+
+
+def conditions_figure(grid: dict[str, Any]):
+    """Each key metric of the conditions grid against the PSF FWHM (left) and the depth
+    (right) of the grid's flux band, one point per test set and method, labelled by test set.
+
+    Args:
+        grid: :func:`tfdeblend.evaluate.analysis.conditions_grid`.
+    """
+    plt = _plt()
+    band = grid["band"]
+    rows = [r for r in grid["rows"] if r["conditions"].get("known")]
+    methods = list(grid["rows"][0]["methods"]) if grid["rows"] else []
+    axes_x = (("psf_fwhm", f"atmospheric PSF FWHM in {band} (arcsec)"),
+              ("depth", f"depth in {band}: 5-sigma AB limit of the sky in 1 arcsec^2"))
+    fig, axes = plt.subplots(len(_CONDITION_METRICS), 2, figsize=(10, 2.6 * len(_CONDITION_METRICS)),
+                             squeeze=False)
+    for r, (key, label, threshold) in enumerate(_CONDITION_METRICS):
+        for c, (xkey, xlabel) in enumerate(axes_x):
+            ax = axes[r, c]
+            xs = np.array([row["conditions"][xkey][band]["median"] for row in rows])
+            for k, method in enumerate(methods):
+                ys = np.array([_condition_value(row, method, key) for row in rows], float)
+                if not np.isfinite(ys).any():
+                    continue
+                color, marker = _style(method, k)
+                ax.scatter(xs, ys, color=color, marker=marker, s=40, label=method)
+            for row, x in zip(rows, xs):
+                y = _condition_value(row, "tfdeblend", key)
+                if np.isfinite(y):
+                    ax.annotate(row["testset"], (x, y), fontsize=7, xytext=(4, 3),
+                                textcoords="offset points")
+            if threshold is not None:
+                ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"target {threshold:g}")
+            ax.set(xlabel=xlabel if r == len(_CONDITION_METRICS) - 1 else "",
+                   ylabel=label.replace("flux", f"{band} flux"))
+            ax.grid(alpha=0.3)
+            if r == 0:
+                _legend(ax)
+    fig.tight_layout()
+    return fig

@@ -20,6 +20,12 @@ directory is built in a temporary directory and renamed when complete:
 - ``metrics.json``: every number of the report (``NaN`` written as ``null``);
 - PNG figures ``<testset>_fig6_flux_x.png`` ... (see :data:`figures.FIGURES`).
 
+When the test sets were drawn under different observing conditions (read from the conditions
+stored with their stamps, :func:`analysis.conditions_summary`), the report opens with the
+conditions grid (:func:`analysis.conditions_grid`: one row per test set, every method side by
+side, the issue's targets) and ``conditions.png`` (:func:`figures.conditions_figure`);
+``metrics.json`` holds it as ``conditions_grid``.
+
 **Simulated fields** (directories of ``tfdeblend simulate field``: ``field.fits`` +
 ``truth.fits``) go to :func:`evaluate_fields` instead: per field, tfdeblend deblends the whole
 image once (:func:`tfdeblend.run.run_image`, output ``<field>_tfdeblend.fits`` in the report
@@ -248,6 +254,13 @@ def evaluate_loaded(
             figure_blocks[name] = _write_figures(tmp, name, ts, methods, deblended, bands,
                                                  gallery_size, progress)
         results["figures"] = {n: [f for f, _ in blocks] for n, blocks in figure_blocks.items()}
+        conditions = [ts["conditions"] for ts in results["testsets"].values()]
+        if analysis.conditions_differ(conditions):
+            grid = analysis.conditions_grid(results["testsets"], bands)
+            fname = figures.CONDITIONS_FIGURE[0]
+            figures.save_figure(figures.conditions_figure(grid), tmp / fname)
+            grid["figure"] = fname
+            results["conditions_grid"] = grid
         (tmp / "metrics.json").write_text(report.render_json(results))
         (tmp / "report.md").write_text(report.render_markdown(results, figure_blocks))
     return results

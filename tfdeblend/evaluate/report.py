@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tfdeblend.evaluate.analysis import GALAXIES, PAPER
+from tfdeblend.evaluate.analysis import CONDITION_REFERENCE, GALAXIES, PAPER
 from tfdeblend.evaluate.fields import TARGETS
 
 
@@ -63,6 +63,105 @@ def _side_row(lines, methods, names, label, getter, fmt=_num, paper=""):
     lines.append(f"| {label} | " + " | ".join(vals) + f" | {paper} |")
 
 
+def _condition_cells(cond: dict[str, Any], band: str) -> list[str]:
+    """survey, pixel scale, PSF FWHM, depth, sky noise (in ``band``), PSF and exposure scales."""
+    if not cond or not cond.get("known"):
+        return [cond.get("survey") or "n/a" if cond else "n/a"] + ["n/a"] * 6
+
+    def spread(entry: dict[str, float], fmt: str) -> str:
+        lo, hi = entry["min"], entry["max"]
+        if np.isclose(lo, hi, rtol=1e-4, atol=0):
+            return format(entry["median"], fmt)
+        return f"{format(entry['median'], fmt)} ({format(lo, fmt)}-{format(hi, fmt)})"
+
+    return [
+        cond.get("survey") or "n/a",
+        _num(cond["pixel_scale"]["median"], "g"),
+        spread(cond["psf_fwhm"][band], ".2f"),
+        spread(cond["depth"][band], ".1f"),
+        spread(cond["noise_sigma"][band], ".0f"),
+        spread(cond["psf_scale"], ".2g"),
+        spread(cond["exposure_scale"], ".2g"),
+    ]
+
+
+def render_conditions_grid(results: dict[str, Any]) -> list[str]:
+    """The markdown lines of the observing-conditions grid (``results["conditions_grid"]``):
+    one row per test set with its conditions and every method's key metrics side by side,
+    then the issue's targets per test set, then the figure."""
+    grid = results.get("conditions_grid")
+    if not grid:
+        return []
+    band = grid["band"]
+    names = list(grid["rows"][0]["methods"])
+    order = " / ".join(names)
+    lines = [
+        "## Observing conditions",
+        "",
+        f"One row per test set. Conditions (medians over the stamps, range in brackets): pixel "
+        f"scale, atmospheric PSF FWHM in {band} (arcsec), depth in {band} (5-sigma AB limit of "
+        f"the sky noise in 1 arcsec^2), sky noise std in {band} (electrons), the PSF and "
+        "exposure factors. Metric cells are " + order + ": recall of the fainter galaxy y, "
+        f"precision, exact-count fraction, and the {band}-band relative flux bias / robust "
+        "scatter / 3-sigma outliers (%) of the brighter x and the fainter y; quality is "
+        "tfdeblend's high / medium / low (%).",
+        "",
+        "| test set | galaxies | survey | pixel (\") | PSF FWHM | depth | sky sigma | PSF x | "
+        "exposure x | y recall | precision | exact count | x bias | x scatter | x outliers | "
+        "y bias | y scatter | y outliers | quality |",
+        "|" + "---|" * 19,
+    ]
+
+    def cell(row, fn, fmt=_num) -> str:
+        vals = []
+        for n in names:
+            try:
+                vals.append(fmt(fn(row["methods"][n])))
+            except (KeyError, TypeError):
+                vals.append("n/a")
+        return " / ".join(vals)
+
+    for row in grid["rows"]:
+        q = row["quality"]
+        galaxies = ", ".join(row["n_gal_counts"])
+        cells = [f"`{row['testset']}`", galaxies, *_condition_cells(row["conditions"], band)]
+        cells += [
+            cell(row, lambda m: m["y_recall"]),
+            cell(row, lambda m: m["precision"]),
+            cell(row, lambda m: m["exact_count"]),
+        ]
+        for label in GALAXIES:
+            cells += [
+                cell(row, lambda m, lb=label: m["flux"][lb]["bias"]),
+                cell(row, lambda m, lb=label: m["flux"][lb]["scatter"]),
+                cell(row, lambda m, lb=label: m["flux"][lb]["outlier_fraction"], _pct),
+            ]
+        cells.append(f"{_pct(q['high'])} / {_pct(q['medium'])} / {_pct(q['low'])}")
+        lines.append("| " + " | ".join(cells) + " |")
+    targets = grid["targets"]
+    ref = grid.get("reference")
+    lines += [
+        "",
+        "Targets of issue 27 per test set for tfdeblend (✓ met, ✗ missed, n/a not judged"
+        + ("" if ref else f": the comparisons need {CONDITION_REFERENCE}, which was not run")
+        + "); they are set for the non-nominal conditions.",
+        "",
+        "| test set | nominal | " + " | ".join(f"{t['label']} {t['goal']}"
+                                               for t in targets.values()) + " | met |",
+        "|---|---|" + "---|" * (len(targets) + 1),
+    ]
+    for row in grid["rows"]:
+        marks = [row["targets"].get(k) for k in targets]
+        text = ["n/a" if m is None else ("✓" if m else "✗") for m in marks]
+        judged = [m for m in marks if m is not None]
+        lines.append(f"| `{row['testset']}` | {'yes' if row['nominal'] else 'no'} | "
+                     + " | ".join(text) + f" | {sum(judged)} of {len(judged)} |")
+    if grid.get("figure"):
+        caption = "Key metrics against PSF FWHM and depth, tfdeblend and the baselines"
+        lines += ["", f"**{caption}**", "", f"![{caption}]({grid['figure']})"]
+    return lines + [""]
+
+
 def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple[str, str]]]) -> str:
     """The ``report.md`` text for a results dict.
 
@@ -83,12 +182,14 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
     ]
     for note in results["notes"]:
         lines += [f"> Note: {note}", ""]
+    lines += render_conditions_grid(results)
     for name, ts in results["testsets"].items():
         lines += [f"## Test set `{name}`", "",
                   f"{ts['n_stamps']} stamps; galaxies per stamp: "
                   + ", ".join(f"{k}: {v}" for k, v in ts["n_gal_counts"].items())
                   + "; sky noise std per band: "
-                  + ", ".join(f"{b} {s:.1f}" for b, s in ts["sky_noise_std"].items()), ""]
+                  + ", ".join(f"{b} {s:.1f}" for b, s in ts["sky_noise_std"].items())
+                  + _conditions_sentence(ts.get("conditions")), ""]
         post = ts.get("post_peel_blends")
         if post:
             lines += [f"After the peel, {post['split']} blend(s) had a merged component split "
@@ -206,6 +307,19 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
         for fname, caption in figure_blocks.get(name, []):
             lines += [f"**{caption}**", "", f"![{caption}]({fname})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _conditions_sentence(cond: dict[str, Any] | None) -> str:
+    """``; conditions: LSST, 0.2"/px, PSF FWHM g/r/i 0.86/0.81/0.79", ...`` or nothing."""
+    if not cond or not cond.get("known"):
+        return ""
+    bands = list(cond["psf_fwhm"])
+    fwhm = "/".join(f"{cond['psf_fwhm'][b]['median']:.2f}" for b in bands)
+    depth = "/".join(f"{cond['depth'][b]['median']:.2f}" for b in bands)
+    return (f"; conditions: {cond.get('survey') or 'survey n/a'}, "
+            f"{cond['pixel_scale']['median']:g}\"/px, PSF FWHM {'/'.join(bands)} {fwhm}\", "
+            f"depth {depth} mag, PSF x{cond['psf_scale']['median']:.3g}, exposure "
+            f"x{cond['exposure_scale']['median']:.3g} (medians)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -278,6 +278,8 @@ def mine_residuals(
         "bands": list(bands),
         "bunit": manifest.get("bunit", "electron"),
         "pixel_scale": manifest.get("pixel_scale"),
+        # the residual records keep their source's observing conditions
+        **({"conditions": manifest["conditions"]} if manifest.get("conditions") else {}),
         "stamp_size": stamp_size,
         "max_sources": int(manifest["max_sources"]),
         "count": int(manifest["count"]) * steps,
