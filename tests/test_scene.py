@@ -252,3 +252,13 @@ def test_footprints_are_each_galaxy_s_model_cut_out(mosaic, tmp_path):
         assert np.hypot(x0 + peak[1] - galaxy["x"], y0 + peak[0] - galaxy["y"]) < 2.5
     # the cut-outs hold the galaxies' light: what they leave out is their faint outskirts
     assert np.abs(model - rebuilt).sum() < 0.1 * np.abs(model).sum()
+
+
+def test_a_malformed_scheduler_address_is_one_line(tmp_path):
+    pytest.importorskip("dask.distributed")
+    write_cube(tmp_path / "in.fits", np.ones((3, 20, 20), np.float32), "g,r,i")
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "in.fits"), "-o",
+                                      str(tmp_path / "out.fits"), "--scheduler", "nohost"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: cannot reach the Dask scheduler nohost")
+    assert result.output.count("\n") == 1 and not (tmp_path / "out.fits").exists()

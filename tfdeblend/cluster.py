@@ -72,7 +72,7 @@ def deblend_tiles_dask(source, tiles, model_dir, scene, batch_size: int = 32,
         if scheduler is not None:
             try:
                 client = Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError) as err:
+            except (OSError, TimeoutError, ValueError) as err:  # ValueError: a malformed address
                 raise TfdeblendError(f"cannot reach the Dask scheduler {scheduler}: {err}") from err
         else:
             cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
