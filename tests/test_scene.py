@@ -262,3 +262,25 @@ def test_a_malformed_scheduler_address_is_one_line(tmp_path):
     assert result.exit_code == 1, result.output
     assert result.output.startswith("Error: cannot reach the Dask scheduler nohost")
     assert result.output.count("\n") == 1 and not (tmp_path / "out.fits").exists()
+
+
+def test_a_band_with_no_data_does_not_flag_every_galaxy_edge(tmp_path):
+    """A band missing over the whole image (no noise to compare the model with) used to count
+    every positive model pixel as light: a galaxy in the middle came out `edge`."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:64, :64]
+    galaxy = 600.0 * np.exp(-((xx - 30.0) ** 2 + (yy - 31.0) ** 2) / 8.0) / (8.0 * np.pi)
+    image = (rng.normal(0.0, 1.0, (3, 64, 64)) + galaxy).astype(np.float32)
+    image[1] = np.nan
+    path = write_cube(tmp_path / "in.fits", image, "g,r,i")
+    out = tmp_path / "out.fits"
+    result = CliRunner().invoke(cli, ["run", str(path), "-o", str(out), "--quiet",
+                                      "--footprints"])
+    assert result.exit_code == 0, result.output
+    catalog = Table.read(out, hdu="CATALOG")
+    assert len(catalog) == 1
+    assert np.hypot(catalog["x"][0] - 30, catalog["y"][0] - 31) < 1
+    assert not catalog["edge"][0] and catalog["masked"][0]  # its r band is all missing
+    assert catalog["flux_err_r"][0] == np.inf
+    footprint = Table.read(out, hdu="FOOTPRINTS")[0]
+    assert footprint["width"] < 30 and footprint["height"] < 30

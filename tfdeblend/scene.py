@@ -559,7 +559,7 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
         _add(working, galaxy, cy, cx, sign=-1.0)
         flux = conserved.sum(axis=(1, 2))
         error = flux_errors(galaxy[None], flux[None], cut["var"])[0]
-        light = galaxy > TOUCH_SIGMA * cut["sig"]
+        light = _light(galaxy, cut["sig"])
         row = {
             "x": cx - size // 2 + x + x0, "y": cy - size // 2 + y + y0, "snr": snr,
             "blend_id": _blend_id(tile, group), "quality": 1,
@@ -631,7 +631,7 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
             continue  # nothing in the data supports it: its light stays in the residual
         _add(model, components[j], cy, cx)
         _add(working, components[j], cy, cx, sign=-1.0)
-        light = components[j] > TOUCH_SIGMA * sig
+        light = _light(components[j], sig)
         row = {
             "x": sx0 + x + x0, "y": sy0 + y + y0, "snr": snr, "blend_id": _blend_id(tile, group),
             "quality": int(result["quality"][k]),
@@ -655,6 +655,14 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         rows.append(row)
         kept += 1
     return kept
+
+
+def _light(model: np.ndarray, sig: np.ndarray) -> np.ndarray:
+    """Where a galaxy's light "touches" a stamp ``(C, S, S)``: its model above
+    :data:`TOUCH_SIGMA` noise sigmas. A band with no data in the tile (``sig`` 0) shows no
+    noise to compare with: there, its light is where the other bands see it."""
+    seen = (model > TOUCH_SIGMA * sig) & (sig > 0)
+    return np.where(sig > 0, seen, seen.any(axis=0))
 
 
 def flux_errors(models: np.ndarray, fluxes: np.ndarray, variance: np.ndarray) -> np.ndarray:
