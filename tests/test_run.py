@@ -157,6 +157,25 @@ def test_reading_single_stamps_extensions_and_band_selection(images, tmp_path):
         np.testing.assert_array_equal(blends.read(1, 2, channels_last=True), six[1:2])
 
 
+def test_scaled_integer_stamps_are_read_in_physical_values(images, tmp_path):
+    """BITPIX 16 with BSCALE/BZERO, and unsigned 16-bit stamps, which astropy cannot
+    memory-map scaled: read as astropy reads them without memmap, not refused with a
+    traceback."""
+    stamps = np.transpose(images[:2], (0, 3, 1, 2))
+    hdu = fits.PrimaryHDU(stamps, header=fits.Header({"BANDS": "g,r,i"}))
+    hdu.scale("int16", bscale=float(np.abs(stamps).max() / 30000), bzero=0.0)
+    hdu.writeto(tmp_path / "int16.fits")
+    counts = np.clip(np.round(stamps + 1000), 0, 65535).astype(np.uint16)
+    fits.PrimaryHDU(counts, header=fits.Header({"BANDS": "g,r,i"})).writeto(tmp_path / "u16.fits")
+    for name in ("int16.fits", "u16.fits"):
+        path = tmp_path / name
+        data, _, _ = read_blends(path, bands=("g", "r", "i"), stamp_size=80)
+        expected = fits.getdata(path, memmap=False)
+        assert expected.dtype != np.int16  # scaled by astropy
+        np.testing.assert_allclose(data, expected, rtol=1e-6)
+    np.testing.assert_allclose(data, counts)
+
+
 def _bad_inputs(tmp_path, images):
     """name -> (path, expected message fragment)."""
     cases = {}

@@ -254,6 +254,49 @@ def test_footprints_are_each_galaxy_s_model_cut_out(mosaic, tmp_path):
     assert np.abs(model - rebuilt).sum() < 0.1 * np.abs(model).sum()
 
 
+def test_scaled_integer_images_and_float_masks_are_read(tmp_path):
+    """BITPIX 16 with BSCALE/BZERO/BLANK and unsigned 16-bit images (which astropy cannot
+    memory-map scaled) are read in physical values; a mask stored as float works."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 5.0, (3, 30, 40)).astype(np.float32)
+    cube = fits.PrimaryHDU(image, header=fits.Header([("BANDS", "g,r,i")]))
+    cube.scale("int16", bscale=0.01, bzero=2.0)
+    cube.header["BLANK"] = -32768
+    cube.data[1, 4, 5] = -32768
+    cube.writeto(tmp_path / "cube16.fits")
+    source = open_image(tmp_path / "cube16.fits", "g,r,i")
+    data, _, missing = source.read()
+    expected = fits.getdata(tmp_path / "cube16.fits", memmap=False)  # astropy's scaling
+    assert np.isnan(expected[1, 4, 5]) and np.nanmax(np.abs(expected)) < 50  # not the stored
+    np.testing.assert_allclose(data, np.nan_to_num(expected, nan=0.0), atol=1e-4)
+    assert np.argwhere(missing).tolist() == [[1, 4, 5]]  # the BLANK pixel
+    files = []
+    for c, band in enumerate("gri"):
+        counts = np.clip(np.round(image[c] * 100 + 30000), 0, 65535).astype(np.uint16)
+        hdu = fits.ImageHDU(counts, name="IMAGE")  # written as BITPIX 16, BZERO 32768
+        hdu.header["FILTER"] = band
+        mask = np.zeros(counts.shape, np.float32)
+        mask[7, 8] = 4.0  # a float mask: any nonzero bit is bad
+        files.append(tmp_path / f"{band}.fits")
+        fits.HDUList([fits.PrimaryHDU(), hdu, fits.ImageHDU(mask, name="MASK"),
+                      fits.ImageHDU(np.ones_like(mask), name="VARIANCE")]).writeto(files[-1])
+    assert fits.getheader(files[0], 1)["BZERO"] == 32768
+    data, variance, missing = open_image(files, "g,r,i").read()
+    np.testing.assert_allclose(data[0, :3, :3], np.round(image[0, :3, :3] * 100 + 30000))
+    assert missing[:, 7, 8].all() and missing.sum() == 3 and data[:, 7, 8].tolist() == [0, 0, 0]
+    assert variance.shape == (3, 30, 40)
+
+
+def test_errors_name_the_files_as_given_and_workers_get_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_cube("grz.fits", np.ones((3, 20, 20), np.float32), "g,r,z")
+    result = CliRunner().invoke(cli, ["run", "grz.fits", "-o", "out.fits", "--quiet"])
+    assert result.exit_code == 1
+    assert result.output == "Error: grz.fits has bands g,r,z; the model needs g,r,i (missing i)\n"
+    write_cube("ok.fits", np.ones((3, 20, 20), np.float32), "g,r,i")
+    assert open_image("ok.fits", "g,r,i").paths == (str(tmp_path.resolve() / "ok.fits"),)
+
+
 def test_a_malformed_scheduler_address_is_one_line(tmp_path):
     pytest.importorskip("dask.distributed")
     write_cube(tmp_path / "in.fits", np.ones((3, 20, 20), np.float32), "g,r,i")
@@ -262,6 +305,19 @@ def test_a_malformed_scheduler_address_is_one_line(tmp_path):
     assert result.exit_code == 1, result.output
     assert result.output.startswith("Error: cannot reach the Dask scheduler nohost")
     assert result.output.count("\n") == 1 and not (tmp_path / "out.fits").exists()
+
+
+def test_footprints_of_an_image_without_galaxies(tmp_path):
+    rng = np.random.default_rng(0)
+    path = write_cube(tmp_path / "sky.fits", rng.normal(0, 1, (3, 40, 40)).astype("f4"), "g,r,i")
+    out = tmp_path / "out.fits"
+    result = CliRunner().invoke(cli, ["run", str(path), "-o", str(out), "--quiet",
+                                      "--footprints"])
+    assert result.exit_code == 0, result.output
+    assert "into 0 galaxies" in result.output
+    footprints = Table.read(out, hdu="FOOTPRINTS")
+    assert len(footprints) == 0
+    assert footprints.colnames == ["id", "x0", "y0", "width", "height", "model"]
 
 
 def test_a_band_with_no_data_does_not_flag_every_galaxy_edge(tmp_path):

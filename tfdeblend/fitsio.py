@@ -116,7 +116,7 @@ class BlendFile:
         """
         stop = self.n if stop is None else min(stop, self.n)
         data = self._data[None] if self._single else self._data[start:stop]
-        data = np.asarray(data, dtype=np.float32)
+        data = np.asarray(physical(data, self.header), dtype=np.float32)
         if self._single:
             data = data[start:stop]
         if self._channels is not None:
@@ -145,6 +145,10 @@ class BlendFile:
 def open_fits(path: str | os.PathLike) -> fits.HDUList:
     """Open a FITS file read-only (memmap) with every header read, or one clear error.
 
+    Image data come as stored (``do_not_scale_image_data``: astropy cannot memory-map scaled
+    data, e.g. BITPIX 16 with ``BSCALE`` or unsigned integers); :func:`physical` scales a region
+    read from them.
+
     Raises:
         DataError: missing, a directory, empty, truncated, or not FITS.
     """
@@ -159,7 +163,7 @@ def open_fits(path: str | os.PathLike) -> fits.HDUList:
         with warnings.catch_warnings():
             # astropy only warns about a short file, then fails on the first read of the data
             warnings.filterwarnings("error", "File may have been truncated", AstropyUserWarning)
-            hdul = fits.open(path, memmap=True, mode="readonly")
+            hdul = fits.open(path, memmap=True, mode="readonly", do_not_scale_image_data=True)
             hdul.verify("silentfix")
             len(hdul)  # forces reading every header
     except AstropyUserWarning as err:
@@ -167,6 +171,22 @@ def open_fits(path: str | os.PathLike) -> fits.HDUList:
     except (OSError, ValueError, TypeError) as err:
         raise DataError(f"{path} is not a readable FITS file ({str(err).splitlines()[0]})") from err
     return hdul
+
+
+def physical(raw: np.ndarray, header: fits.Header) -> np.ndarray:
+    """Pixels read as stored (a file opened with ``do_not_scale_image_data``, as
+    :func:`open_fits` does) in physical values: ``BSCALE * raw + BZERO`` as float64, with
+    integer ``BLANK`` pixels NaN; ``raw`` itself when the header scales nothing."""
+    bscale = float(header.get("BSCALE", 1.0))
+    bzero = float(header.get("BZERO", 0.0))
+    raw = np.asarray(raw)
+    blank = header.get("BLANK") if raw.dtype.kind in "iu" else None
+    if bscale == 1.0 and bzero == 0.0 and blank is None:
+        return raw
+    out = raw.astype(np.float64) * bscale + bzero
+    if blank is not None:
+        out[raw == int(blank)] = np.nan
+    return out
 
 
 def _find_image_hdu(path: Path, hdul) -> fits.hdu.base._BaseHDU:

@@ -39,7 +39,7 @@ from astropy.io import fits
 
 from tfdeblend.config import parse_bands
 from tfdeblend.errors import DataError, TfdeblendError
-from tfdeblend.fitsio import open_fits
+from tfdeblend.fitsio import open_fits, physical
 
 #: LSST/HSC mask plane bits, used when a mask names none of its planes (``MP_*`` keywords).
 LSST_MASK_PLANES: dict[str, int] = {
@@ -51,6 +51,16 @@ DEFAULT_BAD_PLANES: tuple[str, ...] = ("BAD", "SAT", "CR", "NO_DATA", "SUSPECT")
 #: Rows scanned at a time when checking an image.
 SCAN_ROWS = 512
 _ALL_BANDS = ("u", "g", "r", "i", "z", "y")
+
+
+def _open(path: str) -> fits.HDUList:
+    """A checked input file opened again to read pixels (memmap, data as stored)."""
+    return fits.open(path, memmap=True, mode="readonly", do_not_scale_image_data=True)
+
+
+def _region(hdu, where) -> np.ndarray:
+    """``hdu.data[where]`` in physical values (BSCALE/BZERO applied, BLANK pixels NaN)."""
+    return physical(hdu.data[where], hdu.header)
 
 
 def _image_hdus(hdul) -> list[int]:
@@ -204,17 +214,17 @@ class ImageSource:
             slice(y0, y1), slice(x0, x1)
         )
         variance = None
-        with fits.open(path, memmap=True, mode="readonly") as hdul:
-            image = np.array(hdul[hi].data[where], dtype=np.float32)
+        with _open(path) as hdul:
+            image = np.array(_region(hdul[hi], where), dtype=np.float32)
             bad = ~np.isfinite(image)
             if hm >= 0:
-                mask = np.asarray(hdul[hm].data[where])
+                mask = _region(hdul[hm], where)
                 if mask.dtype.kind == "f":
                     mask = np.nan_to_num(mask, nan=1.0)
                 mask = mask.astype(np.int64)
                 bad |= (mask != 0) if bits is None else ((mask & bits) != 0)
             if hv >= 0:
-                variance = np.array(hdul[hv].data[where], dtype=np.float32)
+                variance = np.array(_region(hdul[hv], where), dtype=np.float32)
                 bad |= ~(np.isfinite(variance) & (variance > 0))
                 variance[bad] = 0.0
         image[bad] = 0.0
@@ -243,21 +253,21 @@ def open_image(
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    paths = [Path(p).resolve() for p in paths]  # workers elsewhere read them too
+    paths = [Path(p) for p in paths]  # messages name them as given; the source, resolved
     if not paths:
         raise DataError("no input file given")
     bands = parse_bands(bands)
     given = parse_bands(file_bands) if file_bands else None
     opened = []
-    for path in paths:
-        opened.append((path, open_fits(path)))
     try:
+        for path in paths:
+            opened.append((path, open_fits(path)))
         source = _describe(opened, bands, given, mask_bits)
     finally:
         for _, hdul in opened:
             hdul.close()
     if check:
-        _scan(source)
+        _scan(source, {str(p.resolve()): str(p) for p in paths})
     return source
 
 
@@ -306,7 +316,7 @@ def _describe(opened, bands, given, mask_bits) -> ImageSource:
         _check_bands(first_path, file_bands, bands)
         bits = _bad_bits(first[hm].header, mask_bits) if hm >= 0 else None
         return ImageSource(
-            kind="cube", paths=(str(first_path),), bands=bands,
+            kind="cube", paths=(str(first_path.resolve()),), bands=bands,  # workers elsewhere
             channels=tuple(file_bands.index(b) for b in bands), shape=(height, width),
             hdus=((hi, hv, hm),), bad_bits=(bits,),
             bunit=str(header.get("BUNIT", "")), header=header.copy(),
@@ -365,7 +375,8 @@ def _describe(opened, bands, given, mask_bits) -> ImageSource:
         raise DataError(f"the bands' images have different shapes: {sorted(shapes)}")
     first_band = per_band[bands[0]]
     return ImageSource(
-        kind="bands", paths=tuple(per_band[b][0] for b in bands), bands=bands,
+        kind="bands", paths=tuple(str(Path(per_band[b][0]).resolve()) for b in bands),
+        bands=bands,
         channels=tuple(range(len(bands))), shape=first_band[3],
         hdus=tuple(per_band[b][1] for b in bands), bad_bits=tuple(per_band[b][2] for b in bands),
         bunit=str(first_band[4].get("BUNIT", "")), header=first_band[4].copy(),
@@ -382,8 +393,11 @@ def _check_bands(where, file_bands, bands, files: bool = False) -> None:
         )
 
 
-def _scan(source: ImageSource) -> None:
-    """Refuse an image with no valid pixel, or a variance <= 0 / NaN where there are data."""
+def _scan(source: ImageSource, names: dict[str, str] | None = None) -> None:
+    """Refuse an image with no valid pixel, or a variance <= 0 / NaN where there are data.
+
+    ``names``: the files' paths as the user gave them, by :attr:`ImageSource.paths` entry."""
+    names = names or {}
     height, width = source.shape
     valid = 0
     for y0 in range(0, height, SCAN_ROWS):
@@ -394,20 +408,20 @@ def _scan(source: ImageSource) -> None:
                 else (source.paths[0], source.hdus[0], source.bad_bits[0])
             )
             index = (source.channels[c],) if source.kind == "cube" else ()
-            with fits.open(path, memmap=True, mode="readonly") as hdul:
-                image = np.asarray(hdul[hi].data[(*index, slice(y0, y1))], dtype=np.float32)
+            with _open(path) as hdul:
+                image = np.asarray(_region(hdul[hi], (*index, slice(y0, y1))), dtype=np.float32)
                 good = np.isfinite(image)
                 if hm >= 0:
-                    mask = np.asarray(hdul[hm].data[(*index, slice(y0, y1))])
+                    mask = _region(hdul[hm], (*index, slice(y0, y1)))
                     mask = np.nan_to_num(mask, nan=1).astype(np.int64)
                     good &= (mask == 0) if bits is None else ((mask & bits) == 0)
                 if hv >= 0:
-                    variance = np.asarray(hdul[hv].data[(*index, slice(y0, y1))], np.float32)
+                    variance = np.asarray(_region(hdul[hv], (*index, slice(y0, y1))), np.float32)
                     bad = good & ~(np.isfinite(variance) & (variance > 0))
                     if bad.any():
                         row, col = np.argwhere(bad)[0]
                         raise DataError(
-                            f"{path}: the variance of band {source.bands[c]} is "
+                            f"{names.get(path, path)}: the variance of band {source.bands[c]} is "
                             f"{variance[row, col]} at pixel x={col}, y={y0 + row} (and "
                             f"{int(bad.sum()) - 1} more) where the image has data; a variance "
                             "must be positive (mask such pixels instead)"
@@ -415,7 +429,8 @@ def _scan(source: ImageSource) -> None:
             valid += int(good.sum())
     if valid == 0:
         raise DataError(
-            f"{source.paths[0]}: the image has no valid pixel (all NaN/inf or masked)"
+            f"{names.get(source.paths[0], source.paths[0])}: the image has no valid pixel "
+            "(all NaN/inf or masked)"
         )
 
 
@@ -522,7 +537,7 @@ def write_image_results(
             table.header["BUNIT"] = source.bunit
         extra = []
         if footprints is not None:
-            extra = [fits.table_to_hdu(footprints)]
+            extra = [_table_hdu(footprints)]
             extra[0].name = "FOOTPRINTS"
             extra[0].header["AXES"] = ("C,H,W", "order of each flattened model cut-out")
         with fits.open(tmp, mode="append") as hdul:
@@ -530,6 +545,19 @@ def write_image_results(
             for hdu in extra:
                 hdul.append(hdu)
     return path
+
+
+def _table_hdu(table) -> fits.BinTableHDU:
+    """``fits.table_to_hdu``, also for a table with no rows whose columns hold arrays of any
+    length (astropy cannot type an empty object column: they become float32 ``PE()``)."""
+    ragged = [name for name in table.colnames if table[name].dtype == object]
+    if len(table) or not ragged:
+        return fits.table_to_hdu(table)
+    hdu = fits.table_to_hdu(table[[n for n in table.colnames if n not in ragged]])
+    columns = hdu.columns
+    for name in ragged:
+        columns = columns + fits.Column(name=name, format="PE()", array=np.empty(0, object))
+    return fits.BinTableHDU.from_columns(columns, header=hdu.header)
 
 
 def write_cube(
