@@ -320,3 +320,23 @@ def test_preview_marks_a_split_blend(tmp_path):
     split = save_previews(tmp_path / "split", {**results, "split": np.array([1])}, ("g", "r", "i"))
     a, b = imread(plain[0]), imread(split[0])
     assert a.shape == b.shape and not np.array_equal(a, b)  # the title and the last panel say so
+
+
+def test_preview_of_a_stamp_with_missing_pixels_is_not_black(tmp_path):
+    """A NaN pixel made the stretch NaN: every panel of the stamp came out black."""
+    from matplotlib.image import imread
+
+    from tfdeblend.preview import save_preview
+
+    yy, xx = np.mgrid[:40, :40]
+    galaxy = np.exp(-((xx - 20.0) ** 2 + (yy - 20.0) ** 2) / 10.0)[..., None] * [1.0, 2.0, 3.0]
+    blend = galaxy.astype("float32")
+    holed = blend.copy()
+    holed[20, 5:10, 1] = np.nan
+    panels = {}
+    for name, image in (("clean", blend), ("holed", holed)):
+        path = save_preview(tmp_path / f"{name}.png", image, image[None], image - image,
+                            np.array([1, 0]), 2, 1)
+        rgb = imread(path)[..., :3]
+        panels[name] = (np.ptp(rgb, axis=-1) > 0.1).sum()  # coloured pixels: the galaxy
+    assert panels["clean"] > 100 and panels["holed"] > 0.8 * panels["clean"], panels

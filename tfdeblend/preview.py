@@ -63,11 +63,15 @@ def save_preview(
     if split and n_components >= 2:
         panels[-1] = (f"component {int(n_components)} (split)", panels[-1][1])
     panels.append(("residual", residual))
-    peak = float(np.abs(blend).max()) or 1.0
+    finite = np.abs(blend[np.isfinite(blend)])  # NaN/inf pixels (missing data) are drawn grey
+    peak = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     stretch = 0.05 * peak
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6), squeeze=False)
     for ax, (name, image) in zip(axes[0], panels):
-        ax.imshow(lupton_rgb(image, stretch), origin="lower")
+        holes = ~np.isfinite(image).all(axis=-1)
+        rgb = lupton_rgb(np.where(np.isfinite(image), image, 0.0), stretch).copy()
+        rgb[holes] = 128
+        ax.imshow(rgb, origin="lower")
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
