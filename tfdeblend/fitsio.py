@@ -18,8 +18,9 @@ Output (:class:`ResultWriter`, :func:`write_results`; the latter writes ``CONSER
 given it), written atomically (temporary file, then rename), channels first:
 
 - primary HDU: header only (``MODEL``, ``MODELVER``, ``BANDS``, ``BUNIT``, ``INPUT``,
-  ``NBLENDS``, ``TFDBVER``, ``AXES``, and the peel's cards ``MAXITER``, ``NVIEWS``, ``SPLIT``,
-  ``REFINE``, ``DETECTSN``, ``DETECTWN``, ``MERGERAD``: :meth:`PeelConfig.header_cards`);
+  ``NBLENDS``, ``TFDBVER``, ``AXES``, and the peel's cards ``MAXITER``, ``NVIEWS``,
+  ``VIEWCONF``, ``SPLIT``, ``REFINE``, ``DETECTSN``, ``DETECTWN``, ``MERGERAD``:
+  :meth:`PeelConfig.header_cards`);
 - ``COMPONENTS`` float32 ``(N, K, C, H, W)``: the peeled galaxies in the input's units, peel
   order (brightest first), zero padded to ``K`` (the model's max iterations);
 - ``RESIDUAL`` float32 ``(N, C, H, W)``: input minus the components;
@@ -352,7 +353,8 @@ def blends_table(
     missing: np.ndarray | None = None,
 ) -> Table:
     """One row per blend: ``blend_id, n_components, quality, quality_name, counts, split,
-    recovered, merged, outliers`` and, when ``noise_std`` ``(N, C)`` is given, ``noise_<band>``.
+    recovered, merged, outliers, missing`` and, when ``noise_std`` ``(N, C)`` is given,
+    ``noise_<band>``.
 
     ``outliers`` is the number of single-pixel outliers (cosmic rays, hot pixels) the networks
     did not see (:mod:`tfdeblend.outliers`), ``missing`` the number of NaN/inf pixels filled for
