@@ -193,6 +193,14 @@ def test_load_model_errors(tmp_path, model_dir):
         model.deblend(np.zeros((1, model.stamp_size, model.stamp_size, 3), "float32"), 0)
 
 
+def test_a_non_finite_peel_option_is_a_clear_error():
+    """int(nan) / int(inf) ran before the finiteness check: PeelConfig(max_iterations=nan)
+    raised a bare ValueError (OverflowError for inf) instead of TfdeblendError."""
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(TfdeblendError, match="max_iterations must be finite"):
+            PeelConfig(max_iterations=value)
+
+
 def test_default_model_dir(monkeypatch, model_dir, tmp_path):
     monkeypatch.setenv("TFDEBLEND_MODEL", str(model_dir))
     assert default_model_dir() == model_dir

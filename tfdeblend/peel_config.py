@@ -132,10 +132,10 @@ class PeelConfig(YamlConfig):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TfdeblendError(f"{field.name} must be a number, not {value!r}")
+            if not math.isfinite(value):  # before int(): int(nan) and int(inf) raise
+                raise TfdeblendError(f"{field.name} must be finite, not {value!r}")
             if kind is int and value != int(value):
                 raise TfdeblendError(f"{field.name} must be a whole number, not {value!r}")
-            if not math.isfinite(value):
-                raise TfdeblendError(f"{field.name} must be finite, not {value!r}")
             object.__setattr__(self, field.name, kind(value))
             meta = field.metadata
             if "choices" in meta and value not in meta["choices"]:
