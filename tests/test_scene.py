@@ -212,6 +212,14 @@ def test_mask_bits_choose_the_planes(hsc, tmp_path):
     assert not none.any()
     with pytest.raises(DataError, match="unknown mask plane"):
         open_image(path, "g,r,i", mask_bits=["SPARKLES"])
+    # a plane keyword that is no bit number: one line, not a ValueError traceback
+    with fits.open(path) as hdul:
+        hdul["MASK"].header["MP_BAD"] = "x"
+        hdul.writeto(tmp_path / "bad_plane.fits")
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "bad_plane.fits"), "-o",
+                                      str(tmp_path / "out.fits"), "--quiet"])
+    assert result.exit_code == 1
+    assert result.output == "Error: the mask's MP_BAD = 'x' is not a bit number (0 to 62)\n"
 
 
 def test_dask_workers_give_the_in_process_catalog(mosaic, tmp_path):

@@ -110,9 +110,13 @@ def _band_of(value: str) -> str | None:
 
 def _bad_bits(header, mask_bits) -> int | None:
     """Bit mask of the bad planes, or ``None`` for "nonzero = bad"."""
-    planes = {
-        key[3:]: int(header[key]) for key in header if key.startswith("MP_")
-    }
+    planes = {}
+    for key in header:
+        if key.startswith("MP_"):
+            value = header[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 63:
+                raise DataError(f"the mask's {key} = {value!r} is not a bit number (0 to 62)")
+            planes[key[3:]] = value
     if mask_bits is None:
         if not planes:
             return None
