@@ -517,7 +517,9 @@ class Peeler(tf.Module):
             padded, input units), ``residual`` float32 ``(N, H, W, C)``, ``counts`` int32
             ``(N, K + 1)`` (count before each step, ``-1`` where not run), ``quality`` int32
             ``(N,)`` (2 high, 1 medium, 0 low), ``n_components`` int32 ``(N,)``, ``split``
-            int32 ``(N,)`` (1 where :meth:`split_merged` split a component, else 0);
+            int32 ``(N,)`` (1 where :meth:`split_merged` split a component, else 0),
+            ``recovered`` int32 ``(N,)`` (1 where :meth:`recover_missed` added one),
+            ``merged`` int32 ``(N,)`` (components :meth:`merge_close` merged away);
             ``conserved`` float32 ``(N, K, H, W, C)``, the flux-conserving components
             (:func:`conserve_flux`), and ``noise_std`` float32 ``(N, C)``.
         """

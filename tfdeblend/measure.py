@@ -70,7 +70,8 @@ def brightness(images: np.ndarray) -> np.ndarray:
 
 #: Footprint of the flux-conserving components: a pixel's data are handed to the galaxies where
 #: their summed model is above this many noise sigmas of its band (used by the peel's
-#: :func:`tfdeblend.deblend.conserve_flux` and by the flux errors of :mod:`tfdeblend.scene`).
+#: :func:`tfdeblend.deblend.conserve_flux` and by the flux of the galaxies that
+#: :mod:`tfdeblend.scene` recovers at a detection).
 FOOTPRINT_SIGMA: float = 0.5
 
 
