@@ -497,7 +497,7 @@ def _read_metadata(version_dir: Path) -> dict:
     """``assets.extra/tfdeblend.yaml`` of a version directory, checked for its key fields.
 
     Raises:
-        ModelError: unreadable, or without bands, stamp size or max iterations.
+        ModelError: unreadable, without bands or stamp size, or an invalid peel.
     """
     try:
         metadata = yaml.safe_load((version_dir / "assets.extra" / METADATA_NAME).read_text())

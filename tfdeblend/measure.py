@@ -75,26 +75,6 @@ def brightness(images: np.ndarray) -> np.ndarray:
 FOOTPRINT_SIGMA: float = 0.5
 
 
-def apportion_weights(models: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Share of each pixel's data that goes to each galaxy, ``(K, H, W, C)``.
-
-    ``models_k / sum_j models_j`` (negative model pixels clipped) inside the footprint, where
-    the summed model is above :data:`FOOTPRINT_SIGMA` noise sigmas; 0 outside. The conserved
-    component ``k`` is ``models_k + weights_k * residual``, so its flux error from the data is
-    ``sqrt(sum(weights_k**2 * variance))``.
-
-    Args:
-        models: ``(K, H, W, C)`` noiseless components.
-        sigma: noise sigma per band ``(C,)`` (or broadcastable to ``(H, W, C)``).
-    """
-    models = np.clip(np.asarray(models, dtype=np.float64), 0.0, None)
-    total = models.sum(axis=0)
-    footprint = total > FOOTPRINT_SIGMA * np.asarray(sigma)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        weights = np.where(footprint, models / np.where(total > 0, total, 1.0), 0.0)
-    return weights
-
-
 #: Radius (pixels) of the disc around a model's peak in which :func:`peak_moments` finds its
 #: centre, and of the disc around that centre in which it measures second moments.
 CENTRE_RADIUS: float = 5.0

@@ -1,13 +1,15 @@
 """Single-pixel outliers (cosmic rays, hot pixels) that no image of the sky can hold.
 
 Every galaxy or star in a survey image is seen through the PSF, which spreads its light over a
-few pixels: next to a pixel, the median of its 8 neighbours is never far below it (for a point
-source with a Gaussian PSF of sigma 1 pixel, the median neighbour holds half the central pixel;
-for LSST's or HSC's PSF about 0.7 of it). A cosmic ray or a hot pixel stands alone. A pixel is an
-*outlier* when it rises above the median of its 8 neighbours by both
+few pixels: next to a pixel, its brightest neighbours are never far below it (for a point source
+with a Gaussian PSF of sigma 1 pixel, the four nearest hold 0.6 of the central pixel; for LSST's
+or HSC's PSF about 0.8). A cosmic ray or a hot pixel stands alone, or in a short track. A pixel
+is an *outlier* when it rises above the third brightest of its 8 neighbours (a track of up to 3
+pixels, or a galaxy in an image's corner with only 3 neighbours of data, leaves it as high as
+the galaxy's own light) by both
 
 - more than :data:`OUTLIER_SNR` noise sigmas (pure noise never does), and
-- more than :data:`OUTLIER_SHARPNESS` times that median (no PSF-convolved source does),
+- more than :data:`OUTLIER_SHARPNESS` times that neighbour (no PSF-convolved source does),
 
 band by band. Outliers are replaced by the median of their neighbours before the networks see
 the image (the networks' normalization divides by the brightest pixel, so one such pixel would
@@ -34,7 +36,7 @@ import numpy as np
 
 from tfdeblend.config import MAD_TO_SIGMA
 
-#: An outlier rises above the median of its 8 neighbours by more than this many noise sigmas...
+#: An outlier rises above its third brightest neighbour by more than this many noise sigmas...
 OUTLIER_SNR: float = 10.0
 #: ...and by more than this many times that median (a PSF-convolved source: at most about 1).
 OUTLIER_SHARPNESS: float = 2.0
@@ -94,7 +96,8 @@ def find_outliers(images: np.ndarray, sigma: np.ndarray | None = None) -> np.nda
     n, y, x, c = candidates.T
     around = np.stack([padded[n, y + 1 + dy, x + 1 + dx, c]
                        for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
-    base = np.clip(np.nan_to_num(np.median(around, axis=0), nan=0.0), 0.0, None)
+    third = np.sort(np.nan_to_num(around, nan=-np.inf), axis=0)[-3]  # third brightest
+    base = np.clip(np.where(np.isfinite(third), third, 0.0), 0.0, None)
     excess = images[n, y, x, c] - base
     flagged = (excess > OUTLIER_SNR * sigma[n, c]) & (excess > OUTLIER_SHARPNESS * base)
     out[n[flagged], y[flagged], x[flagged], c[flagged]] = True

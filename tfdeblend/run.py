@@ -183,7 +183,7 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
             result = deblend_batch(model, filled, batch_size=batch_size)
             result["missing"] = n_missing
             if n_missing.any():  # the residual is the input's: NaN where it is missing
-                result["residual"] = result["residual"] + (chunk - filled)
+                result["residual"] = np.where(np.isfinite(chunk), result["residual"], np.nan)
             writer.write_batch(result)
             for q in result["quality"]:
                 quality_total[QUALITY_NAMES[int(q)]] += 1

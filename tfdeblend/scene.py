@@ -65,8 +65,9 @@ from tfdeblend.errors import TfdeblendError
 
 #: Flags of the catalog, in column order.
 FLAGS: tuple[str, ...] = ("edge", "masked", "big_group", "split", "recovered", "outliers")
-#: A window covers the detections within this many pixels of its centre along x and y (the
-#: networks were trained on galaxies at most 12 px from the stamp's centre).
+#: A window covers the detections within this many pixels of its centre along x and y: the
+#: networks were trained on galaxies at most 12 px (2.4") from the stamp's centre, and a few
+#: pixels more still deblend well (a detection's centre is itself off by a pixel or two).
 WINDOW_REACH: int = 16
 #: Missing pixels are filled from valid neighbours up to this many pixels into a hole.
 FILL_REACH: int = 4
@@ -569,9 +570,10 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
             "masked": bool((light & cut["miss"]).any()), "split": False, "recovered": True,
             "outliers": False,
         }
+        seen = _has_data(light, cut["var"])
         for c, band in enumerate(bands):
-            row[f"flux_{band}"] = float(flux[c])
-            row[f"flux_err_{band}"] = float(error[c])
+            row[f"flux_{band}"] = float(flux[c]) if seen[c] else np.nan
+            row[f"flux_err_{band}"] = float(error[c]) if seen[c] else np.nan
         if config.footprints:
             row["footprint"] = _footprint(galaxy, light, cy - size // 2 + y0, cx - size // 2 + x0)
         group.rows.append(len(rows))
@@ -642,9 +644,10 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
             "split": bool(result["split"][k]), "recovered": bool(result["recovered"][k]),
             "outliers": bool(result.get("outliers", np.zeros(k + 1))[k]),
         }
+        seen = _has_data(light, cut["var"])
         for c, band in enumerate(bands):
-            row[f"flux_{band}"] = float(fluxes[j, c])
-            row[f"flux_err_{band}"] = float(errors[j, c])
+            row[f"flux_{band}"] = float(fluxes[j, c]) if seen[c] else np.nan
+            row[f"flux_err_{band}"] = float(errors[j, c]) if seen[c] else np.nan
         if config.footprints:
             row["footprint"] = _footprint(components[j], light, sy0 + y0, sx0 + x0)
         twin = _twin(rows, group, row, config.duplicate_size)
@@ -655,6 +658,12 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         rows.append(row)
         kept += 1
     return kept
+
+
+def _has_data(light: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Per band ``(C,)``: whether any pixel under a galaxy's light has data. A band without
+    gets a NaN flux and error (its model there is the networks' guess, not a measurement)."""
+    return ((variance > 0) & light).any(axis=(1, 2))
 
 
 def _light(model: np.ndarray, sig: np.ndarray) -> np.ndarray:
