@@ -445,24 +445,11 @@ def deblend_tile(
             rng = np.random.default_rng(
                 np.random.SeedSequence([config.seed, tile.index, group.label, round_index])
             )
-            stamp, outside = _cut(working, cy, cx, stamp_size, 0.0)
-            lab = _cut(labels[None], cy, cx, stamp_size, 0)[0][0]
-            miss = _cut(missing, cy, cx, stamp_size, True)[0] & ~outside[None]
-            sig = _cut(sigma_map, cy, cx, stamp_size, 0.0)[0]
-            sig = np.where(sig > 0, sig, band_sigma[:, None, None])
-            other = (lab != group.label) & (lab != 0)
-            unknown = miss | outside[None]
-            stamp = fill_missing(stamp, miss, sig, rng, outside)
-            stamp = np.where(other[None], rng.normal(0.0, 1.0, stamp.shape) * sig, stamp)
+            stamp, cut = _group_stamp(working, labels, missing, sigma_map, band_sigma,
+                                      group.label, cy, cx, stamp_size, rng)
             stamps.append(np.transpose(stamp, (1, 2, 0)))
-            cuts.append({"lab": lab, "miss": miss, "outside": outside, "sig": sig,
-                         "var": np.square(sig) * ~(unknown | other[None])})
-        results = []
-        for start in range(0, len(stamps), batch_size):
-            batch = np.stack(stamps[start : start + batch_size]).astype(np.float32)
-            results.append(deblend(batch))
-            if progress is not None:
-                progress(len(batch))
+            cuts.append(cut)
+        results = _in_batches(deblend, stamps, batch_size, progress)
         result = {key: np.concatenate([r[key] for r in results]) for key in results[0]}
         stamps_done += len(stamps)
         for k, (group, cy, cx) in enumerate(jobs):
@@ -523,25 +510,13 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
         rng = np.random.default_rng(
             np.random.SeedSequence([config.seed, tile.index, group.label, 10_000 + cy * 7919 + cx])
         )
-        stamp, outside = _cut(working, cy, cx, size, 0.0)
-        lab = _cut(labels[None], cy, cx, size, 0)[0][0]
-        miss = _cut(missing, cy, cx, size, True)[0] & ~outside[None]
-        sig = _cut(sigma_map, cy, cx, size, 0.0)[0]
-        sig = np.where(sig > 0, sig, band_sigma[:, None, None])
-        stamp = fill_missing(stamp, miss, sig, rng, outside)
-        other = (lab != group.label) & (lab != 0)
-        stamp = np.where(other[None], rng.normal(0.0, 1.0, stamp.shape) * sig, stamp)
+        stamp, cut = _group_stamp(working, labels, missing, sigma_map, band_sigma, group.label,
+                                  cy, cx, size, rng)
         dy, dx = oy - (cy - size // 2), ox - (cx - size // 2)
         disc = np.hypot(yy - dy, xx - dx) < RECOVER_WINDOW
         stamps.append(np.transpose(stamp * disc[None], (1, 2, 0)))
-        unknown = miss | outside[None] | other[None]
-        cuts.append({"stamp": stamp, "lab": lab, "miss": miss, "outside": outside, "sig": sig,
-                     "var": np.square(sig) * ~unknown, "at": (dy, dx)})
-    galaxies = []
-    for start in range(0, len(stamps), batch_size):
-        galaxies.append(np.asarray(deblend_one(np.stack(stamps[start : start + batch_size]))))
-        if progress is not None:
-            progress(len(stamps[start : start + batch_size]))
+        cuts.append({**cut, "stamp": stamp, "at": (dy, dx)})
+    galaxies = [np.asarray(g) for g in _in_batches(deblend_one, stamps, batch_size, progress)]
     galaxies = np.transpose(np.concatenate(galaxies), (0, 3, 1, 2))  # (J, C, S, S)
     y0, _, x0, _ = tile.ext
     for (group, oy, ox), galaxy, cut in zip(jobs, galaxies, cuts):
@@ -556,26 +531,14 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
         if snr < config.min_snr:
             continue
         cy, cx = int(round(oy)), int(round(ox))
-        _add(model, galaxy, cy, cx)
-        _add(working, galaxy, cy, cx, sign=-1.0)
         flux = conserved.sum(axis=(1, 2))
         error = flux_errors(galaxy[None], flux[None], cut["var"])[0]
-        light = _light(galaxy, cut["sig"])
-        row = {
-            "x": cx - size // 2 + x + x0, "y": cy - size // 2 + y + y0, "snr": snr,
-            "blend_id": _blend_id(tile, group), "quality": 1,
-            "mu20": float(moments["mu20"]), "mu02": float(moments["mu02"]),
-            "mu11": float(moments["mu11"]),
-            "edge": bool((light.any(axis=0) & cut["outside"]).any()),
-            "masked": bool((light & cut["miss"]).any()), "split": False, "recovered": True,
-            "outliers": False,
-        }
-        seen = _has_data(light, cut["var"])
-        for c, band in enumerate(bands):
-            row[f"flux_{band}"] = float(flux[c]) if seen[c] else np.nan
-            row[f"flux_err_{band}"] = float(error[c]) if seen[c] else np.nan
-        if config.footprints:
-            row["footprint"] = _footprint(galaxy, light, cy - size // 2 + y0, cx - size // 2 + x0)
+        row = _kept_galaxy(
+            galaxy, {key: float(value) for key, value in moments.items()}, snr, flux, error,
+            cut, (cy - size // 2 + y0, cx - size // 2 + x0), cy, cx, working, model, bands,
+            config.footprints, blend_id=_blend_id(tile, group), quality=1, split=False,
+            recovered=True, outliers=False,
+        )
         group.rows.append(len(rows))
         rows.append(row)
         group.kept += 1
@@ -607,7 +570,6 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         return 0
     components = np.transpose(result["components"][k, :n], (0, 3, 1, 2))  # (n, C, S, S)
     conserved = np.transpose(result["conserved"][k, :n], (0, 3, 1, 2))
-    sig = cut["sig"]
     fluxes = conserved.sum(axis=(2, 3))
     errors = flux_errors(components, fluxes, cut["var"])  # (n, C)
     moments = measure.peak_moments(np.transpose(components, (0, 2, 3, 1)))
@@ -631,25 +593,14 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         snr = _model_snr(components[j], conserved[j], cut["var"])
         if snr < config.min_snr:
             continue  # nothing in the data supports it: its light stays in the residual
-        _add(model, components[j], cy, cx)
-        _add(working, components[j], cy, cx, sign=-1.0)
-        light = _light(components[j], sig)
-        row = {
-            "x": sx0 + x + x0, "y": sy0 + y + y0, "snr": snr, "blend_id": _blend_id(tile, group),
-            "quality": int(result["quality"][k]),
-            "mu20": float(moments["mu20"][j]), "mu02": float(moments["mu02"][j]),
-            "mu11": float(moments["mu11"][j]),
-            "edge": bool((light.any(axis=0) & cut["outside"]).any()),
-            "masked": bool((light & cut["miss"]).any()),
-            "split": bool(result["split"][k]), "recovered": bool(result["recovered"][k]),
-            "outliers": bool(result.get("outliers", np.zeros(k + 1))[k]),
-        }
-        seen = _has_data(light, cut["var"])
-        for c, band in enumerate(bands):
-            row[f"flux_{band}"] = float(fluxes[j, c]) if seen[c] else np.nan
-            row[f"flux_err_{band}"] = float(errors[j, c]) if seen[c] else np.nan
-        if config.footprints:
-            row["footprint"] = _footprint(components[j], light, sy0 + y0, sx0 + x0)
+        row = _kept_galaxy(
+            components[j], {key: float(value[j]) for key, value in moments.items()}, snr,
+            fluxes[j], errors[j], cut, (sy0 + y0, sx0 + x0), cy, cx, working, model, bands,
+            config.footprints, blend_id=_blend_id(tile, group),
+            quality=int(result["quality"][k]), split=bool(result["split"][k]),
+            recovered=bool(result["recovered"][k]),
+            outliers=bool(result.get("outliers", np.zeros(k + 1))[k]),
+        )
         twin = _twin(rows, group, row, config.duplicate_size)
         if twin is not None:  # a piece of a brighter galaxy the group already kept
             _absorb(twin, row, bands)
@@ -658,6 +609,64 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         rows.append(row)
         kept += 1
     return kept
+
+
+def _group_stamp(working, labels, missing, sigma_map, band_sigma, label, cy, cx, size, rng):
+    """The stamp ``(C, S, S)`` a group's window at ``(cy, cx)`` sees, and what it is made of.
+
+    Cut from the tile's ``working`` residual; missing pixels filled and pixels outside the
+    tile made noise (:func:`fill_missing`); other groups' pixels replaced by noise. Returns
+    ``(stamp, cut)`` with ``cut``: ``lab`` (group labels), ``miss`` (missing data), ``outside``,
+    ``sig`` (noise sigma per pixel) and ``var`` (variance where the stamp holds the group's own
+    data, 0 elsewhere).
+    """
+    stamp, outside = _cut(working, cy, cx, size, 0.0)
+    lab = _cut(labels[None], cy, cx, size, 0)[0][0]
+    miss = _cut(missing, cy, cx, size, True)[0] & ~outside[None]
+    sig = _cut(sigma_map, cy, cx, size, 0.0)[0]
+    sig = np.where(sig > 0, sig, band_sigma[:, None, None])
+    other = (lab != label) & (lab != 0)
+    stamp = fill_missing(stamp, miss, sig, rng, outside)
+    stamp = np.where(other[None], rng.normal(0.0, 1.0, stamp.shape) * sig, stamp)
+    unknown = miss | outside[None] | other[None]
+    return stamp, {"lab": lab, "miss": miss, "outside": outside, "sig": sig,
+                   "var": np.square(sig) * ~unknown}
+
+
+def _in_batches(function, stamps: list, batch_size: int, progress) -> list:
+    """``function`` on the stamps ``(S, S, C)``, ``batch_size`` at a time; its outputs in order."""
+    out = []
+    for start in range(0, len(stamps), batch_size):
+        batch = np.stack(stamps[start : start + batch_size]).astype(np.float32)
+        out.append(function(batch))
+        if progress is not None:
+            progress(len(batch))
+    return out
+
+
+def _kept_galaxy(galaxy, moments, snr, flux, error, cut, origin, cy, cx, working, model, bands,
+                 footprints, **fields) -> dict:
+    """Keep a galaxy ``(C, S, S)`` of the stamp at ``(cy, cx)`` (tile pixels) whose first pixel
+    is full-image pixel ``origin`` ``(y, x)``: add it to the model image, subtract it from what
+    later windows see, and return its catalog row (position, moments, S/N, flux and error per
+    band, NaN in a band with no data under it, ``edge``/``masked`` flags, footprint, and the
+    given ``fields``)."""
+    _add(model, galaxy, cy, cx)
+    _add(working, galaxy, cy, cx, sign=-1.0)
+    light = _light(galaxy, cut["sig"])
+    row = {
+        "x": origin[1] + moments["x"], "y": origin[0] + moments["y"], "snr": snr,
+        "mu20": moments["mu20"], "mu02": moments["mu02"], "mu11": moments["mu11"],
+        "edge": bool((light.any(axis=0) & cut["outside"]).any()),
+        "masked": bool((light & cut["miss"]).any()), **fields,
+    }
+    seen = _has_data(light, cut["var"])
+    for c, band in enumerate(bands):
+        row[f"flux_{band}"] = float(flux[c]) if seen[c] else np.nan
+        row[f"flux_err_{band}"] = float(error[c]) if seen[c] else np.nan
+    if footprints:
+        row["footprint"] = _footprint(galaxy, light, origin[0], origin[1])
+    return row
 
 
 def _has_data(light: np.ndarray, variance: np.ndarray) -> np.ndarray:
