@@ -382,7 +382,12 @@ def blends_table(
     return table
 
 
-def _primary_header(header_info: dict) -> fits.Header:
+def primary_header(
+    header_info: dict,
+    axes: tuple[str, str] = ("N,K,C,H,W", "COMPONENTS axis order (numpy); channels first"),
+) -> fits.Header:
+    """The primary header of a results file: model, bands, unit, input, the peel's cards,
+    tfdeblend's version and the axis order ``axes`` (value, comment) of its images."""
     header = fits.Header()
     keys = {
         "model": ("MODEL", "deblending model name"),
@@ -403,11 +408,13 @@ def _primary_header(header_info: dict) -> fits.Header:
         for card, value, comment in header_info["peel"].header_cards():
             header[card] = (value, comment)
     header["TFDBVER"] = (tfdeblend.__version__, "tfdeblend version")
-    header["AXES"] = ("N,K,C,H,W", "COMPONENTS axis order (numpy); channels first")
+    header["AXES"] = axes
     return header
 
 
-def _image_header(name: str, shape: tuple[int, ...], header_info: dict) -> fits.Header:
+def image_header(name: str, shape: tuple[int, ...], header_info: dict) -> fits.Header:
+    """The header of a float32 image extension ``name`` of ``shape`` (streamed), with
+    ``BUNIT`` and ``BANDS`` from ``header_info``."""
     header = fits.Header()
     header["XTENSION"] = "IMAGE"
     header["BITPIX"] = -32
@@ -470,11 +477,11 @@ class ResultWriter:
         try:
             residual_tmp = self._scratch_file("residual")
             conserved_tmp = self._scratch_file("conserved")
-            fits.PrimaryHDU(header=_primary_header(self.info)).writeto(self._tmp, overwrite=True)
+            fits.PrimaryHDU(header=primary_header(self.info)).writeto(self._tmp, overwrite=True)
             c = len(self.bands)
             shape = (self.n, self.k, c, self.size, self.size)
             self._stream = fits.StreamingHDU(
-                str(self._tmp), _image_header("COMPONENTS", shape, self.info)
+                str(self._tmp), image_header("COMPONENTS", shape, self.info)
             )
             self._residual = np.lib.format.open_memmap(
                 residual_tmp, mode="w+", dtype=">f4", shape=(self.n, c, self.size, self.size)
@@ -499,7 +506,7 @@ class ResultWriter:
     def _append_image(self, name: str, memmap: np.ndarray) -> None:
         """Append a scratch memmap to the output as image HDU ``name``, chunk by chunk."""
         memmap.flush()
-        stream = fits.StreamingHDU(str(self._tmp), _image_header(name, memmap.shape, self.info))
+        stream = fits.StreamingHDU(str(self._tmp), image_header(name, memmap.shape, self.info))
         for start in range(0, self.n, SCAN_CHUNK):
             stream.write(np.ascontiguousarray(memmap[start : start + SCAN_CHUNK]))
         stream.close()
@@ -619,7 +626,7 @@ def write_results(
     info = dict(header_info or {})
     components = np.asarray(components, dtype=np.float32)
     info.setdefault("n_blends", components.shape[0])
-    primary = fits.PrimaryHDU(header=_primary_header(info))
+    primary = fits.PrimaryHDU(header=primary_header(info))
     comp = fits.ImageHDU(components, name="COMPONENTS")
     res = fits.ImageHDU(np.asarray(residual, dtype=np.float32), name="RESIDUAL")
     images = [comp, res]

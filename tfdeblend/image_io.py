@@ -39,7 +39,7 @@ from astropy.io import fits
 
 from tfdeblend.config import parse_bands
 from tfdeblend.errors import DataError, TfdeblendError
-from tfdeblend.fitsio import open_fits, physical
+from tfdeblend.fitsio import image_header, open_fits, physical, primary_header
 
 #: LSST/HSC mask plane bits, used when a mask names none of its planes (``MP_*`` keywords).
 LSST_MASK_PLANES: dict[str, int] = {
@@ -210,6 +210,17 @@ class ImageSource:
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """One band of :meth:`read`: ``(image (h, w), variance (h, w) or None, missing)``."""
         x1 = self.shape[1] if x1 is None else x1
+        image, variance, bad = self._pixels(c, y0, y1, x0, x1)
+        if variance is not None:
+            bad |= ~(np.isfinite(variance) & (variance > 0))
+            variance[bad] = 0.0
+        image[bad] = 0.0
+        return image, variance, bad
+
+    def _pixels(self, c: int, y0: int, y1: int, x0: int, x1: int | None):
+        """Band ``c``'s region as stored: ``(image float32, variance float32 or None, no_data)``
+        where ``no_data`` marks NaN/inf image pixels and the mask's bad bits (the variance is
+        not checked here)."""
         path, (hi, hv, hm), bits = (
             (self.paths[c], self.hdus[c], self.bad_bits[c]) if self.kind == "bands"
             else (self.paths[0], self.hdus[0], self.bad_bits[0])
@@ -229,9 +240,6 @@ class ImageSource:
                 bad |= (mask != 0) if bits is None else ((mask & bits) != 0)
             if hv >= 0:
                 variance = np.array(_region(hdul[hv], where), dtype=np.float32)
-                bad |= ~(np.isfinite(variance) & (variance > 0))
-                variance[bad] = 0.0
-        image[bad] = 0.0
         return image, variance, bad
 
 
@@ -407,29 +415,19 @@ def _scan(source: ImageSource, names: dict[str, str] | None = None) -> None:
     for y0 in range(0, height, SCAN_ROWS):
         y1 = min(height, y0 + SCAN_ROWS)
         for c in range(len(source.bands)):
-            path, (hi, hv, hm), bits = (
-                (source.paths[c], source.hdus[c], source.bad_bits[c]) if source.kind == "bands"
-                else (source.paths[0], source.hdus[0], source.bad_bits[0])
-            )
-            index = (source.channels[c],) if source.kind == "cube" else ()
-            with _open(path) as hdul:
-                image = np.asarray(_region(hdul[hi], (*index, slice(y0, y1))), dtype=np.float32)
-                good = np.isfinite(image)
-                if hm >= 0:
-                    mask = _region(hdul[hm], (*index, slice(y0, y1)))
-                    mask = np.nan_to_num(mask, nan=1).astype(np.int64)
-                    good &= (mask == 0) if bits is None else ((mask & bits) == 0)
-                if hv >= 0:
-                    variance = np.asarray(_region(hdul[hv], (*index, slice(y0, y1))), np.float32)
-                    bad = good & ~(np.isfinite(variance) & (variance > 0))
-                    if bad.any():
-                        row, col = np.argwhere(bad)[0]
-                        raise DataError(
-                            f"{names.get(path, path)}: the variance of band {source.bands[c]} is "
-                            f"{variance[row, col]} at pixel x={col}, y={y0 + row} (and "
-                            f"{int(bad.sum()) - 1} more) where the image has data; a variance "
-                            "must be positive (mask such pixels instead)"
-                        )
+            _, variance, no_data = source._pixels(c, y0, y1, 0, None)
+            good = ~no_data
+            if variance is not None:
+                bad = good & ~(np.isfinite(variance) & (variance > 0))
+                if bad.any():
+                    row, col = np.argwhere(bad)[0]
+                    path = source.paths[c if source.kind == "bands" else 0]
+                    raise DataError(
+                        f"{names.get(path, path)}: the variance of band {source.bands[c]} is "
+                        f"{variance[row, col]} at pixel x={col}, y={y0 + row} (and "
+                        f"{int(bad.sum()) - 1} more) where the image has data; a variance "
+                        "must be positive (mask such pixels instead)"
+                    )
             valid += int(good.sum())
     if valid == 0:
         raise DataError(
@@ -450,19 +448,9 @@ def sky_to_pixel_scale(source: ImageSource) -> float | None:
     return float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
 
 
-def _image_header(name: str, shape, source: ImageSource, info: dict) -> fits.Header:
-    header = fits.Header()
-    header["XTENSION"] = "IMAGE"
-    header["BITPIX"] = -32
-    header["NAXIS"] = len(shape)
-    for i, size in enumerate(reversed(shape)):
-        header[f"NAXIS{i + 1}"] = int(size)
-    header["PCOUNT"] = 0
-    header["GCOUNT"] = 1
-    header["EXTNAME"] = name
-    if source.bunit:
-        header["BUNIT"] = source.bunit
-    header["BANDS"] = ",".join(source.bands)
+def _image_header(name: str, shape, source: ImageSource) -> fits.Header:
+    """:func:`tfdeblend.fitsio.image_header` with the input's unit, bands and WCS."""
+    header = image_header(name, shape, {"bunit": source.bunit, "bands": source.bands})
     wcs = source.wcs()
     if wcs is not None:
         for card in wcs.to_header().cards:
@@ -499,35 +487,27 @@ def write_image_results(
     from tfdeblend.utils import atomic_file, check_output_path
 
     path = check_output_path(path, overwrite)
-    primary = fits.Header()
-    primary["MODEL"] = (str(header_info.get("model", "")), "deblending model name")
-    primary["MODELVER"] = (int(header_info.get("version", 0)), "model version")
-    primary["BANDS"] = (",".join(source.bands), "bands, channel order")
-    if source.bunit:
-        primary["BUNIT"] = (source.bunit, "unit of the images (the input's)")
-    primary["INPUT"] = (str(header_info.get("input", ""))[:68], "input file(s)")
+    primary = primary_header(
+        {**{key: header_info.get(key) for key in ("model", "version", "peel")},
+         "bands": source.bands, "bunit": source.bunit or None,
+         "input": str(header_info.get("input", ""))[:68]},
+        axes=("C,H,W", "MODEL and RESIDUAL axis order (numpy)"),
+    )
     primary["NOBJECTS"] = (int(len(catalog)), "galaxies in CATALOG")
-    if header_info.get("peel") is not None:
-        for card, value, comment in header_info["peel"].header_cards():
-            primary[card] = (value, comment)
     scene = header_info.get("scene")
     if scene is not None:
         primary["DETTHR"] = (scene.detect_threshold, "detection threshold, sigma of the coadd")
         primary["BKGMESH"] = (scene.background, "background mesh, px (0: sky subtracted)")
         primary["TILESIZE"] = (scene.tile_size, "tile core side, px")
         primary["SCNSEED"] = (scene.seed, "seed of the noise filling stamps")
-    import tfdeblend
-
-    primary["TFDBVER"] = (tfdeblend.__version__, "tfdeblend version")
-    primary["AXES"] = ("C,H,W", "MODEL and RESIDUAL axis order (numpy)")
     height, width = source.shape
     with atomic_file(path, overwrite=overwrite) as tmp:
         fits.PrimaryHDU(header=primary).writeto(tmp, overwrite=True)
         shape = (len(source.bands), height, width)
-        stream = fits.StreamingHDU(str(tmp), _image_header("MODEL", shape, source, header_info))
+        stream = fits.StreamingHDU(str(tmp), _image_header("MODEL", shape, source))
         stream.write(np.ascontiguousarray(model, dtype=">f4"))
         stream.close()
-        stream = fits.StreamingHDU(str(tmp), _image_header("RESIDUAL", shape, source, header_info))
+        stream = fits.StreamingHDU(str(tmp), _image_header("RESIDUAL", shape, source))
         for c in range(len(source.bands)):
             for y0 in range(0, height, SCAN_ROWS):
                 y1 = min(height, y0 + SCAN_ROWS)
