@@ -396,6 +396,20 @@ def _sextractor_config(tmp: Path, threshold: float, catalog: Path, image_mode: b
     return path
 
 
+def _run_sextractor(binary: str, detect: Path, measure: Path, config: Path, catalog: Path,
+                    band: str) -> dict[str, np.ndarray]:
+    """One dual-image Source Extractor run (detection on ``detect``, photometry on ``measure``)
+    in ``config``'s folder; its ASCII_HEAD catalog, or one clear error."""
+    proc = subprocess.run(
+        [binary, f"{detect},{measure}", "-c", str(config)],
+        capture_output=True, text=True, cwd=config.parent, check=False,
+    )
+    if proc.returncode != 0 or not catalog.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise TfdeblendError(f"Source Extractor failed on band {band}: {tail[0]}")
+    return _read_ascii_head(catalog)
+
+
 def _read_ascii_head(path: Path) -> dict[str, np.ndarray]:
     names: list[str] = []
     lines = path.read_text().splitlines()
@@ -480,14 +494,7 @@ def run_source_extractor(
             _write_mef(band_path, blends[..., c])
             catalog = tmp / f"cat_{c}.txt"
             config = _sextractor_config(tmp, SX_CONFIG["thresh"] * det_err, catalog)
-            proc = subprocess.run(
-                [binary, f"{det_path},{band_path}", "-c", str(config)],
-                capture_output=True, text=True, cwd=tmp, check=False,
-            )
-            if proc.returncode != 0 or not catalog.exists():
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise TfdeblendError(f"Source Extractor failed on band {band}: {tail[0]}")
-            per_band.append(_read_ascii_head(catalog))
+            per_band.append(_run_sextractor(binary, det_path, band_path, config, catalog, band))
     ref = per_band[0]
     rows = []
     for i in range(n_stamps):
@@ -727,14 +734,8 @@ def run_source_extractor_image(
             catalog = tmp / f"cat_{c}.txt"
             config = _sextractor_config(tmp, SX_CONFIG["thresh"], catalog, image_mode=True,
                                         weights=(tmp / "detect_var.fits", tmp / f"band_{c}_var.fits"))
-            proc = subprocess.run(
-                [binary, f"{tmp / 'detect.fits'},{tmp / f'band_{c}.fits'}", "-c", str(config)],
-                capture_output=True, text=True, cwd=tmp, check=False,
-            )
-            if proc.returncode != 0 or not catalog.exists():
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise TfdeblendError(f"Source Extractor failed on band {band}: {tail[0]}")
-            per_band.append(_read_ascii_head(catalog))
+            per_band.append(_run_sextractor(binary, tmp / "detect.fits", tmp / f"band_{c}.fits",
+                                            config, catalog, band))
     ref = per_band[0]
     for band, cat in zip(source.bands, per_band):
         if not np.array_equal(cat["NUMBER"], ref["NUMBER"]) or not np.allclose(
