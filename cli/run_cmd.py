@@ -95,11 +95,19 @@ import click
     default=None,
     help="Images: deblend the tiles on the Dask cluster at this scheduler address.",
 )
+@click.option(
+    "--psf",
+    multiple=True,
+    help="For a model that takes the observing conditions: the PSF FWHM in arcsec, one per "
+    "band (0.81,0.72,0.69) or one for all, or PSF images on the input's pixel grid: a FITS "
+    "cube with the model's bands or one file per band in band order (repeat --psf). Default: "
+    "the model's nominal PSF. The noise comes from the VARIANCE plane or the image itself.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(inputs, output, model_dir, batch_size, preview_dir, preview_count, file_bands, mask_bits,
-        background, detect_threshold, catalog_format, footprints, workers, scheduler, overwrite,
-        quiet):
+        background, detect_threshold, catalog_format, footprints, workers, scheduler, psf,
+        overwrite, quiet):
     """Deblend INPUTS: a FITS file of stamps (N, C, H, W), or a survey image: one cube
     (C, H, W) of any size with BANDS (and optional VARIANCE and MASK extensions), or one file
     per band in the LSST/HSC coadd layout (image, mask, variance HDUs).
@@ -129,8 +137,10 @@ def run(inputs, output, model_dir, batch_size, preview_dir, preview_count, file_
 
         summary = run_file(
             inputs[0], output, model=model_dir, batch_size=batch_size, preview_dir=preview_dir,
-            preview_count=preview_count, overwrite=overwrite, progress=not quiet,
+            preview_count=preview_count, overwrite=overwrite, progress=not quiet, psf=psf,
         )
+        if summary["note"]:
+            click.echo(summary["note"])
         click.echo(summary_line(summary))
         if summary["previews"]:
             click.echo(f"Previews: {len(summary['previews'])} PNG(s) in {preview_dir}")
@@ -145,8 +155,10 @@ def run(inputs, output, model_dir, batch_size, preview_dir, preview_count, file_
         file_bands=file_bands, mask_bits=mask_bits.split(",") if mask_bits else None,
         catalog_format=catalog_format,
         preview_path=Path(preview_dir) / "image.png" if preview_dir else None,
-        overwrite=overwrite, progress=not quiet, workers=workers, scheduler=scheduler,
+        overwrite=overwrite, progress=not quiet, workers=workers, scheduler=scheduler, psf=psf,
     )
+    if summary["note"]:
+        click.echo(summary["note"])
     click.echo(image_summary_line(summary))
     if summary["preview"]:
         click.echo(f"Preview: {summary['preview']}")

@@ -110,6 +110,12 @@ import click
     help="Phase 1: start from the network in this run directory, or a .keras checkpoint "
     "(fine-tuning).",
 )
+@click.option(
+    "--conditioned/--no-conditioned",
+    default=None,
+    help="Phase 1: the network also takes each band's noise and PSF FWHM as input (datasets "
+    "with observing conditions; with --init-from, an image-only network is widened).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def train(
     dataset_dirs,
@@ -135,6 +141,7 @@ def train(
     augment,
     peel_fraction,
     init_from,
+    conditioned,
     overwrite,
 ) -> None:
     """Train on DATASET_DIRS (written by ``tfdeblend simulate`` or ``tfdeblend residuals``).
@@ -183,6 +190,7 @@ def train(
         augment=augment,
         peel_fraction=peel_fraction,
         init_from=init_from,
+        conditioned=conditioned,
     )
     if phase == 1:
         from tfdeblend.training.phase1 import train_phase1

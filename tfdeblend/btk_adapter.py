@@ -16,6 +16,11 @@ full stamp (``x_peak``, ``y_peak``) and ``ra``, ``dec`` in arcsec relative to th
 (BTK's convention), plus ``flux_<band>`` and the blend's quality, all measured on the
 flux-conserving components (``conserved``, as in ``tfdeblend run``'s catalog); the deblended
 images are the noiseless models.
+
+A model whose networks take the observing conditions (:mod:`tfdeblend.conditioning`) is given
+BTK's own: each band's sky noise sigma (``sqrt`` of the survey's mean sky level, the noise BTK
+adds) and the FWHM of BTK's PSF, measured on its image at the survey's pixel scale
+(:func:`tfdeblend.psf.measure_fwhm`).
 """
 
 from __future__ import annotations
@@ -69,7 +74,27 @@ class RDNDeblender(Deblender):
         crop = self._crop_slice(blend_batch.image_size)
         images = np.asarray(blend_batch.blend_images[indices], dtype=np.float32)
         images = images[:, bands, crop, crop]  # (n, C, h, w)
-        return self.model.deblend(np.transpose(images, (0, 2, 3, 1)), batch_size=self.batch_size)
+        conditions = self._conditions(blend_batch) if self.model.conditioned else {}
+        return self.model.deblend(np.transpose(images, (0, 2, 3, 1)), batch_size=self.batch_size,
+                                  **conditions)
+
+    def _conditions(self, blend_batch: BlendBatch) -> dict[str, np.ndarray]:
+        """BTK's sky noise sigma and PSF FWHM (pixels) in the model's bands."""
+        from surveycodex.utilities import mean_sky_level
+
+        from tfdeblend.psf import measure_fwhm
+
+        survey = blend_batch.survey
+        filters = list(survey.available_filters)
+        scale = survey.pixel_scale.to_value("arcsec")
+        noise, fwhm = [], []
+        for band in self.model.bands:
+            sky = mean_sky_level(survey, survey.get_filter(band)).to_value("electron")
+            noise.append(np.sqrt(sky))
+            psf = blend_batch.psf[filters.index(band)]
+            fwhm.append(measure_fwhm(psf.drawImage(nx=41, ny=41, scale=scale).array))
+        return {"noise_sigma": np.asarray(noise, np.float32),
+                "psf_fwhm": np.asarray(fwhm, np.float32)}
 
     def _example(self, blend_batch: BlendBatch, out: dict, i: int) -> DeblendExample:
         n_bands = len(blend_batch.survey.available_filters)

@@ -31,18 +31,17 @@ def _worker_model(model_dir: str):
     return _MODELS[model_dir]
 
 
-def _deblend_tile_task(source, tile, model_dir, scene, batch_size):
+def _deblend_tile_task(source, tile, model_dir, scene, batch_size, psf_fwhm=None):
     """One tile, on a worker: read it, deblend it (:func:`tfdeblend.scene.deblend_tile`)."""
-    from tfdeblend.outliers import deblend_batch, deblend_one_batch
+    from tfdeblend.outliers import stamp_functions
     from tfdeblend.scene import deblend_tile
 
     model = _worker_model(model_dir)
     image, variance, missing = source.read(*tile.ext)
+    deblend, deblend_one = stamp_functions(model, batch_size, psf_fwhm)
     result = deblend_tile(
-        image, variance, missing,
-        lambda stamps: deblend_batch(model, stamps, batch_size=batch_size),
-        tile, scene, model.stamp_size, source.bands, batch_size=batch_size,
-        deblend_one=lambda stamps: deblend_one_batch(model, stamps, batch_size),
+        image, variance, missing, deblend, tile, scene, model.stamp_size, source.bands,
+        batch_size=batch_size, deblend_one=deblend_one,
     )
     info = {"model": model.name, "version": model.version, "peel": model.peel_config}
     return result, info
@@ -50,7 +49,7 @@ def _deblend_tile_task(source, tile, model_dir, scene, batch_size):
 
 def deblend_tiles_dask(source, tiles, model_dir, scene, batch_size: int = 32,
                        workers: int | None = None, scheduler: str | None = None,
-                       progress: bool = True):
+                       progress: bool = True, psf_fwhm=None):
     """Deblend ``tiles`` on a Dask cluster; ``(results in tile order, model info)``.
 
     Raises:
@@ -81,7 +80,7 @@ def deblend_tiles_dask(source, tiles, model_dir, scene, batch_size: int = 32,
         with client:
             futures = {
                 client.submit(_deblend_tile_task, source, tile, model_dir, scene, batch_size,
-                              pure=False, key=f"tfdeblend-tile-{tile.index}-{os.getpid()}"): tile
+                              psf_fwhm, pure=False, key=f"tfdeblend-tile-{tile.index}-{os.getpid()}"): tile
                 for tile in tiles
             }
             results = {}

@@ -55,6 +55,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfdeblend.conditioning import PSF_REFERENCE, condition_features, is_conditioned, pack
 from tfdeblend.config import MAD_TO_SIGMA
 from tfdeblend.measure import FOOTPRINT_SIGMA
 from tfdeblend.normalize import denormalize, normalize
@@ -78,8 +79,33 @@ def _as_float32(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.float32)
 
 
-def run_deblender(deblender, normalized: tf.Tensor) -> tf.Tensor:
+def _call(network, normalized: tf.Tensor, features: tf.Tensor | None) -> tf.Tensor:
+    """``network`` on normalized images, with the condition features when it takes them."""
+    if is_conditioned(network):
+        if features is None:
+            raise ValueError(f"network {network.name} needs observing conditions")
+        return _as_float32(network([normalized, features], training=False))
+    return _as_float32(network(normalized, training=False))
+
+
+def _features(conditions: tf.Tensor | None, scale: tf.Tensor) -> tf.Tensor | None:
+    """Condition features (:func:`tfdeblend.conditioning.condition_features`) or ``None``."""
+    return None if conditions is None else condition_features(conditions, scale)
+
+
+def _take(conditions: tf.Tensor | None, index: tf.Tensor, nd: bool = False):
+    """The rows ``index`` of ``conditions`` (``None`` stays ``None``)."""
+    if conditions is None:
+        return None
+    return tf.gather_nd(conditions, index) if nd else tf.gather(conditions, index)
+
+
+def run_deblender(
+    deblender, normalized: tf.Tensor, features: tf.Tensor | None = None
+) -> tf.Tensor:
     """The RDN on a batch of normalized images that may be empty (then zeros, same shape).
+
+    ``features``: the condition features ``(N, 2C)`` of a conditioned RDN (ignored otherwise).
 
     TensorFlow's oneDNN CPU kernels (on by default on recent x86 CPUs, e.g. AVX-512 ones) fail on
     a convolution over an empty batch ("input depth must be evenly divisible by filter depth").
@@ -88,24 +114,31 @@ def run_deblender(deblender, normalized: tf.Tensor) -> tf.Tensor:
     """
     return tf.cond(
         tf.shape(normalized)[0] > 0,
-        lambda: _as_float32(deblender(normalized, training=False)),
+        lambda: _call(deblender, normalized, features),
         lambda: tf.zeros_like(normalized, tf.float32),
     )
 
 
-def deblend_flux(deblender, images: tf.Tensor) -> tf.Tensor:
-    """One RDN pass on images in flux units: normalize, :func:`run_deblender`, denormalize."""
+def deblend_flux(deblender, images: tf.Tensor, conditions: tf.Tensor | None = None) -> tf.Tensor:
+    """One RDN pass on images in flux units: normalize, :func:`run_deblender`, denormalize.
+
+    ``conditions``: ``(N, 2, C)`` noise sigma and PSF FWHM (:mod:`tfdeblend.conditioning`),
+    needed by a conditioned RDN.
+    """
     normalized, scale = normalize(_as_float32(images))
-    return denormalize(run_deblender(deblender, normalized), scale)
+    features = _features(conditions, scale) if is_conditioned(deblender) else None
+    return denormalize(run_deblender(deblender, normalized, features), scale)
 
 
-def run_classifier(classifier, normalized: tf.Tensor) -> tf.Tensor:
+def run_classifier(
+    classifier, normalized: tf.Tensor, features: tf.Tensor | None = None
+) -> tf.Tensor:
     """Classifier logits ``(N, classes)`` of a batch that may be empty (see
     :func:`run_deblender`)."""
     classes = int(classifier.output_shape[-1])
     return tf.cond(
         tf.shape(normalized)[0] > 0,
-        lambda: _as_float32(classifier(normalized, training=False)),
+        lambda: _call(classifier, normalized, features),
         lambda: tf.zeros([0, classes], tf.float32),
     )
 
@@ -240,6 +273,8 @@ class Peeler(tf.Module):
         config: how the peel runs; default :class:`PeelConfig`'s defaults (the shipped
             model's peel; ``PeelConfig.preset("paper")`` is the paper's).
         name: module name.
+        default_psf: conditioned networks: the PSF FWHM per band in pixels ``(C,)`` used when a
+            call gives none (the model's nominal survey; see :meth:`conditions_for`).
 
     Example:
         >>> peeler = Peeler(deblender, classifier, PeelConfig.preset("paper"))  # doctest: +SKIP
@@ -248,69 +283,122 @@ class Peeler(tf.Module):
     """
 
     def __init__(
-        self, deblender, classifier, config: PeelConfig | None = None, name: str | None = None
+        self,
+        deblender,
+        classifier,
+        config: PeelConfig | None = None,
+        name: str | None = None,
+        default_psf=None,
     ) -> None:
         super().__init__(name=name)
         self.deblender = deblender
         self.classifier = classifier
         self.config = PeelConfig() if config is None else config
+        #: whether either network takes the observing conditions (:mod:`tfdeblend.conditioning`)
+        self.conditioned = is_conditioned(deblender) or is_conditioned(classifier)
+        #: PSF FWHM per band, pixels, used when a call gives none (the model's nominal survey)
+        self.default_psf = None if default_psf is None else tf.constant(
+            np.asarray(default_psf, np.float32))
 
     # ---------------------------------------------------------------- single networks
-    def logits(self, normalized: tf.Tensor) -> tf.Tensor:
+    def logits(
+        self, normalized: tf.Tensor, conditions: tf.Tensor | None = None, scale=None
+    ) -> tf.Tensor:
         """Classifier logits ``(N, 4)`` of normalized images, averaged over ``count_views``.
 
         With ``view_confidence`` > 0, the views are averaged only for the images whose single
         view is unsure (top probability below ``view_confidence``); the others keep the single
-        view's logits.
+        view's logits. ``conditions`` ``(N, 2, C)`` and the images' ``scale`` feed a conditioned
+        classifier.
         """
+        features = _features(conditions, scale) if is_conditioned(self.classifier) else None
         views = self.config.count_views
         if views == 1:
-            return run_classifier(self.classifier, normalized)
+            return run_classifier(self.classifier, normalized, features)
         if self.config.view_confidence <= 0:
-            return self._view_average(normalized)
-        single = run_classifier(self.classifier, normalized)
+            return self._view_average(normalized, features)
+        single = run_classifier(self.classifier, normalized, features)
         unsure = tf.reduce_max(tf.nn.softmax(single, axis=-1), axis=-1) < self.config.view_confidence
         index = tf.cast(tf.where(unsure), tf.int32)
-        averaged = self._view_average(tf.gather_nd(normalized, index))
+        averaged = self._view_average(
+            tf.gather_nd(normalized, index), _take(features, index, nd=True)
+        )
         return tf.tensor_scatter_nd_update(single, index, averaged)
 
-    def _view_average(self, normalized: tf.Tensor) -> tf.Tensor:
+    def _view_average(self, normalized: tf.Tensor, features: tf.Tensor | None = None) -> tf.Tensor:
         """Logits averaged over ``count_views`` rotations/flips (an empty batch gives ``(0, 4)``)."""
         views = self.config.count_views
-        logits = run_classifier(self.classifier, dihedral_views(normalized, views))
+        if features is not None:  # rotations and flips keep the conditions
+            features = tf.tile(features, [views, 1])
+        logits = run_classifier(self.classifier, dihedral_views(normalized, views), features)
         shape = tf.shape(logits)
         return tf.reduce_mean(tf.reshape(logits, [views, shape[0] // views, shape[1]]), 0)
 
-    def deblend_one(self, images: tf.Tensor) -> tf.Tensor:
+    def conditions_for(
+        self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None
+    ) -> tf.Tensor | None:
+        """The ``(N, 2, C)`` conditions of a batch, or ``None`` when no network takes them.
+
+        Args:
+            images: float32 ``(N, H, W, C)``.
+            noise_sigma: ``(N, C)`` sky noise sigma in the images' units; default: estimated
+                from the images (:func:`noise_std`), also for NaN or non-positive entries.
+            psf_fwhm: ``(N, C)`` or ``(C,)`` PSF FWHM in pixels; default (also for NaN or
+                non-positive entries): ``default_psf``.
+        """
+        if not self.conditioned:
+            return None
+        images = _as_float32(images)
+        estimated = noise_std(images)
+        if noise_sigma is None:
+            noise_sigma = estimated
+        noise_sigma = tf.broadcast_to(_as_float32(noise_sigma), tf.shape(estimated))
+        # NaN (or a non-positive value) means "unknown": estimated from the image
+        noise_sigma = tf.where(noise_sigma > 0, noise_sigma, estimated)
+        if self.default_psf is None:
+            if psf_fwhm is None:
+                raise ValueError("conditioned networks need psf_fwhm (no default_psf)")
+            default = tf.fill(tf.shape(estimated), np.float32(PSF_REFERENCE))
+        else:
+            default = tf.broadcast_to(self.default_psf, tf.shape(estimated))
+        psf_fwhm = default if psf_fwhm is None else tf.broadcast_to(
+            _as_float32(psf_fwhm), tf.shape(estimated))
+        psf_fwhm = tf.where(psf_fwhm > 0, psf_fwhm, default)  # NaN: the default
+        return pack(noise_sigma, psf_fwhm)
+
+    def deblend_one(self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None) -> tf.Tensor:
         """One RDN pass: the brightest galaxy of each image, in the input's flux units.
 
         Args:
             images: float32 ``(N, H, W, C)``, any linear flux unit.
+            noise_sigma, psf_fwhm: the conditions (:meth:`conditions_for`).
 
         Returns:
             float32 ``(N, H, W, C)``.
         """
-        return deblend_flux(self.deblender, images)
+        conditions = self.conditions_for(images, noise_sigma, psf_fwhm)
+        return deblend_flux(self.deblender, images, conditions)
 
-    def count(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def count(self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None) -> dict[str, tf.Tensor]:
         """Classifier count of each image.
 
         Args:
             images: float32 ``(N, H, W, C)``, any linear flux unit.
+            noise_sigma, psf_fwhm: the conditions (:meth:`conditions_for`).
 
         Returns:
             Dict with ``count`` int32 ``(N,)`` (0-3) and ``probabilities`` float32 ``(N, 4)``.
         """
         images = _as_float32(images)
-        normalized, _ = normalize(images)
-        logits = self.logits(normalized)
+        normalized, scale = normalize(images)
+        logits = self.logits(normalized, self.conditions_for(images, noise_sigma, psf_fwhm), scale)
         return {
             "count": _counts_from_logits(logits, images),
             "probabilities": tf.nn.softmax(logits, axis=-1),
         }
 
     def refine(
-        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor
+        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor, conditions=None
     ) -> tf.Tensor:
         """``refine_steps`` Jacobi sweeps: each component again from the blend minus the others.
 
@@ -330,12 +418,13 @@ class Peeler(tf.Module):
         for _ in range(self.config.refine_steps):
             others = tf.gather(images - tf.reduce_sum(components, axis=1), index[:, 0])
             inputs = others + tf.gather_nd(components, index)
-            galaxy = deblend_flux(self.deblender, inputs)
+            galaxy = deblend_flux(self.deblender, inputs, _take(conditions, index[:, 0]))
             components = tf.tensor_scatter_nd_update(components, index, galaxy)
         return components
 
     def split_merged(
-        self, components: tf.Tensor, n_components: tf.Tensor, first_count: tf.Tensor
+        self, components: tf.Tensor, n_components: tf.Tensor, first_count: tf.Tensor,
+        conditions=None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Split one component per blend that the classifier counts as two or more galaxies.
 
@@ -365,8 +454,8 @@ class Peeler(tf.Module):
         real = tf.logical_and(slots < n_components[:, None], eligible[:, None])
         index = tf.cast(tf.where(real), tf.int32)  # (M, 2): blend, slot
         sub = tf.gather_nd(components, index)
-        normalized, _ = normalize(sub)
-        logits = self.logits(normalized)
+        normalized, sub_scale = normalize(sub)
+        logits = self.logits(normalized, _take(conditions, index[:, 0]), sub_scale)
         probabilities = tf.nn.softmax(logits, axis=-1)
         candidate = _counts_from_logits(logits, sub) >= 2  # an all-zero component counts 0
         score = tf.where(candidate, tf.reduce_sum(probabilities[:, 2:], axis=-1), -1.0)
@@ -377,7 +466,7 @@ class Peeler(tf.Module):
         old = tf.stack([blends, tf.gather(chosen, blends)], axis=1)
         new = tf.stack([blends, tf.gather(n_components, blends)], axis=1)
         merged = tf.gather_nd(components, old)
-        brightest = deblend_flux(self.deblender, merged)
+        brightest = deblend_flux(self.deblender, merged, _take(conditions, blends))
         components = tf.tensor_scatter_nd_update(
             components, tf.concat([old, new], 0), tf.concat([brightest, merged - brightest], 0)
         )
@@ -385,7 +474,7 @@ class Peeler(tf.Module):
         return components, n_components + split, split
 
     def recover_missed(
-        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor
+        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor, conditions=None
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Add one component per blend where a significant source is left in the residual.
 
@@ -441,7 +530,7 @@ class Peeler(tf.Module):
             dy = ys[:, 0] - tf.gather(peak_y, blends)[:, None, None]  # (M, H, 1)
             window = tf.square(dx) + tf.square(dy) < self.config.detect_window**2  # (M, H, W)
             inputs = inputs * tf.cast(window, tf.float32)[..., None]
-        galaxy = deblend_flux(self.deblender, inputs)
+        galaxy = deblend_flux(self.deblender, inputs, _take(conditions, blends))
         centre_new = centroids(galaxy)  # (M, 2), nan for no positive flux
         dist2 = tf.square(centre_new[:, 0] - tf.gather(peak_x, blends)) + tf.square(
             centre_new[:, 1] - tf.gather(peak_y, blends)
@@ -506,11 +595,15 @@ class Peeler(tf.Module):
         return components, n_kept, merged
 
     # ---------------------------------------------------------------- the peel
-    def __call__(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def __call__(self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None) -> dict[str, tf.Tensor]:
         """Peel every blend of the batch.
 
         Args:
             images: float32 ``(N, H, W, C)`` blends in any linear flux unit.
+            noise_sigma: conditioned networks: ``(N, C)`` sky noise sigma in the images' units
+                (default: estimated from the images).
+            psf_fwhm: conditioned networks: ``(N, C)`` or ``(C,)`` PSF FWHM in pixels (default:
+                ``default_psf``, the model's nominal survey).
 
         Returns:
             Dict of tensors: ``components`` float32 ``(N, K, H, W, C)`` (peel order, zero
@@ -523,11 +616,12 @@ class Peeler(tf.Module):
             ``conserved`` float32 ``(N, K, H, W, C)``, the flux-conserving components
             (:func:`conserve_flux`), and ``noise_std`` float32 ``(N, C)``.
         """
-        return self.peel(images)
+        return self.peel(images, noise_sigma, psf_fwhm)
 
-    def peel(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def peel(self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None) -> dict[str, tf.Tensor]:
         """The batched iterative peel (see the module docstring for the rules)."""
         images = _as_float32(images)
+        conditions = self.conditions_for(images, noise_sigma, psf_fwhm)
         k = self.config.max_iterations
         shape = tf.shape(images)
         n = shape[0]
@@ -549,7 +643,8 @@ class Peeler(tf.Module):
             index = tf.cast(tf.where(active), tf.int32)  # (A, 1)
             sub = tf.gather_nd(residual, index)
             normalized, scale = normalize(sub)
-            logits = self.logits(normalized)
+            sub_conditions = _take(conditions, index, nd=True)
+            logits = self.logits(normalized, sub_conditions, scale)
             sub_count = _counts_from_logits(logits, sub)
             count = tf.tensor_scatter_nd_update(tf.fill([n], -1), index, sub_count)
 
@@ -573,7 +668,12 @@ class Peeler(tf.Module):
             peel_index = tf.boolean_mask(index, sub_peel)
             peel_normalized = tf.boolean_mask(normalized, sub_peel)
             peel_scale = tf.boolean_mask(scale, sub_peel)
-            galaxy = denormalize(run_deblender(self.deblender, peel_normalized), peel_scale)
+            peel_features = None
+            if is_conditioned(self.deblender):
+                peel_features = condition_features(
+                    tf.boolean_mask(sub_conditions, sub_peel), peel_scale)
+            galaxy = denormalize(
+                run_deblender(self.deblender, peel_normalized, peel_features), peel_scale)
             component = tf.scatter_nd(peel_index, galaxy, tf.shape(residual))
             residual = residual - component
             step = tf.minimum(t, k - 1)  # at t == k nothing peels: component is all zero
@@ -622,16 +722,16 @@ class Peeler(tf.Module):
         split = tf.zeros([n], tf.int32)
         if self.config.split:
             components, n_components, split = self.split_merged(
-                components, n_components, counts[:, 0]
+                components, n_components, counts[:, 0], conditions
             )
         if self.config.refine_steps:
-            components = self.refine(images, components, n_components)
+            components = self.refine(images, components, n_components, conditions)
         # after the sweeps: a sweep would re-estimate the new galaxy from the whole residual,
         # where the RDN models a brighter galaxy's leftover instead (see the module docstring)
         recovered = tf.zeros([n], tf.int32)
         if self.config.detect_snr > 0:
             components, n_components, recovered = self.recover_missed(
-                images, components, n_components
+                images, components, n_components, conditions
             )
         if self.config.detect_snr > 0 or self.config.refine_steps:  # the split keeps the components' sum
             residual = images - tf.reduce_sum(components, axis=1)

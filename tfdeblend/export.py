@@ -21,6 +21,14 @@ flux unit; every output is in the input's units):
 - ``deblend_one``: one RDN pass, ``component [batch, H, W, bands]``.
 - ``count``: the classifier, ``count [batch]`` int32 and ``probabilities [batch, 4]``.
 
+A model whose networks take the observing conditions (:mod:`tfdeblend.conditioning`; version 10
+of ``tfdeblend_cpu`` on) runs the three signatures above with its defaults: each band's noise
+estimated from the image and the PSF FWHM of its nominal survey (``conditions`` in its
+metadata). It also has ``peel_conditions``, ``deblend_one_conditions`` and
+``count_conditions``, which take ``images`` plus ``noise_sigma [batch, bands]`` (sky noise
+sigma in the images' units) and ``psf_fwhm [batch, bands]`` (PSF FWHM in pixels); a NaN entry
+means "unknown" and takes the default.
+
 Example:
     >>> from tfdeblend.export import export_model, load_model  # doctest: +SKIP
     >>> path = export_model("runs/joint", "saved_models/mine")  # doctest: +SKIP
@@ -49,6 +57,23 @@ MODEL_ENV = "TFDEBLEND_MODEL"
 #: File (inside ``assets.extra``) that marks a tfdeblend SavedModel.
 METADATA_NAME = "tfdeblend.yaml"
 SIGNATURES = ("serving_default", "deblend_one", "count")
+#: Extra signatures of a conditioned model: the same three with noise_sigma and psf_fwhm inputs.
+CONDITION_SIGNATURES = {
+    "serving_default": "peel_conditions",
+    "deblend_one": "deblend_one_conditions",
+    "count": "count_conditions",
+}
+
+
+def nominal_conditions(bands: tuple[str, ...], survey: str = "LSST") -> dict:
+    """The default conditions a conditioned model stores: ``survey``, ``pixel_scale`` (arcsec)
+    and ``psf_fwhm`` per band in pixels, the survey's nominal seeing (as simulated)."""
+    from tfdeblend.simulate import band_conditions, survey_info
+
+    pixel_scale = float(survey_info(survey).pixel_scale.to_value("arcsec"))
+    fwhm = band_conditions(survey, tuple(bands), 1.0, 1.0)["psf_fwhm"] / pixel_scale
+    return {"survey": survey, "pixel_scale": pixel_scale,
+            "psf_fwhm": [round(float(v), 4) for v in fwhm]}
 
 
 @dataclasses.dataclass
@@ -233,16 +258,18 @@ def next_version(out_dir: str | os.PathLike) -> int:
     return max(versions, default=0) + 1
 
 
-def build_serving_module(bundle: ModelBundle, config: PeelConfig):
-    """A :class:`tf.Module` with the three serving functions (see the module docstring)."""
+def build_serving_module(bundle: ModelBundle, config: PeelConfig, default_psf=None):
+    """A :class:`tf.Module` with the serving functions (see the module docstring)."""
     import tensorflow as tf
 
     from tfdeblend.deblend import Peeler
 
-    peeler = Peeler(bundle.deblender, bundle.classifier, config)
+    peeler = Peeler(bundle.deblender, bundle.classifier, config, default_psf=default_psf)
     spec = tf.TensorSpec(
         [None, bundle.stamp_size, bundle.stamp_size, len(bundle.bands)], tf.float32, name="images"
     )
+    noise = tf.TensorSpec([None, len(bundle.bands)], tf.float32, name="noise_sigma")
+    psf = tf.TensorSpec([None, len(bundle.bands)], tf.float32, name="psf_fwhm")
 
     @tf.function(input_signature=[spec])
     def serving_default(images):
@@ -261,7 +288,30 @@ def build_serving_module(bundle: ModelBundle, config: PeelConfig):
     module.serving_default = serving_default
     module.deblend_one = deblend_one
     module.count = count
+    if peeler.conditioned:
+
+        @tf.function(input_signature=[spec, noise, psf])
+        def peel_conditions(images, noise_sigma, psf_fwhm):
+            return peeler.peel(images, noise_sigma, psf_fwhm)
+
+        @tf.function(input_signature=[spec, noise, psf])
+        def deblend_one_conditions(images, noise_sigma, psf_fwhm):
+            return {"component": peeler.deblend_one(images, noise_sigma, psf_fwhm)}
+
+        @tf.function(input_signature=[spec, noise, psf])
+        def count_conditions(images, noise_sigma, psf_fwhm):
+            return peeler.count(images, noise_sigma, psf_fwhm)
+
+        module.peel_conditions = peel_conditions
+        module.deblend_one_conditions = deblend_one_conditions
+        module.count_conditions = count_conditions
     return module
+
+
+def serving_signatures(module) -> dict:
+    """The signatures of a :func:`build_serving_module` module, by name."""
+    names = [*SIGNATURES, *CONDITION_SIGNATURES.values()]
+    return {name: getattr(module, name) for name in names if hasattr(module, name)}
 
 
 def export_model(
@@ -314,17 +364,16 @@ def export_model(
 
     import tensorflow as tf
 
-    module = build_serving_module(bundle, peel)
+    from tfdeblend.conditioning import is_conditioned
+
+    conditioned = is_conditioned(bundle.deblender) or is_conditioned(bundle.classifier)
+    conditions = nominal_conditions(bundle.bands) if conditioned else None
+    module = build_serving_module(
+        bundle, peel, default_psf=conditions["psf_fwhm"] if conditions else None
+    )
     with atomic_dir(target) as tmp:
-        tf.saved_model.save(
-            module,
-            str(tmp),
-            signatures={
-                "serving_default": module.serving_default,
-                "deblend_one": module.deblend_one,
-                "count": module.count,
-            },
-        )
+        signatures = serving_signatures(module)
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
         extra = tmp / "assets.extra"
         extra.mkdir()
         for role in ("deblender", "classifier"):
@@ -339,7 +388,8 @@ def export_model(
             "peel": peel.to_dict(),
             "tfdeblend_version": tfdeblend.__version__,
             "tensorflow_version": tf.__version__,
-            "signatures": list(SIGNATURES),
+            "signatures": list(signatures),
+            **({"conditions": conditions} if conditions else {}),
             "configs": _plain(bundle.configs),
         }
         (extra / METADATA_NAME).write_text(yaml.safe_dump(metadata, sort_keys=False))
@@ -422,8 +472,11 @@ class DeblendModel:
         self.bands = tuple(metadata["bands"])
         self.stamp_size = int(metadata["stamp_size"])
         self.peel_config = PeelConfig.from_metadata(metadata)
+        #: the nominal conditions of a conditioned model (``None``: its networks take none)
+        self.conditions = metadata.get("conditions")
         self._saved = saved_model
-        self._signatures = {name: saved_model.signatures[name] for name in SIGNATURES}
+        names = [*SIGNATURES, *(CONDITION_SIGNATURES.values() if self.conditions else ())]
+        self._signatures = {name: saved_model.signatures[name] for name in names}
 
     def __repr__(self) -> str:
         return (
@@ -442,24 +495,57 @@ class DeblendModel:
             )
         return images
 
-    def _run(self, signature: str, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    @property
+    def conditioned(self) -> bool:
+        """Whether the networks take the observing conditions (noise and PSF per band)."""
+        return bool(self.conditions)
+
+    def _condition_array(self, values, n: int, what: str) -> np.ndarray:
+        """``values`` (``(N, C)``, ``(C,)``, a number or ``None`` = NaN) as float32 ``(N, C)``."""
+        shape = (n, len(self.bands))
+        if values is None:
+            return np.full(shape, np.nan, np.float32)
+        array = np.asarray(values, dtype=np.float32)
+        try:
+            return np.ascontiguousarray(np.broadcast_to(array, shape))
+        except ValueError as err:
+            raise TfdeblendError(
+                f"{what} has shape {array.shape}; expected ({n}, {len(self.bands)}) or "
+                f"({len(self.bands)},)"
+            ) from err
+
+    def _run(
+        self, signature: str, images: np.ndarray, batch_size: int, noise_sigma=None, psf_fwhm=None
+    ) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
         if int(batch_size) < 1:
             raise TfdeblendError(f"batch size must be positive, not {batch_size}")
         images = self.check_images(images)
+        inputs = {"images": images}
+        if self.conditioned and (noise_sigma is not None or psf_fwhm is not None):
+            signature = CONDITION_SIGNATURES[signature]
+            inputs["noise_sigma"] = self._condition_array(noise_sigma, len(images), "noise_sigma")
+            inputs["psf_fwhm"] = self._condition_array(psf_fwhm, len(images), "psf_fwhm")
         function = self._signatures[signature]
         parts = []
         for start in range(0, len(images), batch_size):
-            out = function(images=tf.constant(images[start : start + batch_size]))
+            out = function(**{k: tf.constant(v[start : start + batch_size])
+                              for k, v in inputs.items()})
             parts.append({key: value.numpy() for key, value in out.items()})
         if not parts:
-            out = function(images=tf.constant(images))
+            out = function(**{k: tf.constant(v) for k, v in inputs.items()})
             return {key: value.numpy() for key, value in out.items()}
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
-    def deblend(self, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+    def deblend(
+        self, images: np.ndarray, batch_size: int = 32, noise_sigma=None, psf_fwhm=None
+    ) -> dict[str, np.ndarray]:
         """Iterative peel of ``images`` ``(N, H, W, C)`` (any linear unit).
+
+        ``noise_sigma`` (sky noise sigma per band, the images' units) and ``psf_fwhm`` (PSF
+        FWHM per band, pixels), ``(N, C)`` or ``(C,)``, feed a conditioned model (NaN entries:
+        its defaults); a model without conditions ignores them.
 
         Returns:
             ``components (N, K, H, W, C)``, ``residual (N, H, W, C)``, ``counts (N, K + 1)``,
@@ -468,7 +554,7 @@ class DeblendModel:
             (components merged into a brighter one), ``conserved (N, K, H, W, C)`` and ``noise_std (N, C)`` as numpy arrays,
             input units.
         """
-        out = self._run("serving_default", images, batch_size)
+        out = self._run("serving_default", images, batch_size, noise_sigma, psf_fwhm)
         for key in ("split", "recovered", "merged"):  # exported before these steps existed
             if key not in out:
                 out[key] = np.zeros(len(out["quality"]), np.int32)
@@ -484,13 +570,19 @@ class DeblendModel:
                 out[key] = np.concatenate([p[key].numpy() for p in parts])
         return out
 
-    def deblend_one(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """One RDN pass: the brightest galaxy of each image ``(N, H, W, C)``, input units."""
-        return self._run("deblend_one", images, batch_size)["component"]
+    def deblend_one(
+        self, images: np.ndarray, batch_size: int = 32, noise_sigma=None, psf_fwhm=None
+    ) -> np.ndarray:
+        """One RDN pass: the brightest galaxy of each image ``(N, H, W, C)``, input units
+        (conditions as :meth:`deblend`)."""
+        return self._run("deblend_one", images, batch_size, noise_sigma, psf_fwhm)["component"]
 
-    def count(self, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
-        """Classifier count (``count (N,)``) and ``probabilities (N, 4)``."""
-        return self._run("count", images, batch_size)
+    def count(
+        self, images: np.ndarray, batch_size: int = 32, noise_sigma=None, psf_fwhm=None
+    ) -> dict[str, np.ndarray]:
+        """Classifier count (``count (N,)``) and ``probabilities (N, 4)`` (conditions as
+        :meth:`deblend`)."""
+        return self._run("count", images, batch_size, noise_sigma, psf_fwhm)
 
 
 def _read_metadata(version_dir: Path) -> dict:
@@ -541,7 +633,8 @@ def load_model(model_dir: str | os.PathLike | None = None) -> DeblendModel:
         raise ModelError(
             f"cannot load the SavedModel in {path}: {str(err).splitlines()[0]}"
         ) from err
-    missing = [name for name in SIGNATURES if name not in saved.signatures]
+    wanted = [*SIGNATURES, *(CONDITION_SIGNATURES.values() if metadata.get("conditions") else ())]
+    missing = [name for name in wanted if name not in saved.signatures]
     if missing:
         raise ModelError(f"{path} lacks the signature(s) {', '.join(missing)}")
     return DeblendModel(path, metadata, saved)

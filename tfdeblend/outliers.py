@@ -132,22 +132,50 @@ def prepare_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return clean_outliers(images, mask), mask.sum(axis=(1, 2, 3)).astype(np.int32)
 
 
-def deblend_batch(model, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+def deblend_batch(
+    model, images: np.ndarray, batch_size: int = 32, noise_sigma=None, psf_fwhm=None
+) -> dict[str, np.ndarray]:
     """The peel of ``model`` on a batch of stamps, with outliers cleaned first.
+
+    ``noise_sigma`` and ``psf_fwhm`` (per band, ``(N, C)`` or ``(C,)``) feed a conditioned
+    model (:meth:`tfdeblend.export.DeblendModel.deblend`).
 
     Returns the dict of :meth:`tfdeblend.export.DeblendModel.deblend`, whose ``residual`` is
     ``images - components.sum(1)`` (outliers included), plus ``outliers`` int32 ``(N,)``.
     """
     cleaned, n_outliers = prepare_batch(images)
-    result = model.deblend(cleaned, batch_size=batch_size)
+    result = model.deblend(cleaned, batch_size=batch_size, **_given(noise_sigma, psf_fwhm))
     if n_outliers.any():
         result["residual"] = result["residual"] + (images - cleaned)
     result["outliers"] = n_outliers
     return result
 
 
-def deblend_one_batch(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def deblend_one_batch(
+    model, images: np.ndarray, batch_size: int = 32, noise_sigma=None, psf_fwhm=None
+) -> np.ndarray:
     """The RDN alone (:meth:`tfdeblend.export.DeblendModel.deblend_one`) on a batch of stamps
     ``(N, H, W, C)``, with outliers cleaned first; the brightest galaxy of each, input units."""
     cleaned, _ = prepare_batch(images)
-    return model.deblend_one(cleaned, batch_size=batch_size)
+    return model.deblend_one(cleaned, batch_size=batch_size, **_given(noise_sigma, psf_fwhm))
+
+
+def _given(noise_sigma, psf_fwhm) -> dict:
+    """The conditions given (a model without conditions is called as before)."""
+    given = {"noise_sigma": noise_sigma, "psf_fwhm": psf_fwhm}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def stamp_functions(model, batch_size: int = 32, psf_fwhm=None):
+    """``(deblend, deblend_one)`` for :func:`tfdeblend.scene.deblend_tile`: the peel and the RDN
+    of ``model`` on stamps ``(B, S, S, C)``, outliers cleaned, each taking the stamps' noise
+    sigma per band (``noise_sigma=``, from the image's variance) and the PSF FWHM ``psf_fwhm``
+    (pixels, per band) that ``tfdeblend run --psf`` gave."""
+
+    def deblend(stamps, noise_sigma=None):
+        return deblend_batch(model, stamps, batch_size, noise_sigma, psf_fwhm)
+
+    def deblend_one(stamps, noise_sigma=None):
+        return deblend_one_batch(model, stamps, batch_size, noise_sigma, psf_fwhm)
+
+    return deblend, deblend_one

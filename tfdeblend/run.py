@@ -21,7 +21,7 @@ import numpy as np
 
 from tfdeblend.config import QUALITY_NAMES
 from tfdeblend.errors import TfdeblendError
-from tfdeblend.outliers import deblend_batch, deblend_one_batch
+from tfdeblend.outliers import deblend_batch, stamp_functions
 
 
 def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0):
@@ -72,6 +72,7 @@ def run_file(
     preview_count: int = 16,
     overwrite: bool = False,
     progress: bool = True,
+    psf=None,
 ) -> dict:
     """Deblend every stamp of a FITS file with a SavedModel; write the results FITS file.
 
@@ -90,6 +91,9 @@ def run_file(
         preview_count: how many previews at most.
         overwrite: replace an existing output file (and previews).
         progress: show a tqdm progress bar.
+        psf: ``--psf`` values (:func:`tfdeblend.psf.psf_fwhm_pixels`: FWHMs in arcsec, with
+            the file's ``PIXSCALE``, or PSF FITS files) for a conditioned model; default its
+            nominal PSF. The noise is estimated on each stamp.
 
     Returns:
         Summary dict: ``n_blends``, ``quality`` (count per quality name), ``n_components``
@@ -120,13 +124,14 @@ def run_file(
             )
     bands, stamp_size = _model_info(model)  # no TensorFlow yet
     with open_blends(input_path, bands=bands, stamp_size=stamp_size, check_finite=False) as blends:
+        psf_fwhm = _psf_pixels(psf, bands, blends.header.get("PIXSCALE"))
         from tfdeblend.export import DeblendModel, load_model
 
         if not isinstance(model, DeblendModel):
             model = load_model(model)
         summary = _deblend_file(
             blends, model, output_path, batch_size, preview_count if preview_dir else 0,
-            overwrite, progress, Path(input_path).name,
+            overwrite, progress, Path(input_path).name, psf_fwhm,
         )
     previews = []
     if preview_dir is not None and summary["kept"]["blend"]:
@@ -136,14 +141,37 @@ def run_file(
     del summary["kept"]
     return {
         **summary,
+        "note": psf_note(model, psf),
         "output": str(output_path),
         "previews": [str(p) for p in previews],
         "seconds": time.perf_counter() - started,
     }
 
 
+def psf_note(model, psf) -> str | None:
+    """The line to print when ``--psf`` was given to a model whose networks take no conditions."""
+    from tfdeblend.export import DeblendModel, read_model_metadata
+
+    if not psf:
+        return None
+    metadata = model.metadata if isinstance(model, DeblendModel) else read_model_metadata(model)[1]
+    if metadata.get("conditions"):
+        return None
+    return (f"Note: model {metadata.get('name')} version {metadata.get('version')} takes no "
+            "observing conditions; --psf was not used")
+
+
+def _psf_pixels(psf, bands, pixel_scale):
+    """``--psf`` as per-band FWHMs in pixels (``None`` without ``--psf``)."""
+    if not psf:
+        return None
+    from tfdeblend.psf import psf_fwhm_pixels
+
+    return psf_fwhm_pixels(psf, bands, None if pixel_scale is None else float(pixel_scale))
+
+
 def _deblend_file(blends, model, output_path, batch_size, preview_count, overwrite, progress,
-                  input_name) -> dict:
+                  input_name, psf_fwhm=None) -> dict:
     """Peel every stamp of an open :class:`tfdeblend.fitsio.BlendFile` into ``output_path``."""
     from tqdm.auto import tqdm
 
@@ -180,7 +208,7 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
         for start in range(0, blends.n, batch_size):
             chunk = blends.read(start, start + batch_size, channels_last=True)
             filled, n_missing = fill_stamps(chunk, start)
-            result = deblend_batch(model, filled, batch_size=batch_size)
+            result = deblend_batch(model, filled, batch_size=batch_size, psf_fwhm=psf_fwhm)
             result["missing"] = n_missing
             if n_missing.any():  # the residual is the input's: NaN where it is missing
                 result["residual"] = np.where(np.isfinite(chunk), result["residual"], np.nan)
@@ -241,6 +269,7 @@ def run_image(
     progress: bool = True,
     workers: int | None = None,
     scheduler: str | None = None,
+    psf=None,
 ) -> dict:
     """Deblend a whole survey image (cube or one file per band): FITS out with ``MODEL``,
     ``RESIDUAL`` and ``CATALOG`` (:mod:`tfdeblend.scene`, :mod:`tfdeblend.image_io`).
@@ -262,6 +291,9 @@ def run_image(
         progress: show a progress bar over blends (stamps peeled).
         workers: deblend the tiles on a local Dask cluster of this many worker processes.
         scheduler: deblend the tiles on the Dask cluster at this scheduler address.
+        psf: ``--psf`` values for a conditioned model (FWHMs in arcsec, with the WCS's pixel
+            scale, or PSF FITS files on the image's grid); default its nominal PSF. The noise is
+            the VARIANCE plane's (or estimated on the image).
 
     Returns:
         Summary dict: ``n_objects``, ``n_blends``, ``n_stamps``, ``quality`` (objects per quality
@@ -308,6 +340,9 @@ def run_image(
         preview_path = check_output_path(preview_path, overwrite)
     bands, stamp_size = _model_info(model)
     source = open_image(inputs, bands, file_bands=file_bands, mask_bits=mask_bits)
+    from tfdeblend.image_io import sky_to_pixel_scale
+
+    psf_fwhm = _psf_pixels(psf, bands, sky_to_pixel_scale(source) if psf else None)
     tiles = plan_tiles(source.shape, scene.tile_size, scene.tile_overlap)
     if workers is not None or scheduler is not None:
         from tfdeblend.cluster import deblend_tiles_dask
@@ -315,14 +350,14 @@ def run_image(
         model_dir = model.path if hasattr(model, "path") else model
         results, model_info = deblend_tiles_dask(
             source, tiles, model_dir, scene, batch_size, workers=workers, scheduler=scheduler,
-            progress=progress,
+            progress=progress, psf_fwhm=psf_fwhm,
         )
     else:
         from tfdeblend.export import DeblendModel, load_model
 
         if not isinstance(model, DeblendModel):
             model = load_model(model)
-        results = deblend_tiles(source, tiles, model, scene, batch_size, progress)
+        results = deblend_tiles(source, tiles, model, scene, batch_size, progress, psf_fwhm)
         model_info = {"model": model.name, "version": model.version, "peel": model.peel_config}
     columns = merge_tiles(results, source.bands)
     catalog = _catalog_table(columns, source)
@@ -356,6 +391,7 @@ def run_image(
         "output": str(output_path),
         "catalog": None if side is None else str(side),
         "preview": None if preview_path is None else str(preview_path),
+        "note": psf_note(model, psf),
         "seconds": time.perf_counter() - started,
     }
 
@@ -364,23 +400,25 @@ def run_image(
 CATALOG_FORMATS: tuple[str, ...] = ("fits", "parquet", "csv")
 
 
-def deblend_tiles(source, tiles, model, scene, batch_size: int = 32, progress: bool = True):
-    """Deblend every tile of ``source`` in this process; the tiles' results in tile order."""
+def deblend_tiles(source, tiles, model, scene, batch_size: int = 32, progress: bool = True,
+                  psf_fwhm=None):
+    """Deblend every tile of ``source`` in this process; the tiles' results in tile order
+    (``psf_fwhm``: per band, pixels, for a conditioned model)."""
     from tqdm.auto import tqdm
 
     from tfdeblend.scene import deblend_tile
 
     stamp_size = model.stamp_size
+    deblend, deblend_one = stamp_functions(model, batch_size, psf_fwhm)
     results = []
     with tqdm(total=0, unit="blend", desc="deblending", disable=not progress) as bar:
         for tile in tiles:
             image, variance, missing = source.read(*tile.ext)
             results.append(deblend_tile(
-                image, variance, missing,
-                lambda stamps: deblend_batch(model, stamps, batch_size=batch_size),
-                tile, scene, stamp_size, source.bands, batch_size=batch_size,
+                image, variance, missing, deblend, tile, scene, stamp_size, source.bands,
+                batch_size=batch_size,
                 progress=lambda n: (setattr(bar, "total", bar.total + n), bar.update(n)),
-                deblend_one=lambda stamps: deblend_one_batch(model, stamps, batch_size),
+                deblend_one=deblend_one,
             ))
     return results
 

@@ -449,7 +449,7 @@ def deblend_tile(
                                       group.label, cy, cx, stamp_size, rng)
             stamps.append(np.transpose(stamp, (1, 2, 0)))
             cuts.append(cut)
-        results = _in_batches(deblend, stamps, batch_size, progress)
+        results = _in_batches(deblend, stamps, batch_size, progress, band_sigma)
         result = {key: np.concatenate([r[key] for r in results]) for key in results[0]}
         stamps_done += len(stamps)
         for k, (group, cy, cx) in enumerate(jobs):
@@ -516,7 +516,8 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
         disc = np.hypot(yy - dy, xx - dx) < RECOVER_WINDOW
         stamps.append(np.transpose(stamp * disc[None], (1, 2, 0)))
         cuts.append({**cut, "stamp": stamp, "at": (dy, dx)})
-    galaxies = [np.asarray(g) for g in _in_batches(deblend_one, stamps, batch_size, progress)]
+    galaxies = [np.asarray(g) for g in _in_batches(deblend_one, stamps, batch_size, progress,
+                                                   band_sigma)]
     galaxies = np.transpose(np.concatenate(galaxies), (0, 3, 1, 2))  # (J, C, S, S)
     y0, _, x0, _ = tile.ext
     for (group, oy, ox), galaxy, cut in zip(jobs, galaxies, cuts):
@@ -633,12 +634,17 @@ def _group_stamp(working, labels, missing, sigma_map, band_sigma, label, cy, cx,
                    "var": np.square(sig) * ~unknown}
 
 
-def _in_batches(function, stamps: list, batch_size: int, progress) -> list:
-    """``function`` on the stamps ``(S, S, C)``, ``batch_size`` at a time; its outputs in order."""
+def _in_batches(function, stamps: list, batch_size: int, progress, band_sigma=None) -> list:
+    """``function`` on the stamps ``(S, S, C)``, ``batch_size`` at a time; its outputs in order.
+    With ``band_sigma`` ``(C,)``, the stamps' noise sigma per band goes along (``noise_sigma=``)."""
     out = []
     for start in range(0, len(stamps), batch_size):
         batch = np.stack(stamps[start : start + batch_size]).astype(np.float32)
-        out.append(function(batch))
+        if band_sigma is None:
+            out.append(function(batch))
+        else:
+            sigma = np.broadcast_to(np.asarray(band_sigma, np.float32), (len(batch), batch.shape[-1]))
+            out.append(function(batch, noise_sigma=sigma))
         if progress is not None:
             progress(len(batch))
     return out

@@ -103,6 +103,16 @@ def _first_components(components: np.ndarray, k: int) -> np.ndarray:
     return first
 
 
+def _known_conditions(model, testset: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """What a user of a conditioned model knows of each stamp: its PSF FWHM in pixels (from the
+    test set's conditions). The noise is left to the model (estimated from the stamp)."""
+    if not getattr(model, "conditioned", False) or "psf_fwhm" not in testset:
+        return {}
+    fwhm = np.asarray(testset["psf_fwhm"], np.float32)[start:stop]
+    scale = np.asarray(testset["pixel_scale"], np.float32)[start:stop]
+    return {"psf_fwhm": fwhm / scale[:, None]}
+
+
 def deblend_testset(
     model, testset: dict[str, np.ndarray], batch_size: int = 32, progress: bool = True
 ) -> dict[str, Any]:
@@ -115,7 +125,8 @@ def deblend_testset(
 
     Args:
         model: an object with ``deblend(images (N, H, W, C), batch_size) -> dict``
-            (:class:`tfdeblend.export.DeblendModel`).
+            (:class:`tfdeblend.export.DeblendModel`); a conditioned model is also given each
+            stamp's PSF FWHM (``psf_fwhm``) from the test set's conditions.
         testset: the test-set dict.
         batch_size: stamps per model call.
         progress: a tqdm bar.
@@ -137,7 +148,8 @@ def deblend_testset(
     for start in tqdm(
         range(0, n_stamps, batch_size), desc="deblend", unit="batch", disable=not progress
     ):
-        part = model.deblend(blends[start : start + batch_size], batch_size=batch_size)
+        part = model.deblend(blends[start : start + batch_size], batch_size=batch_size,
+                             **_known_conditions(model, testset, start, start + batch_size))
         stop = start + len(part["quality"])
         quality[start:stop] = part["quality"]
         n_comp[start:stop] = part["n_components"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from tfdeblend.models.layers import AsinhStretch
+from tfdeblend.models.layers import AsinhStretch, ConditionMaps
 from tfdeblend.models.presets import ClassifierConfig
 
 #: convs per VGG-16 stage
@@ -34,6 +34,11 @@ def build_classifier(config: ClassifierConfig) -> keras.Model:
     x = image
     if config.input_stretch > 0:
         x = AsinhStretch(config.input_stretch, name="asinh_stretch")(x)
+    inputs = image
+    if config.conditions:
+        conditions = keras.Input((config.conditions,), name="conditions")
+        x = ConditionMaps(name="condition_maps")([x, conditions])
+        inputs = [image, conditions]
     for stage, (convs, filters) in enumerate(zip(STAGE_CONVS, config.filters), start=1):
         for i in range(1, convs + 1):
             name = f"block{stage}_conv{i}"
@@ -50,7 +55,7 @@ def build_classifier(config: ClassifierConfig) -> keras.Model:
         if config.dropout > 0:
             x = layers.Dropout(config.dropout, name=f"fc{i}_dropout")(x)
     logits = layers.Dense(config.num_classes, name="logits", dtype="float32")(x)
-    return keras.Model(image, logits, name="vgg16_classifier")
+    return keras.Model(inputs, logits, name="vgg16_classifier")
 
 
 def classifier_param_count(config: ClassifierConfig) -> int:
@@ -61,7 +66,7 @@ def classifier_param_count(config: ClassifierConfig) -> int:
     size is ``s*s*F5`` with ``s`` the stamp size halved (floor) five times. Dense layers:
     ``flat*U + U``, ``U*U + U``, ``U*K + K``.
     """
-    total, channels = 0, config.channels
+    total, channels = 0, config.channels + config.conditions
     for convs, filters in zip(STAGE_CONVS, config.filters):
         for _ in range(convs):
             total += 9 * channels * filters + (4 * filters if config.batch_norm else filters)

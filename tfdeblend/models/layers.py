@@ -97,3 +97,29 @@ class AsinhStretch(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "softening": self.softening}
+
+
+@keras.saving.register_keras_serializable(package="tfdeblend")
+class ConditionMaps(keras.layers.Layer):
+    """Append observing conditions to a feature map as constant channels.
+
+    ``[(N, H, W, F) features, (N, K) conditions] -> (N, H, W, F + K)``: each of the ``K``
+    condition values (see :mod:`tfdeblend.conditioning`) is broadcast over the image plane and
+    concatenated, so the next convolution sees the per-band noise and PSF at every pixel.
+    """
+
+    def call(self, inputs):
+        features, conditions = inputs
+        conditions = tf.cast(conditions, features.dtype)
+        shape = tf.shape(features)
+        maps = tf.broadcast_to(
+            conditions[:, None, None, :],
+            tf.stack([shape[0], shape[1], shape[2], tf.shape(conditions)[-1]]),
+        )
+        return tf.concat([features, maps], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        features, conditions = input_shape
+        extra = conditions[-1]
+        channels = None if features[-1] is None or extra is None else features[-1] + extra
+        return (*features[:-1], channels)

@@ -31,6 +31,9 @@ class RDNConfig(YamlConfig):
             the ESPCN ``depth_to_space`` at the end restores full size.
         upsample_features: channels after the sub-pixel upsampling, before the final conv.
         kernel_size: side of the spatial convolutions (3 in the paper).
+        conditions: length of the observing-conditions input (:mod:`tfdeblend.conditioning`;
+            ``2 * channels``: noise and PSF per band), appended as constant channels after
+            ``space_to_depth``; 0 = image only (the paper, version 9 and before).
     """
 
     channels: int = 3
@@ -42,6 +45,7 @@ class RDNConfig(YamlConfig):
     downscale: int = 4
     upsample_features: int = 16
     kernel_size: int = 3
+    conditions: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -57,6 +61,8 @@ class RDNConfig(YamlConfig):
         ):
             if int(getattr(self, name)) < 1:
                 raise TfdeblendError(f"RDN {name} must be >= 1, not {getattr(self, name)}")
+        if self.conditions < 0:
+            raise TfdeblendError("RDN conditions must be >= 0 (0: image only)")
         if self.stamp_size % self.downscale:
             raise TfdeblendError(
                 f"stamp size {self.stamp_size} is not a multiple of the RDN downscale "
@@ -83,6 +89,8 @@ class ClassifierConfig(YamlConfig):
             faint neighbour of a bright galaxy sits at ~1e-3-1e-2 and the counter misses it; the
             stretch (a ~ the sky noise in normalized units) makes it visible. It is part of the
             network, so the one normalization stays the same everywhere.
+        conditions: length of the observing-conditions input (as :class:`RDNConfig`), appended
+            as constant channels after the stretch; 0 = image only.
     """
 
     channels: int = 3
@@ -93,8 +101,11 @@ class ClassifierConfig(YamlConfig):
     batch_norm: bool = True
     num_classes: int = 4
     input_stretch: float = 0.0
+    conditions: int = 0
 
     def __post_init__(self) -> None:
+        if self.conditions < 0:
+            raise TfdeblendError("classifier conditions must be >= 0 (0: image only)")
         if self.input_stretch < 0:
             raise TfdeblendError("classifier input_stretch must be >= 0 (0: no stretch)")
         self.filters = tuple(int(f) for f in self.filters)
@@ -147,11 +158,18 @@ def _preset(name: str) -> tuple[dict, dict]:
     return PRESETS[name]
 
 
-def get_rdn_config(name: str, channels: int = 3, stamp_size: int = 80) -> RDNConfig:
-    """The RDN configuration of preset ``name`` for ``channels`` bands and ``stamp_size`` pixels."""
-    return RDNConfig(channels=channels, stamp_size=stamp_size, **_preset(name)[0])
+def get_rdn_config(
+    name: str, channels: int = 3, stamp_size: int = 80, conditioned: bool = False
+) -> RDNConfig:
+    """The RDN configuration of preset ``name`` for ``channels`` bands and ``stamp_size`` pixels
+    (``conditioned``: with the noise and PSF of each band as input)."""
+    return RDNConfig(channels=channels, stamp_size=stamp_size,
+                     conditions=2 * channels if conditioned else 0, **_preset(name)[0])
 
 
-def get_classifier_config(name: str, channels: int = 3, stamp_size: int = 80) -> ClassifierConfig:
-    """The classifier configuration of preset ``name``."""
-    return ClassifierConfig(channels=channels, stamp_size=stamp_size, **_preset(name)[1])
+def get_classifier_config(
+    name: str, channels: int = 3, stamp_size: int = 80, conditioned: bool = False
+) -> ClassifierConfig:
+    """The classifier configuration of preset ``name`` (``conditioned`` as :func:`get_rdn_config`)."""
+    return ClassifierConfig(channels=channels, stamp_size=stamp_size,
+                            conditions=2 * channels if conditioned else 0, **_preset(name)[1])

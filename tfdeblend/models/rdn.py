@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from tfdeblend.models.layers import DepthToSpace, SpaceToDepth
+from tfdeblend.models.layers import ConditionMaps, DepthToSpace, SpaceToDepth
 from tfdeblend.models.presets import RDNConfig
 
 
@@ -64,6 +64,11 @@ def build_rdn(config: RDNConfig) -> keras.Model:
     size = config.stamp_size
     blend = keras.Input((size, size, config.channels), name="blend")
     x = SpaceToDepth(config.downscale, name="space_to_depth")(blend)
+    inputs = blend
+    if config.conditions:
+        conditions = keras.Input((config.conditions,), name="conditions")
+        x = ConditionMaps(name="condition_maps")([x, conditions])
+        inputs = [blend, conditions]
     # Shallow feature net.
     f_minus1 = _conv(g0, k, "shallow_conv1")(x)
     f = _conv(g0, k, "shallow_conv2")(f_minus1)
@@ -86,14 +91,14 @@ def build_rdn(config: RDNConfig) -> keras.Model:
     up = _conv(config.upsample_features * r * r, k, "upsample_conv")(dense_features)
     up = DepthToSpace(r, name="depth_to_space")(up)
     galaxy = _conv(config.channels, k, "output", dtype="float32")(up)
-    return keras.Model(blend, galaxy, name="rdn_deblender")
+    return keras.Model(inputs, galaxy, name="rdn_deblender")
 
 
 def rdn_param_count(config: RDNConfig) -> int:
     """Closed-form number of parameters of :func:`build_rdn` (weights + biases).
 
     A k x k conv from a to b channels has ``k*k*a*b + b`` parameters. With input channels
-    ``c_in = C_bands * r**2`` after ``space_to_depth``::
+    ``c_in = C_bands * r**2 + K`` after ``space_to_depth`` (``K`` condition channels)::
 
         shallow   = conv(k, c_in, G0) + conv(k, G0, G0)
         block     = sum_{c<C} conv(k, G0 + c*G, G) + conv(1, G0 + C*G, G0)
@@ -106,7 +111,7 @@ def rdn_param_count(config: RDNConfig) -> int:
         return kernel * kernel * a * b + b
 
     k, g0, g, r = config.kernel_size, config.features, config.growth, config.downscale
-    c_in = config.channels * r * r
+    c_in = config.channels * r * r + config.conditions
     shallow = conv(k, c_in, g0) + conv(k, g0, g0)
     block = sum(conv(k, g0 + c * g, g) for c in range(config.layers_per_block))
     block += conv(1, g0 + config.layers_per_block * g, g0)

@@ -74,7 +74,11 @@ class SampleImages(keras.callbacks.Callback):
     ):
         super().__init__()
         self.log_dir = str(Path(log_dir) / "images")
-        self.inputs = np.asarray(inputs, dtype="float32")
+        # a conditioned network's inputs are [images, condition features]
+        self.inputs = (
+            [np.asarray(v, dtype="float32") for v in inputs]
+            if isinstance(inputs, list) else np.asarray(inputs, dtype="float32")
+        )
         self.targets = None if targets is None else np.asarray(targets, dtype="float32")
         self._writer = None
 
@@ -83,7 +87,8 @@ class SampleImages(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         prediction = np.asarray(self.model(self.inputs, training=False))
         with self._writer.as_default():
-            tf.summary.image("blend", _to_rgb(self.inputs), step=epoch, max_outputs=8)
+            images = self.inputs[0] if isinstance(self.inputs, list) else self.inputs
+            tf.summary.image("blend", _to_rgb(images), step=epoch, max_outputs=8)
             tf.summary.image("prediction", _to_rgb(prediction), step=epoch, max_outputs=8)
             if self.targets is not None:
                 tf.summary.image("target", _to_rgb(self.targets), step=epoch, max_outputs=8)

@@ -49,6 +49,10 @@ class TrainConfig(YamlConfig):
             steps (the paper trains them only in phase 2).
         init_from: phase 1: start from the weights of this run directory's network instead of a
             random initialization (fine-tuning; the architecture must match).
+        conditioned: phase 1: the network also takes each band's noise and PSF FWHM
+            (:mod:`tfdeblend.conditioning`); the datasets must store their observing conditions.
+            With ``init_from`` an image-only network is widened: its weights are kept and the new
+            condition inputs start at zero, so training starts from the same network.
     """
 
     phase: int = 1
@@ -72,6 +76,7 @@ class TrainConfig(YamlConfig):
     augment: bool = False
     peel_fraction: float = 0.0
     init_from: str | None = None
+    conditioned: bool = False
 
     def __post_init__(self) -> None:
         if self.phase not in (1, 2):
@@ -97,6 +102,10 @@ class TrainConfig(YamlConfig):
             raise TfdeblendError("peel fraction must be in [0, 1)")
         if self.peel_fraction and self.net != "deblender":
             raise TfdeblendError("peel_fraction is a phase-1 deblender option")
+        if self.phase == 2 and self.conditioned:
+            raise TfdeblendError(
+                "phase 2 does not train conditioned networks yet; fine-tune them in phase 1"
+            )
         if self.phase == 2 and (self.augment or self.init_from):
             raise TfdeblendError(
                 "augment and init_from are phase-1 options (phase 2 starts from --deblender and "

@@ -37,12 +37,14 @@ from tfdeblend.training.rundir import save_run
 from tfdeblend.training.strategy import get_strategy, is_chief, prepare_fit
 
 
-def model_config_for(net: str, preset: str, channels: int, stamp_size: int):
+def model_config_for(
+    net: str, preset: str, channels: int, stamp_size: int, conditioned: bool = False
+):
     """The architecture configuration of ``net`` for preset ``preset``."""
     if net == "deblender":
-        return get_rdn_config(preset, channels, stamp_size)
+        return get_rdn_config(preset, channels, stamp_size, conditioned)
     if net == "classifier":
-        return get_classifier_config(preset, channels, stamp_size)
+        return get_classifier_config(preset, channels, stamp_size, conditioned)
     raise TfdeblendError(f"net must be deblender or classifier, not {net!r}")
 
 
@@ -95,7 +97,9 @@ def build_phase1_model(
     Call inside ``strategy.scope()``. With ``config.mixed_precision`` the layers compute in
     float16 and the output layer stays float32 (Keras adds loss scaling).
     """
-    model_config = model_config or model_config_for(net, config.preset, channels, stamp_size)
+    model_config = model_config or model_config_for(
+        net, config.preset, channels, stamp_size, config.conditioned
+    )
     previous = keras.config.dtype_policy()
     if config.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
@@ -243,6 +247,10 @@ def apply_init_weights(
 ) -> None:
     """Set ``model``'s weights to ``weights`` after checking the architecture matches.
 
+    A conditioned network (:mod:`tfdeblend.conditioning`) takes the weights of the same network
+    without conditions: the first convolution's kernel gains input channels, which start at
+    zero, so the widened network computes exactly what the source did.
+
     Raises:
         ModelError: other weight shapes (another preset or architecture).
     """
@@ -250,6 +258,19 @@ def apply_init_weights(
 
     theirs = [tuple(np.shape(w)) for w in weights]
     ours = [tuple(w.shape) for w in model.weights]
+    widened = [
+        i for i, (a, b) in enumerate(zip(theirs, ours))
+        if a != b and len(a) == 4 and a[:2] + a[3:] == b[:2] + b[3:] and a[2] < b[2]
+    ]
+    if len(theirs) == len(ours) and len(widened) == 1 and all(
+        a == b for i, (a, b) in enumerate(zip(theirs, ours)) if i not in widened
+    ):
+        weights = list(weights)
+        i = widened[0]
+        kernel = np.zeros(ours[i], dtype=np.asarray(weights[i]).dtype)
+        kernel[:, :, : theirs[i][2], :] = weights[i]
+        weights[i] = kernel
+        theirs[i] = ours[i]
     if theirs != ours:
         raise ModelError(
             f"--init-from {source}: its network (preset {preset!r}) has another architecture than "
@@ -394,6 +415,7 @@ def train_phase1(
         drop_remainder=drop,
         augment=config.augment,
         peel_fraction=config.peel_fraction,
+        conditioned=config.conditioned,
     )
     val_ds, val_steps = None, None
     if n_val > 0:
@@ -405,11 +427,13 @@ def train_phase1(
             seed=config.seed,
             validation_fraction=config.validation_fraction,
             subset="validation",
+            conditioned=config.conditioned,
         )
     sample = None
     if net == "deblender" and chief:
         x, y = next(iter((val_ds or train_ds).take(1)))
-        sample = (np.asarray(x[:4]), np.asarray(y[:4, 0]))
+        x = [np.asarray(v[:4]) for v in x] if isinstance(x, tuple) else np.asarray(x[:4])
+        sample = (x, np.asarray(y[:4, 0]))
 
     with strategy.scope():
         model, model_config = build_phase1_model(

@@ -13,6 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfdeblend.conditioning import condition_features, record_conditions
 from tfdeblend.errors import DataError
 from tfdeblend.normalize import normalize
 
@@ -24,11 +25,24 @@ _WRONG_KIND: dict[str, tuple[str, ...]] = {
 }
 
 
-def deblender_example(record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+def _network_input(x: tf.Tensor, scale: tf.Tensor, record: dict[str, tf.Tensor], conditioned: bool):
+    """``x``, or ``(x, condition features)`` for a conditioned network (unbatched or batched)."""
+    if not conditioned:
+        return x
+    conditions = record_conditions(record)
+    if conditions.shape.rank == 2:  # unbatched
+        return x, condition_features(conditions[None], scale[None])[0]
+    return x, condition_features(conditions, scale)
+
+
+def deblender_example(
+    record: dict[str, tf.Tensor], conditioned: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Map one record (unbatched or batched) to ``(x, y)`` for the deblender.
 
     Returns:
-        ``x``: normalized blend ``(..., H, W, C)``; ``y``: ``(..., 2, H, W, C)`` the brightest and
+        ``x``: normalized blend ``(..., H, W, C)`` (with ``conditioned``, the pair ``(blend,
+        condition features)``, :mod:`tfdeblend.conditioning`); ``y``: ``(..., 2, H, W, C)`` the brightest and
         second brightest noiseless galaxies divided by the blend's scale (zeros when absent).
         Use :func:`tfdeblend.training.losses.l1_loss` (brightest only) or
         :func:`~tfdeblend.training.losses.symmetric_l1_loss`.
@@ -40,13 +54,17 @@ def deblender_example(record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tenso
     paddings = [[0, 0]] * (rank - 4) + [[0, missing], [0, 0], [0, 0], [0, 0]]
     isolated = tf.pad(isolated, paddings)
     y = isolated / tf.expand_dims(scale, -4)
-    return x, tf.ensure_shape(y, x.shape[:-3].concatenate([2]).concatenate(x.shape[-3:]))
+    y = tf.ensure_shape(y, x.shape[:-3].concatenate([2]).concatenate(x.shape[-3:]))
+    return _network_input(x, scale, record, conditioned), y
 
 
-def classifier_example(record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-    """Map one record to ``(normalized blend (..., H, W, C), n_gal (...) int32)``."""
-    x, _ = normalize(tf.cast(record["blend"], tf.float32))
-    return x, tf.cast(record["n_gal"], tf.int32)
+def classifier_example(
+    record: dict[str, tf.Tensor], conditioned: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Map one record to ``(normalized blend (..., H, W, C), n_gal (...) int32)`` (with
+    ``conditioned``, ``x`` is the pair ``(blend, condition features)``)."""
+    x, scale = normalize(tf.cast(record["blend"], tf.float32))
+    return _network_input(x, scale, record, conditioned), tf.cast(record["n_gal"], tf.int32)
 
 
 def check_manifest(
@@ -139,9 +157,12 @@ def dihedral(
         out = tf.cond(flip, lambda: tf.image.flip_left_right(out), lambda: out)
         return tf.ensure_shape(out, image.shape)  # square stamps: the shape is unchanged
 
+    image, conditions = x if isinstance(x, tuple) else (x, None)
+    image = transform(image)
+    x = image if conditions is None else (image, conditions)
     if net == "deblender":
-        return transform(x), transform(y)
-    return transform(x), y
+        return x, transform(y)
+    return x, y
 
 
 def _draw(record, seed, net, fn, peel_fraction, augment):
@@ -166,6 +187,7 @@ def prepare(
     drop_remainder: bool = False,
     augment: bool = False,
     peel_fraction: float = 0.0,
+    conditioned: bool = False,
 ) -> tf.data.Dataset:
     """Turn an unbatched dataset of record dicts into ``(x, y)`` batches for ``net``.
 
@@ -177,7 +199,11 @@ def prepare(
     """
     if net not in NETS:
         raise DataError(f"net must be one of {', '.join(NETS)}, not {net!r}")
-    fn = deblender_example if net == "deblender" else classifier_example
+    example = deblender_example if net == "deblender" else classifier_example
+
+    def fn(record):
+        return example(record, conditioned)
+
     ds = records
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -218,6 +244,7 @@ def make_dataset(
     drop_remainder: bool = False,
     augment: bool = False,
     peel_fraction: float = 0.0,
+    conditioned: bool = False,
 ) -> tf.data.Dataset:
     """Read a dataset directory as ``(x, y)`` batches for ``net`` (see :func:`prepare`).
 
@@ -233,6 +260,8 @@ def make_dataset(
         augment: random rotations and flips (:func:`dihedral`); never on the validation part.
         peel_fraction: share of training examples whose brightest galaxy is removed
             (:func:`peel_brightest`); never on the validation part.
+        conditioned: ``x`` is ``(image, condition features)`` (the dataset must store the
+            observing conditions).
 
     Raises:
         DataError: the directory is not a dataset, or does not match ``net``/bands/stamp size.
@@ -243,6 +272,13 @@ def make_dataset(
     check_manifest(manifest, net, bands, stamp_size, where=str(dataset_dir))
     if subset not in ("train", "validation", "all"):
         raise DataError(f"subset must be train, validation or all, not {subset!r}")
+    if conditioned and not {"noise_sigma", "psf_fwhm", "pixel_scale"} <= set(
+        manifest.get("conditions") or ()
+    ):
+        raise DataError(
+            f"{dataset_dir} stores no observing conditions; a conditioned network needs a dataset "
+            "written by this version of tfdeblend simulate"
+        )
     records = read_dataset(dataset_dir, verify=subset != "validation")
     n_train, n_val = split_sizes(int(manifest["count"]), validation_fraction)
     if subset == "train":
@@ -261,6 +297,7 @@ def make_dataset(
         drop_remainder=drop_remainder,
         augment=augment and subset != "validation",
         peel_fraction=peel_fraction if subset != "validation" else 0.0,
+        conditioned=conditioned,
     )
 
 
@@ -274,6 +311,7 @@ def make_mixed_dataset(
     drop_remainder: bool = False,
     augment: bool = False,
     peel_fraction: float = 0.0,
+    conditioned: bool = False,
 ) -> tf.data.Dataset:
     """Several dataset directories as one stream of ``(x, y)`` batches (see :func:`make_dataset`).
 
@@ -290,13 +328,14 @@ def make_mixed_dataset(
             dirs[0], net, batch_size, shuffle=subset == "train", repeat=subset == "train",
             seed=seed, validation_fraction=validation_fraction, subset=subset,
             drop_remainder=drop_remainder, augment=augment, peel_fraction=peel_fraction,
+            conditioned=conditioned,
         )
     parts = [
         make_dataset(
             d, net, None, shuffle=subset == "train", repeat=subset == "train",
             seed=None if seed is None else seed + i,
             validation_fraction=validation_fraction, subset=subset, augment=augment,
-            peel_fraction=peel_fraction,
+            peel_fraction=peel_fraction, conditioned=conditioned,
         )
         for i, d in enumerate(dirs)
     ]

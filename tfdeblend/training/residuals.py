@@ -117,12 +117,14 @@ def _peel_pass(deblender: Any):
     """A compiled pass of the peel: ``images -> images minus the RDN's brightest galaxy``."""
     import tensorflow as tf
 
+    from tfdeblend.conditioning import network_inputs
     from tfdeblend.normalize import denormalize, normalize
 
     @tf.function(reduce_retracing=True)
-    def subtract_brightest(images):
+    def subtract_brightest(images, conditions):
         normalized, scale = normalize(images)
-        model = denormalize(tf.cast(deblender(normalized, training=False), tf.float32), scale)
+        inputs = network_inputs(deblender, normalized, conditions, scale)
+        model = denormalize(tf.cast(deblender(inputs, training=False), tf.float32), scale)
         return images - model, model
 
     return subtract_brightest
@@ -151,6 +153,8 @@ def residual_records(
     """
     import tensorflow as tf
 
+    from tfdeblend.conditioning import is_conditioned, record_conditions
+
     subtract = _peel_pass(deblender)
     batch: list[dict[str, np.ndarray]] = []
 
@@ -161,9 +165,14 @@ def residual_records(
         n_gal = np.array([int(r["n_gal"]) for r in batch])
         weights = band_weights(blend, noiseless)
         images, peeled = tf.constant(blend), np.zeros_like(blend)
+        conditions = None
+        if is_conditioned(deblender):
+            conditions = record_conditions(
+                {k: np.stack([r[k] for r in batch]) for k in ("noise_sigma", "psf_fwhm",
+                                                             "pixel_scale")})
         out = []
         for _ in range(steps):
-            images, model = subtract(images)
+            images, model = subtract(images, conditions)
             peeled = peeled + model.numpy()
             residual = images.numpy()
             labels = remaining_galaxies(residual, isolated, n_gal, weights, threshold)

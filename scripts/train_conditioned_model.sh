@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Train the conditioned cpu model (networks that take each band's noise and PSF FWHM as input)
+# on a 2-core CPU: version 9's networks are widened (the new inputs start at zero) and fine-tuned
+# on data drawn over observing conditions. Steps: simulation, phase 1 RDN, the peel residuals of
+# that RDN, phase 1 classifier. The wall-clock minutes of each step go to $RUNS/conditioned_times.log.
+# Rerunning the script skips finished steps and resumes interrupted ones (simulation finishes
+# missing shards; training resumes from its backup/). Export and evaluation: docs/model_card.md.
+set -euo pipefail
+DATA=${DATA:-work_data}
+RUNS=${RUNS:-runs}
+BASE=${BASE:-saved_models/tfdeblend_cpu/9}
+LOG="$RUNS/conditioned_times.log"
+mkdir -p "$RUNS"
+
+complete() {
+  python -c "import sys; from tfdeblend.data import load_manifest; sys.exit(0 if load_manifest(sys.argv[1])['complete'] else 1)" "$1" 2>/dev/null
+}
+timed() {  # timed NAME COMMAND...: run it and log its wall-clock minutes
+  local name=$1 start
+  shift
+  start=$(date +%s)
+  "$@"
+  echo "$name $(( ($(date +%s) - start) / 60 )) min $(date -u +%FT%TZ)" >> "$LOG"
+}
+sim() {  # sim DIR ARGS...: simulate unless complete
+  local dir=$1
+  shift
+  complete "$DATA/$dir" || timed "sim_$dir" tfdeblend simulate "$@" --out "$DATA/$dir" --quiet
+}
+LSST_RANGE=(--psf-scale 0.7:1.7 --exposure-scale 0.08:1)
+HSC_RANGE=(--conditions hsc --psf-scale 0.8:1.4 --exposure-scale 0.3:2)
+
+# 1. data over conditions (seeds 71-80, used by no other set)
+sim rdn_lsst_mix deblender --count 6000 --seed 71 "${LSST_RANGE[@]}" --bright-fraction 0.15
+sim rdn_hsc_mix deblender --count 3000 --seed 72 "${HSC_RANGE[@]}" --bright-fraction 0.15
+sim rdn_nominal deblender --count 3000 --seed 73
+sim rdn_close_mix deblender --count 2000 --seed 74 --max-shift 0.8 "${LSST_RANGE[@]}"
+sim vgg_lsst_mix classifier --count 8000 --seed 75 "${LSST_RANGE[@]}" --bright-fraction 0.15
+sim vgg_hsc_mix classifier --count 3000 --seed 76 "${HSC_RANGE[@]}" --bright-fraction 0.15
+sim res2_src deblender --count 3000 --seed 77 "${LSST_RANGE[@]}" --bright-fraction 0.1
+sim res3_src test --n-gal 3 --count 1500 --seed 78 "${LSST_RANGE[@]}"
+sim res2_hsc_src deblender --count 1000 --seed 79 "${HSC_RANGE[@]}"
+sim vgg_nominal classifier --count 4000 --seed 80
+
+# 2. phase 1, deblender, from version 9's RDN (14 x 250 steps)
+[ -f "$RUNS/cond_rdn/deblender.keras" ] || timed train_rdn tfdeblend train --phase 1 --net deblender \
+  "$DATA/rdn_lsst_mix" "$DATA/rdn_hsc_mix" "$DATA/rdn_nominal" "$DATA/rdn_close_mix" \
+  --out "$RUNS/cond_rdn" --config configs/conditioned_deblender.yaml --init-from "$BASE"
+
+# 3. the peel residuals of that RDN, then phase 1, classifier, from version 9's classifier
+for src in res2_src:2 res3_src:3 res2_hsc_src:2; do
+  name=${src%%:*}; steps=${src##*:}; out=${name%_src}_res
+  complete "$DATA/$out" || timed "residuals_$out" tfdeblend residuals "$DATA/$name" --deblender "$RUNS/cond_rdn" --out "$DATA/$out" --steps "$steps" --quiet
+done
+[ -f "$RUNS/cond_vgg/classifier.keras" ] || timed train_vgg tfdeblend train --phase 1 --net classifier \
+  "$DATA/vgg_lsst_mix" "$DATA/vgg_hsc_mix" "$DATA/vgg_nominal" "$DATA/res2_res" "$DATA/res3_res" "$DATA/res2_hsc_res" \
+  --out "$RUNS/cond_vgg" --config configs/conditioned_classifier.yaml --init-from "$BASE"
+echo "trained: $RUNS/cond_rdn $RUNS/cond_vgg"
