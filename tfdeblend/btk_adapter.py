@@ -15,7 +15,8 @@ bands, zero in bands the model does not see, so BTK's image metrics can compare 
 full stamp (``x_peak``, ``y_peak``) and ``ra``, ``dec`` in arcsec relative to the stamp centre
 (BTK's convention), plus ``flux_<band>`` and the blend's quality, all measured on the
 flux-conserving components (``conserved``, as in ``tfdeblend run``'s catalog); the deblended
-images are the noiseless models.
+images are the noiseless models. Single-pixel outliers (cosmic rays, hot pixels) are replaced
+before the peel and left in the residual, as ``tfdeblend run`` does (:mod:`tfdeblend.outliers`).
 
 A model whose networks take the observing conditions (:mod:`tfdeblend.conditioning`) is given
 BTK's own: each band's sky noise sigma (``sqrt`` of the survey's mean sky level, the noise BTK
@@ -32,6 +33,7 @@ from btk.deblend import Deblender
 
 from tfdeblend import measure
 from tfdeblend.errors import ModelError
+from tfdeblend.outliers import deblend_batch
 
 
 class RDNDeblender(Deblender):
@@ -75,8 +77,9 @@ class RDNDeblender(Deblender):
         images = np.asarray(blend_batch.blend_images[indices], dtype=np.float32)
         images = images[:, bands, crop, crop]  # (n, C, h, w)
         conditions = self._conditions(blend_batch) if self.model.conditioned else {}
-        return self.model.deblend(np.transpose(images, (0, 2, 3, 1)), batch_size=self.batch_size,
-                                  **conditions)
+        # as tfdeblend run: single-pixel outliers are replaced for the networks
+        return deblend_batch(self.model, np.transpose(images, (0, 2, 3, 1)),
+                             batch_size=self.batch_size, **conditions)
 
     def _conditions(self, blend_batch: BlendBatch) -> dict[str, np.ndarray]:
         """BTK's sky noise sigma and PSF FWHM (pixels) in the model's bands."""
