@@ -214,6 +214,13 @@ def test_psf_option_reads_numbers_cubes_and_files(tmp_path):
     cube = psf_fwhm_pixels([str(tmp_path / "cube.fits")], bands, None)
     files = psf_fwhm_pixels([str(tmp_path / f"psf_{b}.fits") for b in bands], bands, None)
     np.testing.assert_allclose(cube, files)
+    # a cube of all five HSC bands with BANDS: the model's are picked by name
+    fits.PrimaryHDU(hsc["psfs"], header=fits.Header([("BANDS", "g,r,i,z,y")])).writeto(
+        tmp_path / "five.fits")
+    np.testing.assert_allclose(psf_fwhm_pixels([str(tmp_path / "five.fits")], bands, None), cube)
+    with pytest.raises(TfdeblendError, match="has 5 planes"):
+        fits.PrimaryHDU(hsc["psfs"]).writeto(tmp_path / "five_unnamed.fits")
+        psf_fwhm_pixels([str(tmp_path / "five_unnamed.fits")], bands, None)
     assert 2.5 < cube.min() and cube.max() < 5.0  # HSC: 0.5-0.75" at 0.168"/px
     for values, message in (
         (["0.7,0.7"], "gives 2 FWHMs"),

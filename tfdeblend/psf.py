@@ -5,8 +5,8 @@ module turns what a user has into that number:
 
 * FWHMs in arcsec, ``--psf 0.81,0.72,0.69`` (one per band, in the model's band order, or one
   for all bands), converted with the image's pixel scale;
-* PSF images, ``--psf psf.fits`` (a ``(C, h, w)`` cube with the model's bands, or one plane for
-  all bands) or one file per band in band order (``--psf psf_g.fits --psf psf_r.fits ...``), on
+* PSF images, ``--psf psf.fits`` (a ``(C, h, w)`` cube with the model's bands, or with a
+  ``BANDS`` keyword naming more, or one plane for all bands) or one file per band in band order (``--psf psf_g.fits --psf psf_r.fits ...``), on
   the image's pixel grid: the FWHM is measured on them (:func:`measure_fwhm`).
 
 Without ``--psf`` the model's nominal PSF is used (its metadata's ``conditions``).
@@ -50,17 +50,21 @@ def measure_fwhm(psf: np.ndarray) -> float:
     return float(np.sqrt(max(sigma**2 - 1.0 / 12.0, 1e-6)) / KOLMOGOROV_SIGMA_PER_FWHM)
 
 
-def _read_psf_file(path: Path) -> np.ndarray:
+def _read_psf_file(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """The first image of a PSF file, and its ``BANDS`` keyword's bands (``None`` if absent)."""
     from astropy.io import fits
 
     try:
         with fits.open(path) as hdus:
-            data = next((h.data for h in hdus if h.data is not None and h.data.ndim >= 2), None)
+            hdu = next((h for h in hdus if h.data is not None and h.data.ndim >= 2), None)
+            if hdu is None:
+                raise TfdeblendError(f"PSF file {path.name} holds no image")
+            bands = hdu.header.get("BANDS")
+            data = np.asarray(hdu.data, dtype=np.float64)
     except (OSError, ValueError) as err:
         raise TfdeblendError(f"cannot read PSF file {path.name}: {err}") from err
-    if data is None:
-        raise TfdeblendError(f"PSF file {path.name} holds no image")
-    return np.asarray(data, dtype=np.float64)
+    names = [b.strip() for b in str(bands).split(",")] if bands else None
+    return data, names
 
 
 def psf_fwhm_pixels(
@@ -109,9 +113,11 @@ def psf_fwhm_pixels(
         if not path.is_file():
             raise TfdeblendError(f"--psf {path.name}: no such file (and not a number of arcsec)")
     if len(paths) == 1:
-        data = _read_psf_file(paths[0])
+        data, names = _read_psf_file(paths[0])
         planes = [data] if data.ndim == 2 else list(data.reshape(-1, *data.shape[-2:]))
-        if len(planes) not in (1, len(bands)):
+        if names is not None and len(names) == len(planes) and set(bands) <= set(names):
+            planes = [planes[names.index(b)] for b in bands]  # a cube with BANDS: pick ours
+        elif len(planes) not in (1, len(bands)):
             raise TfdeblendError(
                 f"PSF file {paths[0].name} has {len(planes)} planes; the model has "
                 f"{len(bands)} bands ({','.join(bands)})"
@@ -119,7 +125,7 @@ def psf_fwhm_pixels(
     elif len(paths) == len(bands):
         planes = []
         for path in paths:
-            data = _read_psf_file(path)
+            data, _ = _read_psf_file(path)
             if data.ndim != 2:
                 raise TfdeblendError(f"PSF file {path.name} must hold one 2-d image")
             planes.append(data)
