@@ -292,3 +292,33 @@ def test_btk_adapter_passes_btk_noise_and_psf(conditioned_runs, tmp_path):
     assert np.all((ratio > 0.995) & (ratio < 1.04)), ratio
     out = deblender.batch_call(batch)
     assert len(out.catalog_list) == 2
+
+
+def test_a_real_hsc_image_runs_with_its_own_psfs_and_variance(conditioned_runs, tmp_path):
+    """The HSC cut-out with its PSF images (one cube, BANDS g..y) through tfdeblend run."""
+    from tfdeblend.export import export_model
+    from tfdeblend.image_io import LSST_MASK_PLANES, write_cube
+
+    rdn_run, vgg_run = conditioned_runs
+    model = export_model(None, tmp_path / "cond", deblender_run=rdn_run, classifier_run=vgg_run,
+                         peel=PeelConfig(max_iterations=3))
+    data = np.load(HSC)
+    write_cube(tmp_path / "hsc.fits", data["images"], ",".join(data["filters"]),
+               variance=data["variance"], mask=data["mask"], mask_planes=LSST_MASK_PLANES,
+               header={"PIXSCALE": 0.168})
+    fits.PrimaryHDU(data["psfs"], header=fits.Header([("BANDS", "g,r,i,z,y")])).writeto(
+        tmp_path / "psf.fits")
+    runner = CliRunner()
+    models = {}
+    for name, extra in (("own", ["--psf", str(tmp_path / "psf.fits")]),
+                        ("nominal", []), ("arcsec", ["--psf", "1.5"])):
+        out = tmp_path / f"{name}.fits"
+        result = runner.invoke(cli, ["run", str(tmp_path / "hsc.fits"), "-o", str(out),
+                                     "--model", str(model), "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+        assert "takes no observing conditions" not in result.output
+        models[name] = fits.getdata(out, "MODEL")
+        residual = fits.getdata(out, "RESIDUAL")
+        image = data["images"][:3]
+        ok = np.isfinite(residual)
+        np.testing.assert_allclose((models[name] + residual)[ok], image[ok], atol=1e-4)
