@@ -52,7 +52,7 @@ def export(run_dir, out_dir, deblender_run, classifier_run, version, peel, overw
         peel=peel,
         overwrite=overwrite,
     )
-    click.echo(
-        f"Exported {path} (signatures serving_default, deblend_one, count; peel: "
-        f"{peel.describe()})"
-    )
+    from tfdeblend.export import read_model_metadata
+
+    signatures = read_model_metadata(path)[1]["signatures"]
+    click.echo(f"Exported {path} (signatures {', '.join(signatures)}; peel: {peel.describe()})")
