@@ -2,13 +2,14 @@
 # Train the conditioned cpu model (networks that take each band's noise and PSF FWHM as input)
 # on a 2-core CPU: version 9's networks are widened (the new inputs start at zero) and fine-tuned
 # on data drawn over observing conditions. Steps: simulation, phase 1 RDN, the peel residuals of
-# that RDN, phase 1 classifier. The wall-clock minutes of each step go to $RUNS/conditioned_times.log.
+# that RDN, phase 1 classifier (twice), export. About 75 minutes of training; the wall-clock minutes of each step go to $RUNS/conditioned_times.log.
 # Rerunning the script skips finished steps and resumes interrupted ones (simulation finishes
 # missing shards; training resumes from its backup/). Export and evaluation: docs/model_card.md.
 set -euo pipefail
 DATA=${DATA:-work_data}
 RUNS=${RUNS:-runs}
-BASE=${BASE:-saved_models/tfdeblend_cpu/9}
+BASE=${BASE:-saved_models/tfdeblend_cpu/9}  # version 9: git checkout the commit the model card names
+MODEL=${MODEL:-saved_models/tfdeblend_conditioned}
 LOG="$RUNS/conditioned_times.log"
 mkdir -p "$RUNS"
 
@@ -55,4 +56,14 @@ done
 [ -f "$RUNS/cond_vgg/classifier.keras" ] || timed train_vgg tfdeblend train --phase 1 --net classifier \
   "$DATA/vgg_lsst_mix" "$DATA/vgg_hsc_mix" "$DATA/vgg_nominal" "$DATA/res2_res" "$DATA/res3_res" "$DATA/res2_hsc_res" \
   --out "$RUNS/cond_vgg" --config configs/conditioned_classifier.yaml --init-from "$BASE"
-echo "trained: $RUNS/cond_rdn $RUNS/cond_vgg"
+
+# 4. the classifier again at a third of the rate, with the RDN's residuals of nominal blends
+#    added (the first step overcounted bright galaxies with faint neighbours at nominal depth)
+complete "$DATA/res2_nominal_res" || timed residuals_nominal tfdeblend residuals "$DATA/rdn_nominal" --deblender "$RUNS/cond_rdn" --out "$DATA/res2_nominal_res" --steps 2 --quiet
+[ -f "$RUNS/cond_vgg2/classifier.keras" ] || timed train_vgg2 tfdeblend train --phase 1 --net classifier \
+  "$DATA/vgg_lsst_mix" "$DATA/vgg_hsc_mix" "$DATA/vgg_nominal" "$DATA/res2_res" "$DATA/res3_res" "$DATA/res2_hsc_res" "$DATA/res2_nominal_res" \
+  --out "$RUNS/cond_vgg2" --config configs/conditioned_classifier_ft.yaml --init-from "$RUNS/cond_vgg"
+
+# 5. export (version 10 of the shipped model was exported this way)
+[ -d "$MODEL" ] || tfdeblend export --deblender "$RUNS/cond_rdn" --classifier "$RUNS/cond_vgg2" --out "$MODEL"
+echo "trained and exported: $MODEL"
