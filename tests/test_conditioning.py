@@ -38,7 +38,7 @@ from tfdeblend.models.rdn import build_rdn
 from tfdeblend.peel_config import PeelConfig
 from tfdeblend.psf import measure_fwhm, psf_fwhm_pixels
 
-HSC = Path(__file__).resolve().parents[2] / "shared" / "data" / "hsc_cosmos_35.npz"
+HSC = Path(__file__).parent / "data" / "hsc_cosmos_35.npz"  # the real HSC cut-out (tests/data)
 
 
 def _random_networks(seed: int = 0):
