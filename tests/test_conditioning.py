@@ -106,15 +106,14 @@ def test_widening_starts_from_the_same_network(request, deblender_data_dir):
 
 
 def test_conditioned_training_reads_the_stored_conditions(deblender_data_dir):
-    from tfdeblend.data import load_manifest
+    from tfdeblend.data import load_manifest, read_dataset
     from tfdeblend.training.pipelines import make_dataset
 
     assert "psf_fwhm" in load_manifest(deblender_data_dir)["conditions"]
     (image, features), _ = next(iter(make_dataset(deblender_data_dir, "deblender", 4,
                                                   conditioned=True)))
     assert image.shape == (4, 80, 80, 3) and features.shape == (4, 6)
-    record = next(iter(__import__("tfdeblend.data", fromlist=["read_dataset"])
-                       .read_dataset(deblender_data_dir)))
+    record = next(iter(read_dataset(deblender_data_dir)))
     fwhm_px = record["psf_fwhm"].numpy() / record["pixel_scale"].numpy()
     np.testing.assert_allclose(features[0, 3:], fwhm_px / PSF_REFERENCE - 1.0, rtol=1e-5)
     scale = np.abs(record["blend"].numpy()).max()

@@ -65,13 +65,18 @@ def is_conditioned(model) -> bool:
     return len(getattr(model, "inputs", None) or ()) > 1
 
 
-def network_inputs(model, normalized: tf.Tensor, conditions, scale):
-    """What to call ``model`` with: the image alone, or ``[image, features]``."""
+def call_network(model, normalized: tf.Tensor, features: tf.Tensor | None = None) -> tf.Tensor:
+    """``model`` (inference mode) on normalized images, with the condition ``features``
+    (:func:`condition_features`) when it takes them; a network without conditions ignores them.
+
+    Raises:
+        ValueError: a conditioned network and no features.
+    """
     if not is_conditioned(model):
-        return normalized
-    if conditions is None:
+        return model(normalized, training=False)
+    if features is None:
         raise ValueError(f"network {model.name} needs observing conditions")
-    return [normalized, condition_features(conditions, scale)]
+    return model([normalized, features], training=False)
 
 
 def record_conditions(record: dict) -> tf.Tensor:

@@ -55,7 +55,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfdeblend.conditioning import PSF_REFERENCE, condition_features, is_conditioned, pack
+from tfdeblend.conditioning import (
+    PSF_REFERENCE,
+    call_network,
+    condition_features,
+    is_conditioned,
+    pack,
+)
 from tfdeblend.config import MAD_TO_SIGMA
 from tfdeblend.measure import FOOTPRINT_SIGMA
 from tfdeblend.normalize import denormalize, normalize
@@ -77,15 +83,6 @@ DETECT_MATCH_RADIUS: float = 4.0
 
 def _as_float32(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.float32)
-
-
-def _call(network, normalized: tf.Tensor, features: tf.Tensor | None) -> tf.Tensor:
-    """``network`` on normalized images, with the condition features when it takes them."""
-    if is_conditioned(network):
-        if features is None:
-            raise ValueError(f"network {network.name} needs observing conditions")
-        return _as_float32(network([normalized, features], training=False))
-    return _as_float32(network(normalized, training=False))
 
 
 def _features(conditions: tf.Tensor | None, scale: tf.Tensor) -> tf.Tensor | None:
@@ -114,7 +111,7 @@ def run_deblender(
     """
     return tf.cond(
         tf.shape(normalized)[0] > 0,
-        lambda: _call(deblender, normalized, features),
+        lambda: _as_float32(call_network(deblender, normalized, features)),
         lambda: tf.zeros_like(normalized, tf.float32),
     )
 
@@ -138,7 +135,7 @@ def run_classifier(
     classes = int(classifier.output_shape[-1])
     return tf.cond(
         tf.shape(normalized)[0] > 0,
-        lambda: _call(classifier, normalized, features),
+        lambda: _as_float32(call_network(classifier, normalized, features)),
         lambda: tf.zeros([0, classes], tf.float32),
     )
 

@@ -117,14 +117,15 @@ def _peel_pass(deblender: Any):
     """A compiled pass of the peel: ``images -> images minus the RDN's brightest galaxy``."""
     import tensorflow as tf
 
-    from tfdeblend.conditioning import network_inputs
+    from tfdeblend.conditioning import call_network, condition_features
     from tfdeblend.normalize import denormalize, normalize
 
     @tf.function(reduce_retracing=True)
     def subtract_brightest(images, conditions):
         normalized, scale = normalize(images)
-        inputs = network_inputs(deblender, normalized, conditions, scale)
-        model = denormalize(tf.cast(deblender(inputs, training=False), tf.float32), scale)
+        features = None if conditions is None else condition_features(conditions, scale)
+        model = call_network(deblender, normalized, features)
+        model = denormalize(tf.cast(model, tf.float32), scale)
         return images - model, model
 
     return subtract_brightest
