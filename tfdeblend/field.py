@@ -58,6 +58,7 @@ import numpy as np
 from tfdeblend.catalog import FAINT_MAG
 from tfdeblend.config import DEFAULT_BANDS, YamlConfig, parse_bands
 from tfdeblend.errors import CatalogError, TfdeblendError
+from tfdeblend.simulate import survey_info, survey_with_bands
 from tfdeblend.utils import atomic_dir, check_output_path
 
 #: Largest field side, pixels (a 3-band 8192^2 field needs ~5 GB of memory while drawn).
@@ -109,18 +110,6 @@ def _streams(seed: int) -> list[np.random.SeedSequence]:
     return np.random.SeedSequence(int(seed)).spawn(4)
 
 
-def _survey_info(name: str) -> Any:
-    import surveycodex
-
-    names = {n.lower(): n for n in surveycodex.available_surveys}
-    canonical = names.get(str(name).lower())
-    if canonical is None:
-        raise TfdeblendError(
-            f"unknown survey {name!r}; choose one of {', '.join(sorted(surveycodex.available_surveys))}"
-        )
-    return surveycodex.get_survey(canonical)
-
-
 @dataclasses.dataclass
 class FieldConfig(YamlConfig):
     """What field to draw. Validated on construction (raises :class:`TfdeblendError`).
@@ -170,14 +159,7 @@ class FieldConfig(YamlConfig):
             raise TfdeblendError(f"seed must be a non-negative whole number, got {self.seed!r}")
         self.seed = int(self.seed)
         self.bands = parse_bands(self.bands)
-        info = _survey_info(self.survey)
-        self.survey = info.name
-        missing = [b for b in self.bands if b not in info.available_filters]
-        if missing:
-            raise TfdeblendError(
-                f"survey {self.survey} has no band(s) {','.join(missing)}; "
-                f"its bands are {','.join(info.available_filters)}"
-            )
+        self.survey = survey_with_bands(self.survey, self.bands).name
         for name in ("max_mag", "margin", "ra", "dec"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
@@ -210,7 +192,7 @@ class FieldConfig(YamlConfig):
     @property
     def pixel_scale(self) -> float:
         """Arcsec per pixel of the survey."""
-        return float(_survey_info(self.survey).pixel_scale.to_value("arcsec"))
+        return float(survey_info(self.survey).pixel_scale.to_value("arcsec"))
 
     @property
     def window_arcsec(self) -> float:

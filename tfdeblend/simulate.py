@@ -145,6 +145,22 @@ def survey_info(name: str) -> Any:
     return surveycodex.get_survey(canonical)
 
 
+def survey_with_bands(name: str, bands: tuple[str, ...]) -> Any:
+    """surveycodex's survey ``name`` (:func:`survey_info`), checked to have every one of ``bands``.
+
+    Raises:
+        TfdeblendError: an unknown survey, or a band it does not have.
+    """
+    info = survey_info(name)
+    missing = [b for b in bands if b not in info.available_filters]
+    if missing:
+        raise TfdeblendError(
+            f"survey {info.name} has no band(s) {','.join(missing)}; "
+            f"its bands are {','.join(info.available_filters)}"
+        )
+    return info
+
+
 def _checked_scale(name: str, value: Any, limits: tuple[float, float]) -> Scale:
     """``value`` (a number or a pair ``[lo, hi]``) as a float or a ``(lo, hi)`` tuple, checked."""
     lo_limit, hi_limit = limits
@@ -315,14 +331,8 @@ class SimConfig(YamlConfig):
             )
 
     def _check_conditions(self) -> None:
-        info = survey_info(self.survey)
+        info = survey_with_bands(self.survey, self.bands)
         self.survey = info.name
-        missing = [b for b in self.bands if b not in info.available_filters]
-        if missing:
-            raise TfdeblendError(
-                f"survey {self.survey} has no band(s) {','.join(missing)}; "
-                f"its bands are {','.join(info.available_filters)}"
-            )
         scale = float(info.pixel_scale.to_value("arcsec"))
         given = self.pixel_scale
         if isinstance(given, bool) or not isinstance(given, numbers.Real):
