@@ -20,17 +20,8 @@ REPORT=${REPORT:-report_repro}
 LOG="$RUNS/train_2h_times.log"
 mkdir -p "$RUNS"
 
-# a TFRecord dataset is done when every shard is (its manifest is written first)
-complete() {
-  python -c "import sys; from tfdeblend.data import load_manifest; sys.exit(0 if load_manifest(sys.argv[1])['complete'] else 1)" "$1" 2>/dev/null
-}
-timed() {  # timed NAME COMMAND...: run it and log its wall-clock minutes
-  local name=$1 start
-  shift
-  start=$(date +%s)
-  "$@"
-  echo "$name $(( ($(date +%s) - start) / 60 )) min $(date -u +%FT%TZ)" >> "$LOG"
-}
+# complete DIR (a TFRecord dataset is done when every shard is) and timed NAME COMMAND...
+source "$(dirname "$0")/recipe_steps.sh"
 
 # 1. data from the built-in catalog (seeds not used by any other set)
 complete "$DATA/b2h_norm" || timed sim_norm tfdeblend simulate deblender --count 24000 --out "$DATA/b2h_norm" --seed 61

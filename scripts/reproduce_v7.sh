@@ -11,9 +11,7 @@ RUNS=${RUNS:-runs}
 MODEL=${MODEL:-saved_models/tfdeblend_v7}
 
 # a TFRecord dataset is done when every shard is (its manifest is written first)
-complete() {
-  python -c "import sys; from tfdeblend.data import load_manifest; sys.exit(0 if load_manifest(sys.argv[1])['complete'] else 1)" "$1" 2>/dev/null
-}
+source "$(dirname "$0")/recipe_steps.sh"  # complete DIR
 
 # 1. data from the built-in catalog (each set has its own seed: no test blend is a training blend)
 complete "$DATA/deblender" || tfdeblend simulate deblender --out "$DATA/deblender" --preset cpu --seed 1

@@ -13,16 +13,7 @@ MODEL=${MODEL:-saved_models/tfdeblend_conditioned}
 LOG="$RUNS/conditioned_times.log"
 mkdir -p "$RUNS"
 
-complete() {
-  python -c "import sys; from tfdeblend.data import load_manifest; sys.exit(0 if load_manifest(sys.argv[1])['complete'] else 1)" "$1" 2>/dev/null
-}
-timed() {  # timed NAME COMMAND...: run it and log its wall-clock minutes
-  local name=$1 start
-  shift
-  start=$(date +%s)
-  "$@"
-  echo "$name $(( ($(date +%s) - start) / 60 )) min $(date -u +%FT%TZ)" >> "$LOG"
-}
+source "$(dirname "$0")/recipe_steps.sh"  # complete DIR, timed NAME COMMAND...
 sim() {  # sim DIR ARGS...: simulate unless complete
   local dir=$1
   shift
