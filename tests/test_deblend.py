@@ -384,13 +384,14 @@ class MergeInNoise(keras.layers.Layer):
 
 
 def merging_models():
-    """The oracle classifier, the :class:`MergeInNoise` deblender, and a one-pixel "noise" image
-    (flux outside the boxes: added to a blend, it makes the deblender merge the two brightest)."""
+    """The oracle classifier, the :class:`MergeInNoise` deblender, and a 2x2-pixel "noise" image
+    (flux outside the boxes: added to a blend, it makes the deblender merge the two brightest;
+    a single pixel would be removed as an outlier before the networks see it)."""
     _, classifier = oracle_models(1)
     inputs = keras.Input((SIZE, SIZE, 2))
     deblender = keras.Model(inputs, MergeInNoise()(inputs))
     noisy = np.zeros((SIZE, SIZE, 2), "float32")
-    noisy[0, 0] = 1.0
+    noisy[:2, 5:7] = 1.0  # outside the boxes
     return deblender, classifier, noisy
 
 

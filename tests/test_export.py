@@ -60,7 +60,12 @@ def test_layout_and_metadata(model_dir):
 
 
 def test_plain_tensorflow_loads_and_serves_every_signature(model_dir, images, tmp_path):
-    """TF Serving's view: a fresh interpreter with TensorFlow only (no tfdeblend import)."""
+    """TF Serving's view: a fresh interpreter with TensorFlow only (no tfdeblend import). The
+    last stamp is the first one with a 1e6 pixel (a cosmic ray): the served peel keeps it out of
+    the networks and the components, and gives it back in the residual."""
+    hot = images[:1].copy()
+    hot[0, 12, 60, 1] = 1e6
+    images = np.concatenate([images, hot])
     np.save(tmp_path / "images.npy", images)
     script = textwrap.dedent(
         f"""
@@ -91,12 +96,21 @@ def test_plain_tensorflow_loads_and_serves_every_signature(model_dir, images, tm
     assert out["deblend_one/component"].shape == (n, 80, 80, 3)
     assert out["count/probabilities"].shape == (n, 4)
     total = out["serving_default/components"].sum(axis=1) + out["serving_default/residual"]
-    scale = np.abs(images).max()
+    scale = np.abs(images[:-1]).max()
     np.testing.assert_allclose(total / scale, images / scale, atol=1e-5)
+    assert out["serving_default/outliers"].tolist() == [0] * (n - 1) + [1]
+    assert out["serving_default/residual"][-1, 12, 60, 1] > 0.99e6
+    for key in ("components", "conserved"):  # as without the pixel (its neighbours' median)
+        hot_flux, flux = (out[f"serving_default/{key}"][i].sum() for i in (-1, 0))
+        assert abs(hot_flux - flux) < 0.02 * abs(flux)
+        assert np.abs(out[f"serving_default/{key}"][-1]).max() < 2 * scale
+    np.testing.assert_array_equal(out["count/count"][-1], out["count/count"][0])
+    np.testing.assert_allclose(out["deblend_one/component"][-1] / scale,
+                               out["deblend_one/component"][0] / scale, atol=1e-2)
     # the same numbers as the in-process loader and as the Keras networks themselves
     model = load_model(model_dir)
     mine = model.deblend(images, batch_size=4)
-    for key in ("components", "residual", "counts", "quality"):
+    for key in ("components", "residual", "counts", "quality", "outliers"):
         np.testing.assert_allclose(mine[key], out[f"serving_default/{key}"], rtol=1e-4, atol=1e-2)
     np.testing.assert_array_equal(model.count(images)["count"], out["count/count"])
     first = out["serving_default/counts"][:, 0]

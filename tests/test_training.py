@@ -66,6 +66,29 @@ def test_deblender_example_scales_targets_by_the_blend():
     np.testing.assert_allclose((y.numpy()[0] * scale).sum(), rec["isolated"][0].sum(), rtol=1e-5)
 
 
+def test_training_and_the_peel_share_one_normalization_that_a_hot_pixel_does_not_decide():
+    """A 1e6 pixel (a cosmic ray) in a training blend: the network input and the targets' scale
+    are those of the blend without it (the pixel is replaced by its neighbours' median), and the
+    peel normalizes its residuals with the very same function."""
+    from tfdeblend.deblend import Peeler  # noqa: F401 (the peel imports the same normalize)
+    from tfdeblend.normalize import normalize
+
+    rec = record(size=24, noise=0.5)
+    hot = {**rec, "blend": rec["blend"].copy()}
+    hot["blend"][20, 3, 1] = 1e6
+    x, y = deblender_example({k: tf.constant(v) for k, v in rec.items()})
+    x_hot, y_hot = deblender_example({k: tf.constant(v) for k, v in hot.items()})
+    np.testing.assert_allclose(y_hot.numpy(), y.numpy(), rtol=1e-6)  # the same scale
+    differ = np.argwhere(~np.isclose(x_hot.numpy(), x.numpy(), atol=1e-6))
+    assert [tuple(map(int, d)) for d in differ] in ([], [(20, 3, 1)])
+    assert abs(x_hot.numpy()[20, 3, 1]) < 0.1  # the sky around it, not 1e6 / scale
+    np.testing.assert_array_equal(normalize(tf.constant(hot["blend"][None]))[0].numpy()[0],
+                                  x_hot.numpy())
+    import tfdeblend.deblend as peel_module
+
+    assert peel_module.normalize is normalize
+
+
 def test_deblender_example_pads_a_single_source():
     rec = record(fluxes=(100.0,), max_sources=1)
     ds = prepare(tf.data.Dataset.from_tensors(rec), "deblender", batch_size=1)

@@ -35,6 +35,11 @@ MAX_MAG: float = 25.3
 MAX_COUNT: int = 3
 #: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian sigma.
 MAD_TO_SIGMA: float = 1.4826
+#: Single-pixel outliers (:func:`tfdeblend.normalize.outlier_mask`): a pixel that rises above its
+#: third brightest neighbour by more than this many noise sigmas...
+OUTLIER_SNR: float = 10.0
+#: ...and by more than this many times that neighbour (a PSF-convolved source: at most about 1).
+OUTLIER_SHARPNESS: float = 2.0
 #: Quality labels of the iterative peel (the paper's Table I), by their integer code.
 QUALITY_NAMES: dict[int, str] = {2: "high", 1: "medium", 0: "low"}
 

@@ -7,6 +7,10 @@ one :class:`tfdeblend.peel_config.PeelConfig`; its ``paper`` preset is the paper
 defaults the shipped model's. What each step after the paper's peel bought is measured in
 ``docs/model_history.md``.
 
+**Before the peel**, single-pixel outliers (cosmic rays, hot pixels) are replaced by the median
+of their neighbours (:func:`tfdeblend.normalize.remove_outliers`): no network and no component
+sees them, and they are added back to the residual at the end (output ``outliers``: how many).
+
 **The peel.** At every step ``t = 0, 1, ..., K`` (``K = max_iterations``) and for every blend
 still *active*:
 
@@ -62,9 +66,8 @@ from tfdeblend.conditioning import (
     is_conditioned,
     pack,
 )
-from tfdeblend.config import MAD_TO_SIGMA
 from tfdeblend.measure import FOOTPRINT_SIGMA
-from tfdeblend.normalize import denormalize, normalize
+from tfdeblend.normalize import denormalize, noise_std, normalize, remove_outliers
 from tfdeblend.peel_config import COUNT_VIEWS, PeelConfig
 
 #: Same non-zero count this many times in a row -> stop with quality low.
@@ -160,30 +163,6 @@ def dihedral_views(images: tf.Tensor, views: int) -> tf.Tensor:
     mirror = tf.reverse(images, axis=[2])
     out = [images, mirror, *rotations(images), *rotations(mirror)]
     return tf.concat([out[i] for i in _VIEW_ORDER[views]], axis=0)
-
-
-def _median_last_axis(x: tf.Tensor) -> tf.Tensor:
-    """Median over the last axis (the mean of the two middle values for an even length)."""
-    n = tf.shape(x)[-1]
-    ordered = tf.sort(x, axis=-1)
-    lower = tf.gather(ordered, (n - 1) // 2, axis=-1)
-    upper = tf.gather(ordered, n // 2, axis=-1)
-    return 0.5 * (lower + upper)
-
-
-def noise_std(residual: tf.Tensor) -> tf.Tensor:
-    """Robust noise sigma per stamp and band, ``1.4826 x MAD`` of the residual ``(N, H, W, C)``.
-
-    Returns:
-        float32 ``(N, C)``, in the input's units (0 for an all-zero residual).
-    """
-    residual = _as_float32(residual)
-    shape = tf.shape(residual)
-    flat = tf.reshape(
-        tf.transpose(residual, [0, 3, 1, 2]), [shape[0], shape[3], shape[1] * shape[2]]
-    )
-    median = _median_last_axis(flat)
-    return MAD_TO_SIGMA * _median_last_axis(tf.abs(flat - median[..., None]))
 
 
 def _gaussian_kernel(sigma: float) -> tf.Tensor:
@@ -611,13 +590,18 @@ class Peeler(tf.Module):
             ``recovered`` int32 ``(N,)`` (1 where :meth:`recover_missed` added one),
             ``merged`` int32 ``(N,)`` (components :meth:`merge_close` merged away);
             ``conserved`` float32 ``(N, K, H, W, C)``, the flux-conserving components
-            (:func:`conserve_flux`), and ``noise_std`` float32 ``(N, C)``.
+            (:func:`conserve_flux`), ``noise_std`` float32 ``(N, C)``, and ``outliers`` int32
+            ``(N,)``, the single-pixel outliers (:func:`tfdeblend.normalize.remove_outliers`)
+            that were kept out of the networks and the components (they stay in the residual).
         """
         return self.peel(images, noise_sigma, psf_fwhm)
 
     def peel(self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None) -> dict[str, tf.Tensor]:
         """The batched iterative peel (see the module docstring for the rules)."""
-        images = _as_float32(images)
+        original = _as_float32(images)
+        # single-pixel outliers never reach the networks nor a component; they are given back
+        # to the residual at the end, so that components + residual == input
+        images, outliers = remove_outliers(original)
         conditions = self.conditions_for(images, noise_sigma, psf_fwhm)
         k = self.config.max_iterations
         shape = tf.shape(images)
@@ -737,7 +721,7 @@ class Peeler(tf.Module):
             components, n_components, merged = self.merge_close(components, n_components)
         return {
             "components": components,
-            "residual": residual,
+            "residual": residual + (original - images),
             **conserve_flux(components, residual),
             "counts": counts,
             "quality": quality,
@@ -745,4 +729,5 @@ class Peeler(tf.Module):
             "split": split,
             "recovered": recovered,
             "merged": merged,
+            "outliers": tf.reduce_sum(tf.cast(outliers, tf.int32), axis=[1, 2, 3]),
         }

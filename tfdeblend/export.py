@@ -496,6 +496,12 @@ class DeblendModel:
         return images
 
     @property
+    def removes_outliers(self) -> bool:
+        """Whether the peel removes single-pixel outliers itself (output ``outliers``; models
+        exported since version 11, :func:`tfdeblend.normalize.remove_outliers`)."""
+        return "outliers" in self._signatures["serving_default"].structured_outputs
+
+    @property
     def conditioned(self) -> bool:
         """Whether the networks take the observing conditions (noise and PSF per band)."""
         return bool(self.conditions)

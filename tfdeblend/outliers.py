@@ -1,22 +1,15 @@
-"""Single-pixel outliers (cosmic rays, hot pixels) that no image of the sky can hold.
+"""Single-pixel outliers (cosmic rays, hot pixels) on numpy batches, and the peel of stamps
+with them kept out of the networks.
 
-Every galaxy or star in a survey image is seen through the PSF, which spreads its light over a
-few pixels: next to a pixel, its brightest neighbours are never far below it (for a point source
-with a Gaussian PSF of sigma 1 pixel, the four nearest hold 0.6 of the central pixel; for LSST's
-or HSC's PSF about 0.8). A cosmic ray or a hot pixel stands alone, or in a short track. A pixel
-is an *outlier* when it rises above the third brightest of its 8 neighbours (a track of up to 3
-pixels, or a galaxy in an image's corner with only 3 neighbours of data, leaves it as high as
-the galaxy's own light) by both
+The rule lives in :mod:`tfdeblend.normalize` (:func:`~tfdeblend.normalize.outlier_mask`,
+:func:`~tfdeblend.normalize.remove_outliers`), the one normalization of training and inference:
+every galaxy or star in a survey image is seen through the PSF, which spreads its light over a
+few pixels, so a pixel that rises above the third brightest of its 8 neighbours by more than
+:data:`OUTLIER_SNR` noise sigmas and by more than :data:`OUTLIER_SHARPNESS` times that
+neighbour is no source. Models exported since version 11 remove outliers inside their peel
+(output ``outliers``); for older ones :func:`deblend_batch` removes them first.
 
-- more than :data:`OUTLIER_SNR` noise sigmas (pure noise never does), and
-- more than :data:`OUTLIER_SHARPNESS` times that neighbour (no PSF-convolved source does),
-
-band by band. Outliers are replaced by the median of their neighbours before the networks see
-the image (the networks' normalization divides by the brightest pixel, so one such pixel would
-otherwise dim every galaxy of the stamp to nothing); the caller keeps the original data for the
-residual, so ``model + residual == input`` still holds, and flags the stamp.
-
-Axis order: channels last, ``(N, H, W, C)``; numpy only (no TensorFlow).
+Axis order: channels last, ``(N, H, W, C)``; numpy in and out.
 
 Example:
     >>> import numpy as np
@@ -34,12 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfdeblend.config import MAD_TO_SIGMA
-
-#: An outlier rises above its third brightest neighbour by more than this many noise sigmas...
-OUTLIER_SNR: float = 10.0
-#: ...and by more than this many times that median (a PSF-convolved source: at most about 1).
-OUTLIER_SHARPNESS: float = 2.0
+from tfdeblend.config import MAD_TO_SIGMA, OUTLIER_SHARPNESS, OUTLIER_SNR  # noqa: F401
 
 
 def robust_sigma(images: np.ndarray) -> np.ndarray:
@@ -59,62 +47,35 @@ def robust_sigma(images: np.ndarray) -> np.ndarray:
     return np.nan_to_num(MAD_TO_SIGMA * mad, nan=0.0).astype(np.float32)
 
 
-def neighbour_median(images: np.ndarray) -> np.ndarray:
-    """Median of the 8 neighbours of every pixel (edges mirrored), ``(N, H, W, C)``."""
-    images = np.asarray(images, dtype=np.float32)
-    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    height, width = images.shape[1:3]
-    shifts = [
-        padded[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-        for dy in (-1, 0, 1)
-        for dx in (-1, 0, 1)
-        if dy or dx
-    ]
-    return np.median(np.stack(shifts), axis=0)
-
-
 def find_outliers(images: np.ndarray, sigma: np.ndarray | None = None) -> np.ndarray:
-    """Boolean mask ``(N, H, W, C)`` of the outlier pixels (see the module docstring).
+    """Boolean mask ``(N, H, W, C)`` of the outlier pixels
+    (:func:`tfdeblend.normalize.outlier_mask` on a numpy batch).
 
     Args:
         images: ``(N, H, W, C)`` in any linear unit, sky subtracted; NaN pixels are never outliers.
-        sigma: noise sigma ``(N, C)`` or ``(C,)``; default :func:`robust_sigma` of each image.
+        sigma: noise sigma ``(N, C)`` or ``(C,)``; default :func:`robust_sigma` of each image
+            (NaN pixels ignored).
     """
     images = np.asarray(images, dtype=np.float32)
-    if images.shape[1] < 3 or images.shape[2] < 3:
+    if images.shape[1] < 3 or images.shape[2] < 3 or images.size == 0:
         return np.zeros(images.shape, bool)
+    from tfdeblend.normalize import outlier_mask
+
     if sigma is None:
         sigma = robust_sigma(images)
-    sigma = np.broadcast_to(np.asarray(sigma, np.float32), (images.shape[0], images.shape[-1]))
-    out = np.zeros(images.shape, bool)
-    # only pixels above OUTLIER_SNR sigmas can rise that far above a non-negative median
-    with np.errstate(invalid="ignore"):
-        candidates = np.argwhere(images > OUTLIER_SNR * sigma[:, None, None, :])
-    if len(candidates) == 0:
-        return out
-    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    n, y, x, c = candidates.T
-    around = np.stack([padded[n, y + 1 + dy, x + 1 + dx, c]
-                       for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
-    third = np.sort(np.nan_to_num(around, nan=-np.inf), axis=0)[-3]  # third brightest
-    base = np.clip(np.where(np.isfinite(third), third, 0.0), 0.0, None)
-    excess = images[n, y, x, c] - base
-    flagged = (excess > OUTLIER_SNR * sigma[n, c]) & (excess > OUTLIER_SHARPNESS * base)
-    out[n[flagged], y[flagged], x[flagged], c[flagged]] = True
-    return out
+    return outlier_mask(images, np.asarray(sigma, np.float32)).numpy()
 
 
 def clean_outliers(images: np.ndarray, mask: np.ndarray, passes: int = 2) -> np.ndarray:
-    """A copy of ``images`` with the ``mask``ed pixels replaced by their neighbours' median.
-
-    Repeated ``passes`` times, so that a pair of adjacent outliers (a short cosmic-ray track)
-    is replaced by its surroundings, not by each other.
-    """
+    """A copy of ``images`` with the ``mask``ed pixels replaced by their neighbours' median,
+    ``passes`` times (as :func:`tfdeblend.normalize.remove_outliers`)."""
     out = np.array(images, dtype=np.float32, copy=True)
     if not mask.any():
         return out
+    from tfdeblend.normalize import neighbour_median
+
     for _ in range(passes):
-        out = np.where(mask, neighbour_median(out), out)
+        out = np.where(mask, neighbour_median(out).numpy(), out)
     return out
 
 
@@ -135,7 +96,8 @@ def prepare_batch(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def deblend_batch(
     model, images: np.ndarray, batch_size: int = 32, noise_sigma=None, psf_fwhm=None
 ) -> dict[str, np.ndarray]:
-    """The peel of ``model`` on a batch of stamps, with outliers cleaned first.
+    """The peel of ``model`` on a batch of stamps, outliers kept out of the networks (by the
+    model's own peel, or cleaned first for models exported before version 11).
 
     ``noise_sigma`` and ``psf_fwhm`` (per band, ``(N, C)`` or ``(C,)``) feed a conditioned
     model (:meth:`tfdeblend.export.DeblendModel.deblend`).
@@ -143,6 +105,8 @@ def deblend_batch(
     Returns the dict of :meth:`tfdeblend.export.DeblendModel.deblend`, whose ``residual`` is
     ``images - components.sum(1)`` (outliers included), plus ``outliers`` int32 ``(N,)``.
     """
+    if model.removes_outliers:  # inside its peel (models exported since version 11)
+        return model.deblend(images, batch_size=batch_size, **_given(noise_sigma, psf_fwhm))
     cleaned, n_outliers = prepare_batch(images)
     result = model.deblend(cleaned, batch_size=batch_size, **_given(noise_sigma, psf_fwhm))
     if n_outliers.any():
@@ -156,7 +120,7 @@ def deblend_one_batch(
 ) -> np.ndarray:
     """The RDN alone (:meth:`tfdeblend.export.DeblendModel.deblend_one`) on a batch of stamps
     ``(N, H, W, C)``, with outliers cleaned first; the brightest galaxy of each, input units."""
-    cleaned, _ = prepare_batch(images)
+    cleaned = images if model.removes_outliers else prepare_batch(images)[0]
     return model.deblend_one(cleaned, batch_size=batch_size, **_given(noise_sigma, psf_fwhm))
 
 
