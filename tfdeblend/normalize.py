@@ -44,8 +44,6 @@ import tensorflow as tf
 from tfdeblend.config import MAD_TO_SIGMA, OUTLIER_SHARPNESS, OUTLIER_SNR
 
 
-
-
 def _median_last_axis(x: tf.Tensor) -> tf.Tensor:
     """Median over the last axis (the mean of the two middle values for an even length)."""
     n = tf.shape(x)[-1]
