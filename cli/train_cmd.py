@@ -114,7 +114,8 @@ import click
     "--conditioned/--no-conditioned",
     default=None,
     help="Phase 1: the network also takes each band's noise and PSF FWHM as input (datasets "
-    "with observing conditions; with --init-from, an image-only network is widened).",
+    "with observing conditions; with --init-from, an image-only network is widened). Phase 2 "
+    "gives the conditions to the networks that take them without it.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 def train(

@@ -31,7 +31,7 @@ from tfdeblend.conditioning import (
     pack,
 )
 from tfdeblend.deblend import Peeler, noise_std
-from tfdeblend.errors import TfdeblendError
+from tfdeblend.errors import ModelError, TfdeblendError
 from tfdeblend.models.classifier import build_classifier
 from tfdeblend.models.presets import get_classifier_config, get_rdn_config
 from tfdeblend.models.rdn import build_rdn
@@ -128,8 +128,48 @@ def test_conditioned_training_runs_and_phase_2_refuses_it(conditioned_runs):
     for run, net in ((rdn_run, "deblender"), (vgg_run, "classifier")):
         model = keras.saving.load_model(run / f"{net}.keras", safe_mode=True, compile=False)
         assert is_conditioned(model)
-    with pytest.raises(TfdeblendError, match="phase 2 does not train conditioned"):
-        TrainConfig(phase=2, net="joint", conditioned=True)
+    assert TrainConfig(phase=2, net="joint", conditioned=True).conditioned  # phase 2 takes them
+
+
+def test_phase_2_trains_conditioned_networks_with_the_stored_conditions(
+    conditioned_runs, deblender_data_dir, tmp_path, request
+):
+    """Phase 2 on conditioned networks: each network gets the blend's conditions at the scale
+    of every image it sees (d1, the residuals, the truths), both networks change, and the run
+    says it was conditioned. Image-only networks with --conditioned are one clear error."""
+    from tfdeblend.conditioning import conditions_from_features
+    from tfdeblend.training.config import paper_train_config
+    from tfdeblend.training.joint import train_phase2
+    from tfdeblend.training.rundir import load_run
+
+    # the features at scale 1 turn back into the conditions, which give any scale's features
+    conditions = tf.constant([[[3.0, 0.5, 40.0], [4.3, 4.0, 3.9]]])
+    scale = tf.constant([[[[250.0]]]])
+    features = condition_features(conditions / tf.constant([[[250.0], [1.0]]]), 1.0)
+    np.testing.assert_allclose(
+        condition_features(conditions_from_features(features), 1.0 / 250.0 * scale).numpy(),
+        condition_features(conditions, scale).numpy(), rtol=1e-5, atol=1e-5,
+    )
+    rdn_run, vgg_run = conditioned_runs
+    config = paper_train_config(2).replace(
+        epochs=1, steps_per_epoch=2, batch_size=4, validation_fraction=0.25,
+        learning_rate=1e-3, classifier_learning_rate=1e-3,
+    )
+    history = train_phase2(deblender_data_dir, rdn_run, vgg_run, tmp_path / "joint", config,
+                           verbose=0)
+    assert np.isfinite(history["rdn_loss"]).all() and np.isfinite(history["val_rdn_loss"]).all()
+    run = load_run(tmp_path / "joint", load_models=True)
+    assert run.config["train"]["conditioned"] is True
+    before = load_run(rdn_run, load_models=True).deblender
+    for new, old in ((run.deblender, before), (run.classifier,
+                                               load_run(vgg_run, load_models=True).classifier)):
+        assert is_conditioned(new)
+        changed = [np.abs(a - b).max() for a, b in zip(new.get_weights(), old.get_weights())]
+        assert max(changed) > 0
+    plain_rdn, plain_vgg = tiny_runs(request)
+    with pytest.raises(ModelError, match="neither of these does"):
+        train_phase2(deblender_data_dir, plain_rdn, plain_vgg, tmp_path / "plain",
+                     config.replace(conditioned=True), verbose=0)
 
 
 def test_peel_uses_the_conditions_and_conserves_flux(request):

@@ -60,23 +60,38 @@ def condition_features(conditions: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
     return tf.concat([log_noise, psf], axis=-1)
 
 
+def conditions_from_features(features: tf.Tensor) -> tf.Tensor:
+    """The ``(N, 2, C)`` conditions whose features at scale 1 are ``features`` ``(N, 2C)``: the
+    inverse of :func:`condition_features` (exact above :data:`NOISE_FLOOR`). Phase 2 receives
+    its blends already normalized, with their features, and derives the conditions of every
+    image it makes from them (each image then gets its own scale)."""
+    features = tf.cast(features, tf.float32)
+    channels = tf.shape(features)[-1] // 2
+    noise = tf.pow(10.0, features[:, :channels] - NOISE_OFFSET)
+    psf = (features[:, channels:] + 1.0) * PSF_REFERENCE
+    return tf.stack([noise, psf], axis=1)
+
+
 def is_conditioned(model) -> bool:
     """Whether a Keras network takes a condition input besides the image."""
     return len(getattr(model, "inputs", None) or ()) > 1
 
 
-def call_network(model, normalized: tf.Tensor, features: tf.Tensor | None = None) -> tf.Tensor:
-    """``model`` (inference mode) on normalized images, with the condition ``features``
-    (:func:`condition_features`) when it takes them; a network without conditions ignores them.
+def call_network(
+    model, normalized: tf.Tensor, features: tf.Tensor | None = None, training: bool = False
+) -> tf.Tensor:
+    """``model`` (inference mode unless ``training``) on normalized images, with the condition
+    ``features`` (:func:`condition_features`) when it takes them; a network without conditions
+    ignores them.
 
     Raises:
         ValueError: a conditioned network and no features.
     """
     if not is_conditioned(model):
-        return model(normalized, training=False)
+        return model(normalized, training=training)
     if features is None:
         raise ValueError(f"network {model.name} needs observing conditions")
-    return model([normalized, features], training=False)
+    return model([normalized, features], training=training)
 
 
 def record_conditions(record: dict) -> tf.Tensor:

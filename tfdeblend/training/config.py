@@ -52,7 +52,8 @@ class TrainConfig(YamlConfig):
         conditioned: phase 1: the network also takes each band's noise and PSF FWHM
             (:mod:`tfdeblend.conditioning`); the datasets must store their observing conditions.
             With ``init_from`` an image-only network is widened: its weights are kept and the new
-            condition inputs start at zero, so training starts from the same network.
+            condition inputs start at zero, so training starts from the same network. Phase 2
+            sets it itself: it gives the conditions to the networks that take them.
     """
 
     phase: int = 1
@@ -102,10 +103,6 @@ class TrainConfig(YamlConfig):
             raise TfdeblendError("peel fraction must be in [0, 1)")
         if self.peel_fraction and self.net != "deblender":
             raise TfdeblendError("peel_fraction is a phase-1 deblender option")
-        if self.phase == 2 and self.conditioned:
-            raise TfdeblendError(
-                "phase 2 does not train conditioned networks yet; fine-tune them in phase 1"
-            )
         if self.phase == 2 and (self.augment or self.init_from):
             raise TfdeblendError(
                 "augment and init_from are phase-1 options (phase 2 starts from --deblender and "

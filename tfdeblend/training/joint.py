@@ -50,6 +50,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfdeblend.conditioning import (
+    call_network,
+    condition_features,
+    conditions_from_features,
+    is_conditioned,
+    record_conditions,
+)
 from tfdeblend.errors import DataError, ModelError, TfdeblendError
 from tfdeblend.normalize import denormalize, normalize
 from tfdeblend.training.callbacks import JsonHistory, make_callbacks
@@ -204,45 +211,77 @@ class JointModel(keras.Model):
 
     # ------------------------------------------------------------------ the two passes
 
-    def deblend_once(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+    @staticmethod
+    def _apply(model, normalized, scale, conditions, training: bool) -> tf.Tensor:
+        """``model`` on normalized images, with the condition features of ``conditions`` at
+        their ``scale`` when the network takes them (:mod:`tfdeblend.conditioning`)."""
+        features = None
+        if is_conditioned(model):
+            if conditions is None:
+                raise TfdeblendError(
+                    f"network {model.name} takes observing conditions; the phase-2 data have none"
+                )
+            features = condition_features(conditions, scale)
+        return call_network(model, normalized, features, training=training)
+
+    def deblend_once(
+        self, images: tf.Tensor, training: bool = False, conditions: tf.Tensor | None = None
+    ) -> tf.Tensor:
         """One RDN pass in flux units: ``denormalize(RDN(normalize(images)))``.
 
         Args:
             images: (B, H, W, C) blend or residual, any linear flux unit.
             training: run the RDN in training mode.
+            conditions: (B, 2, C) noise sigma (the images' units) and PSF FWHM (pixels), for a
+                conditioned RDN.
 
         Returns:
             (B, H, W, C) brightest galaxy, in the input's units.
         """
         normalized, scale = normalize(images)
-        return denormalize(self.deblender(normalized, training=training), scale)
+        return denormalize(
+            self._apply(self.deblender, normalized, scale, conditions, training), scale)
 
-    def peel(self, blend: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+    def peel(
+        self, blend: tf.Tensor, training: bool = False, conditions: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
         """Two deblending passes: ``d1, r1 = x - d1, d2, r2 = r1 - d2`` (flux units, (B, H, W, C))."""
         blend = tf.convert_to_tensor(blend, tf.float32)
-        d1 = self.deblend_once(blend, training=training)
+        d1 = self.deblend_once(blend, training=training, conditions=conditions)
         r1 = blend - d1
-        d2 = self.deblend_once(r1, training=training)
+        d2 = self.deblend_once(r1, training=training, conditions=conditions)
         return {"d1": d1, "r1": r1, "d2": d2, "r2": r1 - d2}
 
-    def call(self, inputs: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
-        """Same as :meth:`peel`."""
-        return self.peel(inputs, training=training)
+    def call(self, inputs: Any, training: bool = False) -> dict[str, tf.Tensor]:
+        """Same as :meth:`peel`; ``inputs`` is the blend, or ``(blend, condition features)``."""
+        blend, conditions = self._split_input(inputs)
+        return self.peel(blend, training=training, conditions=conditions)
 
     # ------------------------------------------------------------------ losses
 
     @staticmethod
-    def _unpack(data: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def _split_input(x: Any) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """``(blend, conditions)`` of a network input: the blend, or the pair ``(blend, condition
+        features at scale 1)`` that the training pipelines give a conditioned network."""
+        if isinstance(x, (tuple, list)):
+            return tf.cast(x[0], tf.float32), conditions_from_features(x[1])
+        return tf.cast(x, tf.float32), None
+
+    @classmethod
+    def _unpack(cls, data: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """``(blend, t1, t2, conditions)`` of a batch: dataset records, or ``(x, truths)`` pairs
+        (``x`` as :meth:`_split_input` reads it); ``conditions`` is ``None`` without them."""
         if isinstance(data, dict):
-            blend, truths = data["blend"], data["isolated"]
+            blend, truths = tf.cast(data["blend"], tf.float32), data["isolated"]
+            conditions = record_conditions(data) if "noise_sigma" in data else None
         else:
-            blend, truths = data[0], data[1]
-        blend = tf.cast(blend, tf.float32)
+            (blend, conditions), truths = cls._split_input(data[0]), data[1]
         truths = tf.cast(truths, tf.float32)
-        return blend, truths[:, 0], truths[:, 1]
+        return blend, truths[:, 0], truths[:, 1], conditions
 
     def rdn_losses(
-        self, blend: tf.Tensor, t1: tf.Tensor, t2: tf.Tensor, training: bool
+        self, blend: tf.Tensor, t1: tf.Tensor, t2: tf.Tensor, training: bool,
+        conditions: tf.Tensor | None = None,
     ) -> dict[str, tf.Tensor]:
         """Eq. 3 per example, with the deblend-1 image.
 
@@ -252,12 +291,13 @@ class JointModel(keras.Model):
             t2: (B, H, W, C) second galaxy.
             training: run the RDN in training mode (the classifier always runs in inference
                 mode).
+            conditions: (B, 2, C) the blends' conditions, for conditioned networks.
 
         Returns:
             dict of (B,) tensors ``l1``, ``ce_rdn``, ``rdn_loss`` and the (B, H, W, C) ``d1``.
         """
         normalized, scale = normalize(blend)
-        d1_normalized = self.deblender(normalized, training=training)
+        d1_normalized = self._apply(self.deblender, normalized, scale, conditions, training)
         d1 = denormalize(d1_normalized, scale)
         # the targets are divided by the blend's scale, as in training/pipelines.py
         targets = normalize(tf.stack([t1, t2], axis=1), scale[:, None])[0]
@@ -265,25 +305,34 @@ class JointModel(keras.Model):
             l1 = symmetric_l1_loss(targets, d1_normalized, flux_weight=self.flux_weight)
         else:
             l1 = l1_loss(targets, d1_normalized, flux_weight=self.flux_weight)
-        ce = per_example_ce(self.classifier(normalize(d1)[0], training=False), 1)
+        d1_input, d1_scale = normalize(d1)
+        ce = per_example_ce(
+            self._apply(self.classifier, d1_input, d1_scale, conditions, False), 1)
         return {"l1": l1, "ce_rdn": ce, "rdn_loss": l1 + self.ce_weight * ce, "d1": d1}
 
-    def classifier_losses(self, images: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def classifier_losses(
+        self, images: dict[str, tf.Tensor], conditions: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
         """Eq. 4 per example.
 
         Args:
             images: the seven (B, H, W, C) images named in :data:`CLASSIFIER_IMAGES`, flux units.
+            conditions: (B, 2, C) the blends' conditions, given to a conditioned classifier with
+                every image (each at its own scale), as phase 1 gives them to noiseless images.
 
         Returns:
             ``classifier_loss`` (B,): the alpha-weighted sum of the seven cross-entropies;
             ``logits`` (7 B, 4) and ``labels`` (7 B,), image-major.
         """
-        stacked = tf.concat(
-            [normalize(tf.stop_gradient(images[name]))[0] for name in CLASSIFIER_IMAGES], axis=0
-        )
+        pairs = [normalize(tf.stop_gradient(images[name])) for name in CLASSIFIER_IMAGES]
+        stacked = tf.concat([normalized for normalized, _ in pairs], axis=0)
+        scales = tf.concat([scale for _, scale in pairs], axis=0)
+        if conditions is not None:
+            conditions = tf.concat([conditions] * len(CLASSIFIER_IMAGES), axis=0)
         batch = tf.shape(images["x"])[0]
         labels = tf.repeat(self._image_labels, batch)
-        logits = tf.cast(self.classifier(stacked, training=False), tf.float32)
+        logits = tf.cast(
+            self._apply(self.classifier, stacked, scales, conditions, False), tf.float32)
         ce = tf.reshape(per_example_ce(logits, labels), (len(CLASSIFIER_IMAGES), batch))
         loss = tf.reduce_sum(self._image_weights[:, None] * ce, axis=0)
         return {"classifier_loss": loss, "logits": logits, "labels": labels}
@@ -292,11 +341,11 @@ class JointModel(keras.Model):
 
     def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         """One phase-2 step: Eq. 3 updates the RDN, Eq. 4 updates the classifier."""
-        x, t1, t2 = self._unpack(data)
+        x, t1, t2, conditions = self._unpack(data)
 
         # Eq. 3: deblend-1 and its loss, for the RDN's variables only.
         with tf.GradientTape() as rdn_tape:
-            rdn = self.rdn_losses(x, t1, t2, training=True)
+            rdn = self.rdn_losses(x, t1, t2, training=True, conditions=conditions)
             rdn_loss = tf.nn.compute_average_loss(rdn["rdn_loss"])
         rdn_vars = self.deblender.trainable_variables
         rdn_grads = rdn_tape.gradient(rdn_loss, rdn_vars)
@@ -304,13 +353,13 @@ class JointModel(keras.Model):
         # Iterative setting: the residual, renormalized, goes through the RDN again.
         d1 = tf.stop_gradient(rdn["d1"])
         r1 = x - d1
-        d2 = tf.stop_gradient(self.deblend_once(r1, training=True))
+        d2 = tf.stop_gradient(self.deblend_once(r1, training=True, conditions=conditions))
         r2 = r1 - d2
 
         # Eq. 4: the classifier on all seven images, for the classifier's variables only.
         images = {"x": x, "d1": d1, "d2": d2, "r1": r1, "r2": r2, "t1": t1, "t2": t2}
         with tf.GradientTape() as classifier_tape:
-            clf = self.classifier_losses(images)
+            clf = self.classifier_losses(images, conditions)
             classifier_loss = tf.nn.compute_average_loss(clf["classifier_loss"])
         clf_vars = self.classifier.trainable_variables
         clf_grads = classifier_tape.gradient(classifier_loss, clf_vars)
@@ -326,13 +375,13 @@ class JointModel(keras.Model):
 
     def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         """The losses of :meth:`train_step` in inference mode, without updates."""
-        x, t1, t2 = self._unpack(data)
-        rdn = self.rdn_losses(x, t1, t2, training=False)
+        x, t1, t2, conditions = self._unpack(data)
+        rdn = self.rdn_losses(x, t1, t2, training=False, conditions=conditions)
         d1 = rdn["d1"]
         r1 = x - d1
-        d2 = self.deblend_once(r1, training=False)
+        d2 = self.deblend_once(r1, training=False, conditions=conditions)
         images = {"x": x, "d1": d1, "d2": d2, "r1": r1, "r2": r1 - d2, "t1": t1, "t2": t2}
-        clf = self.classifier_losses(images)
+        clf = self.classifier_losses(images, conditions)
         with tf.control_dependencies([rdn["rdn_loss"], clf["classifier_loss"]]):
             return self._update_metrics(rdn, clf)
 
@@ -431,6 +480,17 @@ def train_phase2(
     bands, stamp_size = deb_info.bands, deb_info.stamp_size
     # the networks' size comes from phase 1: record it, not the CLI's default preset
     config = config.replace(preset=deb_info.config.get("preset") or config.preset)
+    # conditioned networks (either) read the observing conditions stored with the blends
+    conditioned = any(
+        int((info.model_config(name) or {}).get("conditions") or 0) > 0
+        for info, name in ((deb_info, "deblender"), (clf_info, "classifier"))
+    )
+    if config.conditioned and not conditioned:
+        raise ModelError(
+            "--conditioned: phase 2 takes the observing conditions when its networks do, and "
+            "neither of these does (widen them in phase 1 with --conditioned --init-from)"
+        )
+    config = config.replace(conditioned=conditioned)
     manifest = dict(load_manifest(dataset_dir))
     manifest.setdefault("path", str(Path(dataset_dir).resolve()))
     check_phase2_dataset(manifest, bands, stamp_size, where=str(dataset_dir))
@@ -447,7 +507,7 @@ def train_phase2(
     keras.utils.set_random_seed(config.seed)
 
     common = dict(bands=bands, stamp_size=stamp_size, seed=config.seed,
-                  validation_fraction=config.validation_fraction)
+                  validation_fraction=config.validation_fraction, conditioned=conditioned)
     train_ds = make_dataset(dataset_dir, "deblender", batch, shuffle=True,
                             repeat=steps is not None, subset="train", drop_remainder=drop,
                             **common)
