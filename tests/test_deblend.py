@@ -19,6 +19,7 @@ from peel_helpers import make_peeler, peel_config, peel_numpy
 from tfdeblend.config import QUALITY_NAMES
 from tfdeblend.deblend import Peeler, centroids, residual_snr
 from tfdeblend.errors import TfdeblendError
+from tfdeblend.peel_config import PeelConfig
 
 SIZE = 16
 BOXES = [(slice(1, 5), slice(1, 5)), (slice(6, 10), slice(6, 10)), (slice(11, 15), slice(11, 15))]
@@ -486,6 +487,28 @@ def test_residual_snr_of_pure_noise_is_unit_and_a_source_stands_out():
     peak = residual_snr(source).numpy()[:, 28:36, 28:36].max(axis=(1, 2))
     # 16 pixels at 3 sigma in 3 bands: S/N 21 with the box's own filter, ~15 with the PSF's
     assert np.all((peak > 10) & (peak < 21))
+
+
+def test_the_models_own_error_is_noise_to_the_residual_detection():
+    """A bright galaxy's model off by 2 % leaves a residual far above the sky noise: with
+    ``model_error`` 0.03 it no longer reads as a source, while a faint galaxy away from the
+    models keeps its sky-noise S/N."""
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=(1, 64, 64, 3)).astype("float32")
+    yy, xx = np.mgrid[:64, :64]
+    bright = 1e4 * np.exp(-((xx - 20) ** 2 + (yy - 20) ** 2) / (2 * 4.0**2))
+    faint = 4.0 * ((abs(xx - 48) < 2) & (abs(yy - 48) < 2))
+    model = np.repeat(bright[None, ..., None], 3, axis=-1).astype("float32")
+    residual = noise + 0.02 * model + faint[None, ..., None].astype("float32")
+    sky_only = residual_snr(residual).numpy()[0]
+    with_error = residual_snr(residual, model=model, model_error=0.03).numpy()[0]
+    assert sky_only[12:29, 12:29].max() > 100  # the model's error, read as a source
+    assert with_error[12:29, 12:29].max() < 2
+    np.testing.assert_allclose(with_error[44:52, 44:52], sky_only[44:52, 44:52], rtol=1e-3)
+    assert sky_only[44:52, 44:52].max() > 10
+    # models exported before the term existed run without it
+    assert PeelConfig.from_metadata({"peel": {"max_iterations": 4}}).detect_model_error == 0.0
+    assert PeelConfig().detect_model_error == 0.03
 
 
 def test_residual_detection_adds_a_galaxy_the_classifier_missed():

@@ -175,23 +175,38 @@ def _gaussian_kernel(sigma: float) -> tf.Tensor:
     return tf.constant(k[:, :, None, None], tf.float32)
 
 
-def residual_snr(residual: tf.Tensor, smooth_sigma: float = DETECT_SMOOTH_SIGMA) -> tf.Tensor:
+def residual_snr(
+    residual: tf.Tensor,
+    smooth_sigma: float = DETECT_SMOOTH_SIGMA,
+    model: tf.Tensor | None = None,
+    model_error: float = 0.0,
+) -> tf.Tensor:
     """Matched-filter S/N map of a residual, all bands together ``(N, H, W, C) -> (N, H, W)``.
 
     The bands are combined with inverse-variance weights (noise from :func:`noise_std`) into a
     coadd of unit noise per pixel, smoothed with a Gaussian of ``smooth_sigma`` pixels and divided
     by the smoothed noise, so a pure-noise residual has unit variance everywhere (zero padding at
     the edges lowers it there).
+
+    With ``model`` (the components' sum, ``(N, H, W, C)``) and ``model_error`` > 0, the noise
+    also holds the models' own error, ``model_error`` times the smoothed model: the residual
+    of a bright galaxy (whose model is off by a few per cent, far above the sky noise) is not
+    mistaken for a missed source, while the sky-noise S/N is kept where the models are faint.
     """
     residual = _as_float32(residual)
     sigma = tf.maximum(noise_std(residual), 1e-30)
     weight = 1.0 / tf.square(sigma)  # (N, C)
-    coadd = tf.reduce_sum(residual * weight[:, None, None, :], axis=-1) / tf.sqrt(
-        tf.reduce_sum(weight, axis=-1)
-    )[:, None, None]
+    norm = tf.sqrt(tf.reduce_sum(weight, axis=-1))[:, None, None]
     kernel = _gaussian_kernel(smooth_sigma)
-    smoothed = tf.nn.conv2d(coadd[..., None], kernel, strides=1, padding="SAME")[..., 0]
-    return smoothed / tf.sqrt(tf.reduce_sum(tf.square(kernel)))
+
+    def smooth(images):
+        coadd = tf.reduce_sum(images * weight[:, None, None, :], axis=-1) / norm
+        return tf.nn.conv2d(coadd[..., None], kernel, strides=1, padding="SAME")[..., 0]
+
+    noise = tf.sqrt(tf.reduce_sum(tf.square(kernel)))
+    if model is not None and model_error > 0:
+        noise = tf.sqrt(tf.square(noise) + tf.square(model_error * smooth(_as_float32(model))))
+    return smooth(residual) / noise
 
 
 def centroids(images: tf.Tensor) -> tf.Tensor:
@@ -458,7 +473,8 @@ class Peeler(tf.Module):
         peel stops with that galaxy unmodelled. Here the residual's matched-filter S/N map
         (:func:`residual_snr`) is searched outside discs of ``DETECT_EXCLUDE_RADIUS`` pixels
         around every component's centroid (the models' own core errors live there). Where its
-        peak exceeds ``detect_snr`` and the blend has a free slot, the RDN's brightest galaxy
+        peak exceeds ``detect_snr`` (the noise including ``detect_model_error`` times the
+        models, :func:`residual_snr`) and the blend has a free slot, the RDN's brightest galaxy
         of the residual becomes a new component (the last one), provided its centroid lies
         within ``DETECT_MATCH_RADIUS`` pixels of the peak (otherwise the RDN modelled something
         else, such as a model's core error, and nothing is added).
@@ -476,8 +492,9 @@ class Peeler(tf.Module):
             a component was added. The residual is ``images - components.sum(1)`` as before.
         """
         k = self.config.max_iterations
-        residual = images - tf.reduce_sum(components, axis=1)
-        snr = residual_snr(residual)  # (N, H, W)
+        model = tf.reduce_sum(components, axis=1)
+        residual = images - model
+        snr = residual_snr(residual, model=model, model_error=self.config.detect_model_error)
         shape = tf.shape(snr)
         n, h, w = shape[0], shape[1], shape[2]
         centre = centroids(components)  # (N, K, 2)

@@ -70,6 +70,8 @@ class PeelConfig(YamlConfig):
             blend minus the others (0 = the paper).
         detect_snr: after the sweeps, add a component where the residual still holds a source
             above this matched-filter S/N (0 = off).
+        detect_model_error: the residual detection's noise also holds this fraction of the
+            components' models (their own error; 0 = sky noise only).
         detect_window: radius (pixels) of the disc around the residual's peak that the
             detection's RDN sees (0 = the whole residual).
         merge_radius: merge a component into an earlier (brighter) one whose centroid lies
@@ -106,6 +108,13 @@ class PeelConfig(YamlConfig):
         10.0, "DETECTSN", "residual detection S/N after the peel (0 off)",
         "After the sweeps, add a galaxy where the residual still holds a source above this "
         "matched-filter S/N, away from the galaxies found (0 = off).",
+        minimum=0.0, off=0.0,
+    )
+    detect_model_error: float = _option(
+        0.03, "DETECTME", "residual detection: model error, x model",
+        "The residual detection counts the models' own error, this fraction of the models, as "
+        "noise, so a bright galaxy's model error is not taken for a missed galaxy (0 = sky "
+        "noise only).",
         minimum=0.0, off=0.0,
     )
     detect_window: float = _option(
@@ -173,17 +182,16 @@ class PeelConfig(YamlConfig):
         """The peel of an exported model, from its ``tfdeblend.yaml`` mapping.
 
         New exports hold the configuration under ``peel``; older ones hold each option at the
-        top level, and lack the options of steps added after them: those take the value that
+        top level. Both lack the options of steps added after them: those take the value that
         turns the step off (the peel they were exported with).
 
         Raises:
             TfdeblendError: an invalid option.
         """
-        if isinstance(metadata.get("peel"), dict):
-            return cls.from_dict(metadata["peel"])
+        stored = metadata["peel"] if isinstance(metadata.get("peel"), dict) else metadata
         values = {}
         for field in dataclasses.fields(cls):
-            value = metadata.get(field.name)
+            value = stored.get(field.name)
             values[field.name] = field.metadata.get("off") if value is None else value
         return cls.from_dict(values)
 
@@ -209,7 +217,7 @@ class PeelConfig(YamlConfig):
 PEEL_PRESETS: dict[str, PeelConfig] = {
     "shipped": PeelConfig(),
     "paper": PeelConfig(
-        count_views=1, view_confidence=0.0, split=False, refine_steps=0, detect_snr=0.0, detect_window=0.0,
-        merge_radius=0.0,
+        count_views=1, view_confidence=0.0, split=False, refine_steps=0, detect_snr=0.0,
+        detect_model_error=0.0, detect_window=0.0, merge_radius=0.0,
     ),
 }
