@@ -430,6 +430,44 @@ def test_split_separates_a_component_the_classifier_counts_as_two():
         np.testing.assert_allclose(out["components"].sum(1) + out["residual"], images)
 
 
+class AlmostAll(keras.layers.Layer):
+    """A deblender whose "brightest galaxy" is 98 % of its input (a model off by 2 %)."""
+
+    def call(self, images):
+        return 0.98 * images
+
+
+class AlwaysTwo(keras.layers.Layer):
+    """A classifier that counts every image as two galaxies."""
+
+    def call(self, images):
+        return keras.ops.zeros_like(images[:, 0, 0, :1]) + keras.ops.convert_to_tensor(
+            [[0.0, 0.0, 10.0, 0.0]])
+
+
+def test_a_bright_model_is_not_split_into_its_own_error():
+    """The classifier counts a bright galaxy's model as two; what the RDN leaves of it is 2 %
+    of the model, far above the sky noise but within the model's own error: with
+    ``model_error`` the split is refused, without it the model is split."""
+    inputs = keras.Input((SIZE, SIZE, 2))
+    deblender = keras.Model(inputs, AlmostAll()(inputs))
+    inputs = keras.Input((SIZE, SIZE, 2))
+    classifier = keras.Model(inputs, AlwaysTwo()(inputs))
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    galaxy = 1e4 * np.exp(-((xx - 8) ** 2 + (yy - 8) ** 2) / (2 * 2.0**2))
+    components = np.zeros((1, 3, SIZE, SIZE, 2), "float32")
+    components[0, 0] = galaxy[..., None]
+    sigma = tf.ones([1, 2])
+    for model_error, expected in ((0.03, 0), (0.0, 1)):
+        peeler = Peeler(deblender, classifier,
+                        peel_config(count_views=1, max_iterations=3, split=True, detect_snr=10.0,
+                                    model_error=model_error))
+        _, n_components, split = peeler.split_merged(
+            tf.constant(components), tf.constant([1]), tf.constant([2]), sigma=sigma)
+        assert split.numpy().tolist() == [expected]
+        assert n_components.numpy().tolist() == [1 + expected]
+
+
 def test_split_needs_a_free_slot():
     deblender, classifier, noisy = merging_models()
     images = blend([0.0, 64.0, 16.0])[None] + noisy
@@ -507,8 +545,8 @@ def test_the_models_own_error_is_noise_to_the_residual_detection():
     np.testing.assert_allclose(with_error[44:52, 44:52], sky_only[44:52, 44:52], rtol=1e-3)
     assert sky_only[44:52, 44:52].max() > 10
     # models exported before the term existed run without it
-    assert PeelConfig.from_metadata({"peel": {"max_iterations": 4}}).detect_model_error == 0.0
-    assert PeelConfig().detect_model_error == 0.03
+    assert PeelConfig.from_metadata({"peel": {"max_iterations": 4}}).model_error == 0.0
+    assert PeelConfig().model_error == 0.03
 
 
 def test_residual_detection_adds_a_galaxy_the_classifier_missed():

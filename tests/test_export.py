@@ -302,8 +302,10 @@ def test_the_shipped_default_model_deblends_rendered_blends(monkeypatch, fits_te
     model = load_model()
     assert model.path.parent.name == "tfdeblend_cpu" and model.bands == ("g", "r", "i")
     assert model.peel_config == PeelConfig.preset("shipped")  # read from the model's metadata
-    # version 10 on: its networks take the observing conditions, with LSST's PSF as default
+    # version 10 on: its networks take the observing conditions, with LSST's PSF as default;
+    # version 11 on: its peel keeps single-pixel outliers out of the networks itself
     assert model.conditioned and model.conditions["survey"] == "LSST"
+    assert model.removes_outliers
     for name in ("deblender.keras", "classifier.keras"):
         keras.saving.load_model(model.path / "assets.extra" / name, safe_mode=True)
     testset = load_testset(fits_testset)

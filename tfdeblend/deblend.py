@@ -180,6 +180,7 @@ def residual_snr(
     smooth_sigma: float = DETECT_SMOOTH_SIGMA,
     model: tf.Tensor | None = None,
     model_error: float = 0.0,
+    sigma: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Matched-filter S/N map of a residual, all bands together ``(N, H, W, C) -> (N, H, W)``.
 
@@ -192,9 +193,12 @@ def residual_snr(
     also holds the models' own error, ``model_error`` times the smoothed model: the residual
     of a bright galaxy (whose model is off by a few per cent, far above the sky noise) is not
     mistaken for a missed source, while the sky-noise S/N is kept where the models are faint.
+
+    ``sigma`` ``(N, C)``: the sky noise per band (default: :func:`noise_std` of the residual;
+    give it for a noiseless image, such as a part of a model).
     """
     residual = _as_float32(residual)
-    sigma = tf.maximum(noise_std(residual), 1e-30)
+    sigma = tf.maximum(noise_std(residual) if sigma is None else _as_float32(sigma), 1e-30)
     weight = 1.0 / tf.square(sigma)  # (N, C)
     norm = tf.sqrt(tf.reduce_sum(weight, axis=-1))[:, None, None]
     kernel = _gaussian_kernel(smooth_sigma)
@@ -415,7 +419,7 @@ class Peeler(tf.Module):
 
     def split_merged(
         self, components: tf.Tensor, n_components: tf.Tensor, first_count: tf.Tensor,
-        conditions=None,
+        conditions=None, sigma: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Split one component per blend that the classifier counts as two or more galaxies.
 
@@ -423,7 +427,10 @@ class Peeler(tf.Module):
         components than its first count. Of its components the classifier counts as >= 2, the one
         with the highest probability of >= 2 is split: the RDN returns its brightest galaxy
         ``a``, which stays in the old slot, and ``component - a`` becomes a new component (the
-        last one). The sum of the components, hence the residual, does not change.
+        last one). The sum of the components, hence the residual, does not change. With
+        ``model_error`` and ``detect_snr`` above 0 and the blends' sky noise ``sigma`` given,
+        the split is kept only where ``component - a`` peaks above ``detect_snr`` in
+        :func:`residual_snr` with the component's own error counted as noise.
 
         Args:
             components: float32 ``(N, K, H, W, C)`` (zero padded).
@@ -458,10 +465,20 @@ class Peeler(tf.Module):
         new = tf.stack([blends, tf.gather(n_components, blends)], axis=1)
         merged = tf.gather_nd(components, old)
         brightest = deblend_flux(self.deblender, merged, _take(conditions, blends))
+        if self.config.model_error > 0 and self.config.detect_snr > 0 and sigma is not None:
+            # the part split off must stand out as a source of its own above the sky noise and
+            # the model's own error (a bright galaxy's model is not two galaxies)
+            snr = residual_snr(merged - brightest, model=merged,
+                               model_error=self.config.model_error,
+                               sigma=tf.gather(sigma, blends))
+            real = tf.reduce_max(snr, axis=[1, 2]) > self.config.detect_snr
+            blends = tf.boolean_mask(blends, real)
+            old, new = tf.boolean_mask(old, real), tf.boolean_mask(new, real)
+            merged, brightest = tf.boolean_mask(merged, real), tf.boolean_mask(brightest, real)
         components = tf.tensor_scatter_nd_update(
             components, tf.concat([old, new], 0), tf.concat([brightest, merged - brightest], 0)
         )
-        split = tf.cast(do_split, tf.int32)
+        split = tf.scatter_nd(blends[:, None], tf.ones_like(blends), [n])
         return components, n_components + split, split
 
     def recover_missed(
@@ -473,7 +490,7 @@ class Peeler(tf.Module):
         peel stops with that galaxy unmodelled. Here the residual's matched-filter S/N map
         (:func:`residual_snr`) is searched outside discs of ``DETECT_EXCLUDE_RADIUS`` pixels
         around every component's centroid (the models' own core errors live there). Where its
-        peak exceeds ``detect_snr`` (the noise including ``detect_model_error`` times the
+        peak exceeds ``detect_snr`` (the noise including ``model_error`` times the
         models, :func:`residual_snr`) and the blend has a free slot, the RDN's brightest galaxy
         of the residual becomes a new component (the last one), provided its centroid lies
         within ``DETECT_MATCH_RADIUS`` pixels of the peak (otherwise the RDN modelled something
@@ -494,7 +511,7 @@ class Peeler(tf.Module):
         k = self.config.max_iterations
         model = tf.reduce_sum(components, axis=1)
         residual = images - model
-        snr = residual_snr(residual, model=model, model_error=self.config.detect_model_error)
+        snr = residual_snr(residual, model=model, model_error=self.config.model_error)
         shape = tf.shape(snr)
         n, h, w = shape[0], shape[1], shape[2]
         centre = centroids(components)  # (N, K, 2)
@@ -720,7 +737,7 @@ class Peeler(tf.Module):
         split = tf.zeros([n], tf.int32)
         if self.config.split:
             components, n_components, split = self.split_merged(
-                components, n_components, counts[:, 0], conditions
+                components, n_components, counts[:, 0], conditions, sigma=noise_std(images)
             )
         if self.config.refine_steps:
             components = self.refine(images, components, n_components, conditions)

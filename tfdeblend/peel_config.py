@@ -70,8 +70,9 @@ class PeelConfig(YamlConfig):
             blend minus the others (0 = the paper).
         detect_snr: after the sweeps, add a component where the residual still holds a source
             above this matched-filter S/N (0 = off).
-        detect_model_error: the residual detection's noise also holds this fraction of the
-            components' models (their own error; 0 = sky noise only).
+        model_error: the noise of the residual detection, and of the split's test that the
+            part split off is a galaxy, also holds this fraction of the components' models
+            (their own error; 0 = sky noise only).
         detect_window: radius (pixels) of the disc around the residual's peak that the
             detection's RDN sees (0 = the whole residual).
         merge_radius: merge a component into an earlier (brighter) one whose centroid lies
@@ -110,11 +111,11 @@ class PeelConfig(YamlConfig):
         "matched-filter S/N, away from the galaxies found (0 = off).",
         minimum=0.0, off=0.0,
     )
-    detect_model_error: float = _option(
-        0.03, "DETECTME", "residual detection: model error, x model",
-        "The residual detection counts the models' own error, this fraction of the models, as "
-        "noise, so a bright galaxy's model error is not taken for a missed galaxy (0 = sky "
-        "noise only).",
+    model_error: float = _option(
+        0.03, "MODELERR", "models' own error, x model (detection, split)",
+        "The residual detection and the split count the models' own error, this fraction of "
+        "the models, as noise, so a bright galaxy's model error is taken neither for a missed "
+        "galaxy nor for a second galaxy inside its model (0 = sky noise only).",
         minimum=0.0, off=0.0,
     )
     detect_window: float = _option(
@@ -218,6 +219,6 @@ PEEL_PRESETS: dict[str, PeelConfig] = {
     "shipped": PeelConfig(),
     "paper": PeelConfig(
         count_views=1, view_confidence=0.0, split=False, refine_steps=0, detect_snr=0.0,
-        detect_model_error=0.0, detect_window=0.0, merge_radius=0.0,
+        model_error=0.0, detect_window=0.0, merge_radius=0.0,
     ),
 }
