@@ -82,6 +82,9 @@ DETECT_SMOOTH_SIGMA: float = 1.5
 DETECT_EXCLUDE_RADIUS: float = 5.0
 #: Residual detection: the new component's centroid must lie within this (pixels) of the peak.
 DETECT_MATCH_RADIUS: float = 4.0
+#: Split: the part split off must peak above this S/N, the noise being the sky's and the
+#: model's own error (``model_error``); a noiseless part needs no detection-level threshold.
+SPLIT_SNR: float = 5.0
 
 
 def _as_float32(x: tf.Tensor) -> tf.Tensor:
@@ -119,13 +122,15 @@ def run_deblender(
     )
 
 
-def deblend_flux(deblender, images: tf.Tensor, conditions: tf.Tensor | None = None) -> tf.Tensor:
+def deblend_flux(
+    deblender, images: tf.Tensor, conditions: tf.Tensor | None = None, sigma=None
+) -> tf.Tensor:
     """One RDN pass on images in flux units: normalize, :func:`run_deblender`, denormalize.
 
     ``conditions``: ``(N, 2, C)`` noise sigma and PSF FWHM (:mod:`tfdeblend.conditioning`),
     needed by a conditioned RDN.
     """
-    normalized, scale = normalize(_as_float32(images))
+    normalized, scale = normalize(_as_float32(images), sigma=sigma)
     features = _features(conditions, scale) if is_conditioned(deblender) else None
     return denormalize(run_deblender(deblender, normalized, features), scale)
 
@@ -198,7 +203,10 @@ def residual_snr(
     give it for a noiseless image, such as a part of a model).
     """
     residual = _as_float32(residual)
-    sigma = tf.maximum(noise_std(residual) if sigma is None else _as_float32(sigma), 1e-30)
+    sigma = noise_std(residual) if sigma is None else _as_float32(sigma)
+    # a noiseless image: a floor far below its pixels (float32 holds the weights)
+    floor = 1e-6 * tf.reduce_max(tf.abs(residual), axis=[1, 2, 3])[:, None]
+    sigma = tf.maximum(sigma, tf.maximum(floor, 1e-30))
     weight = 1.0 / tf.square(sigma)  # (N, C)
     norm = tf.sqrt(tf.reduce_sum(weight, axis=-1))[:, None, None]
     kernel = _gaussian_kernel(smooth_sigma)
@@ -393,7 +401,8 @@ class Peeler(tf.Module):
         }
 
     def refine(
-        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor, conditions=None
+        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor, conditions=None,
+        sigma=None,
     ) -> tf.Tensor:
         """``refine_steps`` Jacobi sweeps: each component again from the blend minus the others.
 
@@ -413,7 +422,8 @@ class Peeler(tf.Module):
         for _ in range(self.config.refine_steps):
             others = tf.gather(images - tf.reduce_sum(components, axis=1), index[:, 0])
             inputs = others + tf.gather_nd(components, index)
-            galaxy = deblend_flux(self.deblender, inputs, _take(conditions, index[:, 0]))
+            galaxy = deblend_flux(self.deblender, inputs, _take(conditions, index[:, 0]),
+                                  _take(sigma, index[:, 0]))
             components = tf.tensor_scatter_nd_update(components, index, galaxy)
         return components
 
@@ -428,9 +438,9 @@ class Peeler(tf.Module):
         with the highest probability of >= 2 is split: the RDN returns its brightest galaxy
         ``a``, which stays in the old slot, and ``component - a`` becomes a new component (the
         last one). The sum of the components, hence the residual, does not change. With
-        ``model_error`` and ``detect_snr`` above 0 and the blends' sky noise ``sigma`` given,
-        the split is kept only where ``component - a`` peaks above ``detect_snr`` in
-        :func:`residual_snr` with the component's own error counted as noise.
+        ``model_error`` above 0 and the blends' sky noise ``sigma`` given, the split is kept
+        only where ``component - a`` peaks above :data:`SPLIT_SNR` in :func:`residual_snr`
+        with the component's own error counted as noise.
 
         Args:
             components: float32 ``(N, K, H, W, C)`` (zero padded).
@@ -452,7 +462,7 @@ class Peeler(tf.Module):
         real = tf.logical_and(slots < n_components[:, None], eligible[:, None])
         index = tf.cast(tf.where(real), tf.int32)  # (M, 2): blend, slot
         sub = tf.gather_nd(components, index)
-        normalized, sub_scale = normalize(sub)
+        normalized, sub_scale = normalize(sub, sigma=_take(sigma, index[:, 0]))
         logits = self.logits(normalized, _take(conditions, index[:, 0]), sub_scale)
         probabilities = tf.nn.softmax(logits, axis=-1)
         candidate = _counts_from_logits(logits, sub) >= 2  # an all-zero component counts 0
@@ -464,14 +474,15 @@ class Peeler(tf.Module):
         old = tf.stack([blends, tf.gather(chosen, blends)], axis=1)
         new = tf.stack([blends, tf.gather(n_components, blends)], axis=1)
         merged = tf.gather_nd(components, old)
-        brightest = deblend_flux(self.deblender, merged, _take(conditions, blends))
-        if self.config.model_error > 0 and self.config.detect_snr > 0 and sigma is not None:
+        brightest = deblend_flux(self.deblender, merged, _take(conditions, blends),
+                                 _take(sigma, blends))
+        if self.config.model_error > 0 and sigma is not None:
             # the part split off must stand out as a source of its own above the sky noise and
             # the model's own error (a bright galaxy's model is not two galaxies)
             snr = residual_snr(merged - brightest, model=merged,
                                model_error=self.config.model_error,
                                sigma=tf.gather(sigma, blends))
-            real = tf.reduce_max(snr, axis=[1, 2]) > self.config.detect_snr
+            real = tf.reduce_max(snr, axis=[1, 2]) > SPLIT_SNR
             blends = tf.boolean_mask(blends, real)
             old, new = tf.boolean_mask(old, real), tf.boolean_mask(new, real)
             merged, brightest = tf.boolean_mask(merged, real), tf.boolean_mask(brightest, real)
@@ -482,7 +493,8 @@ class Peeler(tf.Module):
         return components, n_components + split, split
 
     def recover_missed(
-        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor, conditions=None
+        self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor, conditions=None,
+        sigma=None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Add one component per blend where a significant source is left in the residual.
 
@@ -511,7 +523,8 @@ class Peeler(tf.Module):
         k = self.config.max_iterations
         model = tf.reduce_sum(components, axis=1)
         residual = images - model
-        snr = residual_snr(residual, model=model, model_error=self.config.model_error)
+        snr = residual_snr(residual, model=model, model_error=self.config.model_error,
+                           sigma=sigma)
         shape = tf.shape(snr)
         n, h, w = shape[0], shape[1], shape[2]
         centre = centroids(components)  # (N, K, 2)
@@ -540,7 +553,8 @@ class Peeler(tf.Module):
             dy = ys[:, 0] - tf.gather(peak_y, blends)[:, None, None]  # (M, H, 1)
             window = tf.square(dx) + tf.square(dy) < self.config.detect_window**2  # (M, H, W)
             inputs = inputs * tf.cast(window, tf.float32)[..., None]
-        galaxy = deblend_flux(self.deblender, inputs, _take(conditions, blends))
+        galaxy = deblend_flux(self.deblender, inputs, _take(conditions, blends),
+                              _take(sigma, blends))
         centre_new = centroids(galaxy)  # (M, 2), nan for no positive flux
         dist2 = tf.square(centre_new[:, 0] - tf.gather(peak_x, blends)) + tf.square(
             centre_new[:, 1] - tf.gather(peak_y, blends)
@@ -636,6 +650,7 @@ class Peeler(tf.Module):
         # single-pixel outliers never reach the networks nor a component; they are given back
         # to the residual at the end, so that components + residual == input
         images, outliers = remove_outliers(original)
+        sigma = noise_std(images)  # the sky noise, shared by every residual and model
         conditions = self.conditions_for(images, noise_sigma, psf_fwhm)
         k = self.config.max_iterations
         shape = tf.shape(images)
@@ -657,7 +672,7 @@ class Peeler(tf.Module):
         def body(t, residual, components, active, monotone, previous, run, quality, n_comp):
             index = tf.cast(tf.where(active), tf.int32)  # (A, 1)
             sub = tf.gather_nd(residual, index)
-            normalized, scale = normalize(sub)
+            normalized, scale = normalize(sub, sigma=tf.gather_nd(sigma, index))
             sub_conditions = _take(conditions, index, nd=True)
             logits = self.logits(normalized, sub_conditions, scale)
             sub_count = _counts_from_logits(logits, sub)
@@ -737,16 +752,16 @@ class Peeler(tf.Module):
         split = tf.zeros([n], tf.int32)
         if self.config.split:
             components, n_components, split = self.split_merged(
-                components, n_components, counts[:, 0], conditions, sigma=noise_std(images)
+                components, n_components, counts[:, 0], conditions, sigma=sigma
             )
         if self.config.refine_steps:
-            components = self.refine(images, components, n_components, conditions)
+            components = self.refine(images, components, n_components, conditions, sigma)
         # after the sweeps: a sweep would re-estimate the new galaxy from the whole residual,
         # where the RDN models a brighter galaxy's leftover instead (see the module docstring)
         recovered = tf.zeros([n], tf.int32)
         if self.config.detect_snr > 0:
             components, n_components, recovered = self.recover_missed(
-                images, components, n_components, conditions
+                images, components, n_components, conditions, sigma
             )
         if self.config.detect_snr > 0 or self.config.refine_steps:  # the split keeps the components' sum
             residual = images - tf.reduce_sum(components, axis=1)

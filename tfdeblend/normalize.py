@@ -177,12 +177,16 @@ def _max_scale(images: tf.Tensor) -> tf.Tensor:
     return tf.where(scale > 0, scale, tf.ones_like(scale))
 
 
-def normalize(images: tf.Tensor, scale: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+def normalize(
+    images: tf.Tensor, scale: tf.Tensor | None = None, sigma: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
     """The network input of ``images``: without their outliers (:func:`remove_outliers`),
     divided by the per-image scale (:func:`image_scale`).
 
     With ``scale`` given (targets, divided by the scale of the input they belong to), the
-    images are only divided by it.
+    images are only divided by it. ``sigma`` (the images' sky noise, ``(N, C)``; default
+    :func:`outlier_sigma`) is the outlier rule's noise: the peel gives the blend's, which its
+    residuals and models share.
 
     Returns:
         ``(normalized, scale)``; keep ``scale`` to map network outputs back with
@@ -191,7 +195,7 @@ def normalize(images: tf.Tensor, scale: tf.Tensor | None = None) -> tuple[tf.Ten
     images = tf.convert_to_tensor(images)
     if scale is not None:
         return images / scale, scale
-    cleaned = remove_outliers(images)[0]
+    cleaned = remove_outliers(images, sigma)[0]
     scale = _max_scale(cleaned)
     return cleaned / scale, scale
 
