@@ -2,7 +2,7 @@
 # Train the conditioned cpu model (networks that take each band's noise and PSF FWHM as input)
 # on a 2-core CPU: version 9's networks are widened (the new inputs start at zero) and fine-tuned
 # on data drawn over observing conditions. Steps: simulation, phase 1 RDN, the peel residuals of
-# that RDN, phase 1 classifier (twice), export. About 75 minutes of training; the wall-clock minutes of each step go to $RUNS/conditioned_times.log.
+# that RDN, phase 1 classifier (three times), export. About 105 minutes of training; the wall-clock minutes of each step go to $RUNS/conditioned_times.log.
 # Rerunning the script skips finished steps and resumes interrupted ones (simulation finishes
 # missing shards; training resumes from its backup/). Export and evaluation: docs/model_card.md.
 set -euo pipefail
@@ -55,6 +55,25 @@ complete "$DATA/res2_nominal_res" || timed residuals_nominal tfdeblend residuals
   "$DATA/vgg_lsst_mix" "$DATA/vgg_hsc_mix" "$DATA/vgg_nominal" "$DATA/res2_res" "$DATA/res3_res" "$DATA/res2_hsc_res" "$DATA/res2_nominal_res" \
   --out "$RUNS/cond_vgg2" --config configs/conditioned_classifier_ft.yaml --init-from "$RUNS/cond_vgg"
 
-# 5. export (version 10 of the shipped model was exported this way)
-[ -d "$MODEL" ] || tfdeblend export --deblender "$RUNS/cond_rdn" --classifier "$RUNS/cond_vgg2" --out "$MODEL"
+# 5. version 11: the classifier a third time, with sets aimed at where version 10 was weak
+#    (seeds 82-87): LSST year-1 depths, galaxies brighter than i = 17.5, PSFs x1.2-1.8, and
+#    3-galaxy residuals at nominal conditions, beside all the sets above
+Y1_RANGE=(--psf-scale 0.7:1.7 --exposure-scale 0.08:0.25)
+sim vgg_year1 classifier --count 4000 --seed 82 "${Y1_RANGE[@]}" --bright-fraction 0.15
+sim res2_year1_src deblender --count 3000 --seed 83 "${Y1_RANGE[@]}"
+sim res2_bright_src deblender --count 2000 --seed 84 "${LSST_RANGE[@]}" --bright-fraction 0.5 --bright-mag 17.5
+sim vgg_bright classifier --count 2000 --seed 85 "${LSST_RANGE[@]}" --bright-fraction 0.4 --bright-mag 17.5
+sim res2_psfwide_src deblender --count 2000 --seed 86 --psf-scale 1.2:1.8
+sim res3_nominal_src test --n-gal 3 --count 1000 --seed 87
+for src in res2_year1_src:2 res2_bright_src:2 res2_psfwide_src:2 res3_nominal_src:3; do
+  name=${src%%:*}; steps=${src##*:}; out=${name%_src}_res
+  complete "$DATA/$out" || timed "residuals_$out" tfdeblend residuals "$DATA/$name" --deblender "$RUNS/cond_rdn" --out "$DATA/$out" --steps "$steps" --quiet
+done
+[ -f "$RUNS/cond_vgg3/classifier.keras" ] || timed train_vgg3 tfdeblend train --phase 1 --net classifier \
+  "$DATA/vgg_lsst_mix" "$DATA/vgg_hsc_mix" "$DATA/vgg_nominal" "$DATA/res2_res" "$DATA/res3_res" "$DATA/res2_hsc_res" "$DATA/res2_nominal_res" \
+  "$DATA/vgg_year1" "$DATA/vgg_bright" "$DATA/res2_year1_res" "$DATA/res2_bright_res" "$DATA/res2_psfwide_res" "$DATA/res3_nominal_res" \
+  --out "$RUNS/cond_vgg3" --config configs/conditioned_classifier_v11.yaml --init-from "$RUNS/cond_vgg2"
+
+# 6. export (version 10 of the shipped model was cond_rdn + cond_vgg2; version 11 is below)
+[ -d "$MODEL" ] || tfdeblend export --deblender "$RUNS/cond_rdn" --classifier "$RUNS/cond_vgg3" --out "$MODEL"
 echo "trained and exported: $MODEL"
