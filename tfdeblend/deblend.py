@@ -338,7 +338,7 @@ class Peeler(tf.Module):
         return tf.reduce_mean(tf.reshape(logits, [views, shape[0] // views, shape[1]]), 0)
 
     def conditions_for(
-        self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None
+        self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None, estimated=None
     ) -> tf.Tensor | None:
         """The ``(N, 2, C)`` conditions of a batch, or ``None`` when no network takes them.
 
@@ -348,11 +348,12 @@ class Peeler(tf.Module):
                 from the images (:func:`noise_std`), also for NaN or non-positive entries.
             psf_fwhm: ``(N, C)`` or ``(C,)`` PSF FWHM in pixels; default (also for NaN or
                 non-positive entries): ``default_psf``.
+            estimated: :func:`noise_std` of the images, when the caller has it already.
         """
         if not self.conditioned:
             return None
-        images = _as_float32(images)
-        estimated = noise_std(images)
+        if estimated is None:
+            estimated = noise_std(_as_float32(images))
         if noise_sigma is None:
             noise_sigma = estimated
         noise_sigma = tf.broadcast_to(_as_float32(noise_sigma), tf.shape(estimated))
@@ -651,7 +652,7 @@ class Peeler(tf.Module):
         # to the residual at the end, so that components + residual == input
         images, outliers = remove_outliers(original)
         sigma = noise_std(images)  # the sky noise, shared by every residual and model
-        conditions = self.conditions_for(images, noise_sigma, psf_fwhm)
+        conditions = self.conditions_for(images, noise_sigma, psf_fwhm, estimated=sigma)
         k = self.config.max_iterations
         shape = tf.shape(images)
         n = shape[0]

@@ -159,20 +159,8 @@ def remove_outliers(
     return cleaned, mask
 
 
-def image_scale(images: tf.Tensor) -> tf.Tensor:
-    """Per-image scale: max |pixel| over (H, W, C) of the image without its outliers
-    (:func:`remove_outliers`); 1 where the image is all zero.
-
-    Args:
-        images: float tensor (..., H, W, C) in any linear flux unit.
-
-    Returns:
-        Tensor (..., 1, 1, 1) of the same dtype.
-    """
-    return _max_scale(remove_outliers(images)[0])
-
-
 def _max_scale(images: tf.Tensor) -> tf.Tensor:
+    """Max |pixel| over (H, W, C), ``(..., 1, 1, 1)``; 1 where the image is all zero."""
     scale = tf.reduce_max(tf.abs(images), axis=[-3, -2, -1], keepdims=True)
     return tf.where(scale > 0, scale, tf.ones_like(scale))
 
@@ -181,7 +169,8 @@ def normalize(
     images: tf.Tensor, scale: tf.Tensor | None = None, sigma: tf.Tensor | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The network input of ``images``: without their outliers (:func:`remove_outliers`),
-    divided by the per-image scale (:func:`image_scale`).
+    divided by the per-image scale, the largest |pixel| left over (H, W, C) (1 for an
+    all-zero image).
 
     With ``scale`` given (targets, divided by the scale of the input they belong to), the
     images are only divided by it. ``sigma`` (the images' sky noise, ``(N, C)``; default
