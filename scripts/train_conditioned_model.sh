@@ -74,6 +74,26 @@ done
   "$DATA/vgg_year1" "$DATA/vgg_bright" "$DATA/res2_year1_res" "$DATA/res2_bright_res" "$DATA/res2_psfwide_res" "$DATA/res3_nominal_res" \
   --out "$RUNS/cond_vgg3" --config configs/conditioned_classifier_v11.yaml --init-from "$RUNS/cond_vgg2"
 
-# 6. export (version 10 of the shipped model was cond_rdn + cond_vgg2; version 11 is below)
-[ -d "$MODEL" ] || tfdeblend export --deblender "$RUNS/cond_rdn" --classifier "$RUNS/cond_vgg3" --out "$MODEL"
+# 6. version 12: the RDN a second time, with galaxies brighter than i = 17.5 and year-1 depths
+#    added (seeds 88, 89), every residual set made again with it, and the classifier a fourth time
+#    on them plus 6,000 more nominal images (seed 90)
+sim rdn_bright deblender --count 3000 --seed 88 "${LSST_RANGE[@]}" --bright-fraction 0.5 --bright-mag 17.5
+sim rdn_year1 deblender --count 3000 --seed 89 "${Y1_RANGE[@]}" --bright-fraction 0.15
+sim vgg_nominal2 classifier --count 6000 --seed 90
+[ -f "$RUNS/cond_rdn12/deblender.keras" ] || timed train_rdn12 tfdeblend train --phase 1 --net deblender \
+  "$DATA/rdn_lsst_mix" "$DATA/rdn_hsc_mix" "$DATA/rdn_nominal" "$DATA/rdn_close_mix" "$DATA/rdn_bright" "$DATA/rdn_year1" \
+  --out "$RUNS/cond_rdn12" --config configs/conditioned_deblender_v12.yaml --init-from "$RUNS/cond_rdn"
+RES12=()
+for src in res2_src:2 res3_src:3 res2_hsc_src:2 rdn_nominal:2 res2_year1_src:2 res2_bright_src:2 res2_psfwide_src:2 res3_nominal_src:3; do
+  name=${src%%:*}; steps=${src##*:}; out=${name%_src}_res12
+  complete "$DATA/$out" || timed "residuals_$out" tfdeblend residuals "$DATA/$name" --deblender "$RUNS/cond_rdn12" --out "$DATA/$out" --steps "$steps" --quiet
+  RES12+=("$DATA/$out")
+done
+[ -f "$RUNS/cond_vgg4/classifier.keras" ] || timed train_vgg4 tfdeblend train --phase 1 --net classifier \
+  "$DATA/vgg_lsst_mix" "$DATA/vgg_hsc_mix" "$DATA/vgg_nominal" "$DATA/vgg_year1" "$DATA/vgg_bright" "$DATA/vgg_nominal2" "${RES12[@]}" \
+  --out "$RUNS/cond_vgg4" --config configs/conditioned_classifier_v12.yaml --init-from "$RUNS/cond_vgg3"
+
+# 7. export (version 10 of the shipped model was cond_rdn + cond_vgg2, version 11 cond_rdn +
+#    cond_vgg3; version 12 is below)
+[ -d "$MODEL" ] || tfdeblend export --deblender "$RUNS/cond_rdn12" --classifier "$RUNS/cond_vgg4" --out "$MODEL"
 echo "trained and exported: $MODEL"

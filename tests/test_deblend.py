@@ -674,8 +674,83 @@ def test_merge_close_follows_chains_and_packs_the_rest():
     np.testing.assert_allclose(same, components[:1], rtol=1e-6, atol=1e-30)
 
 
+def test_components_within_the_models_error_are_dropped_and_real_ones_kept():
+    """A piece of a bright galaxy's model (2 % of it: far above the sky, within the model's own
+    error) is dropped; a faint galaxy away from the models, a sky-level component away from
+    them (the classifier's call) and the first component are kept, in their order."""
+    yy, xx = np.mgrid[:48, :48]
+
+    def gaussian(x, y, amplitude, width=2.0):
+        image = amplitude * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * width**2))
+        return np.repeat(image[..., None], 2, -1).astype("float32")
+
+    components = np.zeros((2, 4, 48, 48, 2), "float32")
+    components[0, :4] = [gaussian(16, 16, 1e4), gaussian(16, 16, 200.0),
+                         gaussian(36, 36, 10.0), gaussian(8, 40, 0.05)]
+    components[1, :2] = [gaussian(24, 24, 0.05), gaussian(25, 24, 0.05)]  # weak, on the first
+    n_components = np.array([4, 2], "int32")
+    sigma = tf.ones([2, 2])
+    peeler = Peeler(None, None, peel_config(max_iterations=4, keep_snr=5.0))
+    kept, n_kept, pruned = (t.numpy() for t in peeler.keep_significant(
+        tf.constant(components), tf.constant(n_components), sigma))
+    np.testing.assert_array_equal(n_kept, [3, 1])
+    np.testing.assert_array_equal(pruned, [1, 1])
+    np.testing.assert_array_equal(kept[0, :3], components[0, [0, 2, 3]])
+    np.testing.assert_array_equal(kept[1, 0], components[1, 0])
+    assert not kept[0, 3:].any() and not kept[1, 1:].any()
+    # without the models' error the piece of the bright model reads as a source and stays
+    no_error = Peeler(None, None, peel_config(max_iterations=4, keep_snr=5.0, model_error=0.0))
+    assert no_error.keep_significant(tf.constant(components), tf.constant(n_components),
+                                     sigma)[1].numpy().tolist() == [4, 1]
+    # models exported before the step existed run without it; the shipped peel has it
+    assert PeelConfig.from_metadata({"peel": {"max_iterations": 4}}).keep_snr == 0.0
+    assert PeelConfig().keep_snr == 5.0 and PeelConfig.preset("paper").keep_snr == 0.0
+
+
+def test_the_peel_drops_what_it_cut_out_of_a_bright_models_error():
+    """A deblender off by 2 % and a classifier that counts every image as two: the peel cuts
+    the bright galaxy, then a piece of its error, then stops stuck. The piece goes back to the
+    residual (components + residual == input); without the step it stays a component."""
+    inputs = keras.Input((SIZE, SIZE, 2))
+    deblender = keras.Model(inputs, AlmostAll()(inputs))
+    inputs = keras.Input((SIZE, SIZE, 2))
+    classifier = keras.Model(inputs, AlwaysTwo()(inputs))
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    galaxy = 1e4 * np.exp(-((xx - 8) ** 2 + (yy - 8) ** 2) / (2 * 2.0**2))
+    images = (np.repeat(galaxy[None, ..., None], 2, -1)
+              + np.random.default_rng(0).normal(size=(1, SIZE, SIZE, 2))).astype("float32")
+    options = dict(count_views=1, max_iterations=4, refine_steps=0)
+    plain = peel_numpy(make_peeler(deblender, classifier, **options), images)
+    out = peel_numpy(make_peeler(deblender, classifier, keep_snr=5.0, **options), images)
+    assert plain["n_components"].tolist() == [2] and plain["pruned"].tolist() == [0]
+    assert out["n_components"].tolist() == [1] and out["pruned"].tolist() == [1]
+    np.testing.assert_array_equal(out["components"][0, 0], plain["components"][0, 0])
+    assert not out["components"][0, 1:].any()
+    np.testing.assert_allclose(out["residual"], plain["residual"] + plain["components"][:, 1],
+                               rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(out["components"].sum(1) + out["residual"], images, atol=1e-2)
+    for key in ("counts", "quality"):  # they describe the peel
+        np.testing.assert_array_equal(out[key], plain[key])
+
+
+def test_real_galaxies_are_not_dropped(tiny_peel_models, rendered_blends):
+    """On real 2-galaxy stamps with the tiny trained networks, the significance step keeps
+    every component of the plain peel and components + residual == input."""
+    deblender, classifier = tiny_peel_models
+    images = rendered_blends
+    plain = peel_numpy(make_peeler(deblender, classifier, max_iterations=4), images)
+    out = peel_numpy(make_peeler(deblender, classifier, max_iterations=4, keep_snr=5.0), images)
+    assert (plain["n_components"] >= 2).any()
+    np.testing.assert_array_equal(out["n_components"], plain["n_components"])
+    np.testing.assert_array_equal(out["pruned"], 0)
+    np.testing.assert_array_equal(out["components"], plain["components"])
+    scale = np.abs(images).max(axis=(1, 2, 3), keepdims=True)
+    total = out["components"].sum(axis=1) + out["residual"]
+    np.testing.assert_allclose(total / scale, images / scale, atol=1e-5)
+
+
 def test_detect_window_and_merge_radius_are_checked():
-    for key in ("detect_window", "merge_radius"):
+    for key in ("detect_window", "merge_radius", "keep_snr"):
         for bad in (-1.0, float("nan"), float("inf")):
             with pytest.raises(TfdeblendError, match=key):
                 peel_config(**{key: bad})

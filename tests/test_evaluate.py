@@ -103,7 +103,7 @@ def test_metrics_json_keys_and_consistency(full_report, eval_dirs, tiny_model_di
     assert ts2["table1_quality"]["2"]["high"] == pytest.approx(np.mean(out2["quality"] == 2))
     assert ts2["post_peel_blends"] == {
         "split": int(out2["split"].sum()), "recovered": int(out2["recovered"].sum()),
-        "merged": int(out2["merged"].sum()),
+        "merged": int(out2["merged"].sum()), "pruned": int(out2["pruned"].sum()),
     }
     assert f"{ts2['post_peel_blends']['split']} blend(s) had a merged component split" in (
         out / "report.md"

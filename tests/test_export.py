@@ -139,7 +139,7 @@ def test_keras_files_and_networks_agree(model_dir, images):
     assert model.peel_config == PeelConfig(max_iterations=4)  # the shipped peel, K = 4
     local = peel_numpy(make_peeler(rdn, classifier, **model.peel_config.to_dict()), images)
     served = model.deblend(images)
-    for key in ("counts", "n_components", "split", "recovered", "merged"):
+    for key in ("counts", "n_components", "split", "recovered", "merged", "pruned"):
         np.testing.assert_array_equal(served[key], local[key])
     scale = np.abs(images).max()
     np.testing.assert_allclose(served["components"] / scale, local["components"] / scale, atol=1e-4)

@@ -57,7 +57,7 @@ def test_run_writes_every_hdu(model_dir, images, tmp_path):
         assert head["BUNIT"] == "electron" and head["TFDBVER"]
         assert head["MAXITER"] == 4 and head["REFINE"] == 2 and head["NVIEWS"] == 8
         assert head["SPLIT"] is True and head["DETECTSN"] == 10.0
-        assert head["DETECTWN"] == 8.0 and head["MERGERAD"] == 3.0
+        assert head["DETECTWN"] == 8.0 and head["MERGERAD"] == 3.0 and head["KEEPSNR"] == 5.0
         comps, resid = hdul["COMPONENTS"].data, hdul["RESIDUAL"].data
         assert comps.shape == (n, 4, 3, 80, 80) and comps.dtype.kind == "f"
         assert resid.shape == (n, 3, 80, 80)
@@ -71,7 +71,7 @@ def test_run_writes_every_hdu(model_dir, images, tmp_path):
         assert table["counts"].shape == (n, 5)
         assert set(table["quality"]) <= {0, 1, 2}
         assert set(table["split"]) <= {0, 1} and set(table["recovered"]) <= {0, 1}
-        assert (table["merged"] >= 0).all()
+        assert (table["merged"] >= 0).all() and (table["pruned"] >= 0).all()
         assert len(catalog) == table["n_components"].sum()
         for name in (
             "blend_id",

@@ -39,13 +39,17 @@ still *active*:
   around the peak) becomes a new component if it lies at the peak;
 - *merge* (:meth:`Peeler.merge_close`, ``merge_radius``): a component whose centroid lies within
   ``merge_radius`` pixels of an earlier (brighter) one is added to it;
+- *significance* (:meth:`Peeler.keep_significant`, ``keep_snr``): a component after the first
+  that lies on the other galaxies' models and whose matched-filter S/N, with ``model_error``
+  of the models counted as noise, peaks at or below ``keep_snr`` goes back to the residual
+  (pieces of a bright galaxy's model error that the classifier counted as a galaxy);
 - *flux-conserving components* (:func:`conserve_flux`, always): the residual is handed back to the
   galaxies pixel by pixel in proportion to their models, inside the footprint where the summed
   model is above :data:`FOOTPRINT_SIGMA` noise sigmas. Use them for photometry; use the models
   (``components``) for images.
 
-Counts, quality and ``counts`` are the peel's; ``split``, ``recovered`` and ``merged`` say what
-the later steps did. Always: ``components.sum(axis=1) + residual == images`` up to float32
+Counts, quality and ``counts`` are the peel's; ``split``, ``recovered``, ``merged`` and ``pruned``
+say what the later steps did. Always: ``components.sum(axis=1) + residual == images`` up to float32
 rounding. A blend whose first count is 0 has no components and quality *high*; an image that is
 exactly zero everywhere counts 0 whatever the classifier says. ``counts`` has ``K + 1`` columns;
 steps not run hold ``-1``.
@@ -85,6 +89,9 @@ DETECT_MATCH_RADIUS: float = 4.0
 #: Split: the part split off must peak above this S/N, the noise being the sky's and the
 #: model's own error (``model_error``); a noiseless part needs no detection-level threshold.
 SPLIT_SNR: float = 5.0
+#: :meth:`Peeler.keep_significant`: a weak component is dropped only where, at its own smoothed
+#: peak, it is at most this many times the other galaxies' models (it lies on them).
+ON_MODEL_RATIO: float = 1.5
 
 
 def _as_float32(x: tf.Tensor) -> tf.Tensor:
@@ -180,6 +187,29 @@ def _gaussian_kernel(sigma: float) -> tf.Tensor:
     return tf.constant(k[:, :, None, None], tf.float32)
 
 
+def _coadd_weights(images: tf.Tensor, sigma: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Inverse-variance band weights ``(N, C)`` and their norm ``(N, 1, 1)`` for
+    :func:`smoothed_coadd` (``sigma`` default: :func:`noise_std` of ``images``)."""
+    sigma = noise_std(images) if sigma is None else _as_float32(sigma)
+    # a noiseless image: a floor far below its pixels (float32 holds the weights)
+    floor = 1e-6 * tf.reduce_max(tf.abs(images), axis=[1, 2, 3])[:, None]
+    sigma = tf.maximum(sigma, tf.maximum(floor, 1e-30))
+    weight = 1.0 / tf.square(sigma)  # (N, C)
+    return weight, tf.sqrt(tf.reduce_sum(weight, axis=-1))[:, None, None]
+
+
+def smoothed_coadd(
+    images: tf.Tensor, weight: tf.Tensor, norm: tf.Tensor,
+    smooth_sigma: float = DETECT_SMOOTH_SIGMA,
+) -> tf.Tensor:
+    """The bands' inverse-variance coadd (unit noise per pixel), smoothed with a Gaussian of
+    ``smooth_sigma`` pixels: ``(N, H, W, C) -> (N, H, W)`` (weights from
+    :func:`_coadd_weights`)."""
+    coadd = tf.reduce_sum(images * weight[:, None, None, :], axis=-1) / norm
+    kernel = _gaussian_kernel(smooth_sigma)
+    return tf.nn.conv2d(coadd[..., None], kernel, strides=1, padding="SAME")[..., 0]
+
+
 def residual_snr(
     residual: tf.Tensor,
     smooth_sigma: float = DETECT_SMOOTH_SIGMA,
@@ -203,22 +233,12 @@ def residual_snr(
     give it for a noiseless image, such as a part of a model).
     """
     residual = _as_float32(residual)
-    sigma = noise_std(residual) if sigma is None else _as_float32(sigma)
-    # a noiseless image: a floor far below its pixels (float32 holds the weights)
-    floor = 1e-6 * tf.reduce_max(tf.abs(residual), axis=[1, 2, 3])[:, None]
-    sigma = tf.maximum(sigma, tf.maximum(floor, 1e-30))
-    weight = 1.0 / tf.square(sigma)  # (N, C)
-    norm = tf.sqrt(tf.reduce_sum(weight, axis=-1))[:, None, None]
-    kernel = _gaussian_kernel(smooth_sigma)
-
-    def smooth(images):
-        coadd = tf.reduce_sum(images * weight[:, None, None, :], axis=-1) / norm
-        return tf.nn.conv2d(coadd[..., None], kernel, strides=1, padding="SAME")[..., 0]
-
-    noise = tf.sqrt(tf.reduce_sum(tf.square(kernel)))
+    weight, norm = _coadd_weights(residual, sigma)
+    noise = tf.sqrt(tf.reduce_sum(tf.square(_gaussian_kernel(smooth_sigma))))
     if model is not None and model_error > 0:
-        noise = tf.sqrt(tf.square(noise) + tf.square(model_error * smooth(_as_float32(model))))
-    return smooth(residual) / noise
+        smooth_model = smoothed_coadd(_as_float32(model), weight, norm, smooth_sigma)
+        noise = tf.sqrt(tf.square(noise) + tf.square(model_error * smooth_model))
+    return smoothed_coadd(residual, weight, norm, smooth_sigma) / noise
 
 
 def centroids(images: tf.Tensor) -> tf.Tensor:
@@ -263,6 +283,18 @@ def conserve_flux(
     safe = tf.where(total > 0, total, tf.ones_like(total))
     weights = tf.where(footprint[:, None], models / safe[:, None], tf.zeros_like(models))
     return {"conserved": components + weights * residual[:, None], "noise_std": sigma}
+
+
+def _pack(components: tf.Tensor, keep: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The components ``(N, K, H, W, C)`` whose ``keep`` ``(N, K)`` is true, packed to the front
+    in their order and zero padded, and how many per blend."""
+    k = tf.shape(keep)[1]
+    slots = tf.range(k)[None, :]
+    order = tf.argsort(tf.where(keep, 0, 1) * k + slots, axis=1, stable=True)
+    components = tf.gather(components, order, axis=1, batch_dims=1)
+    n_kept = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
+    padding = slots >= n_kept[:, None]
+    return tf.where(padding[:, :, None, None, None], 0.0, components), n_kept
 
 
 class Peeler(tf.Module):
@@ -609,15 +641,58 @@ class Peeler(tf.Module):
             weight -= tf.cast(moving, tf.float32)[:, None] * tf.one_hot(slot, k, dtype=tf.float32)
             components += weight[:, :, None, None, None] * components[:, slot][:, None]
         keep = tf.logical_and(slots[None, :] < n_components[:, None], tf.logical_not(merge))
-        order = tf.argsort(
-            tf.where(keep, 0, 1) * k + slots[None, :], axis=1, stable=True
-        )  # kept slots first, in their order
-        components = tf.gather(components, order, axis=1, batch_dims=1)
+        components, n_kept = _pack(components, keep)
         merged = tf.reduce_sum(tf.cast(merge, tf.int32), axis=1)
-        n_kept = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
-        padding = tf.range(k)[None, :] >= n_kept[:, None]
-        components = tf.where(padding[:, :, None, None, None], 0.0, components)
         return components, n_kept, merged
+
+    def keep_significant(
+        self, components: tf.Tensor, n_components: tf.Tensor, sigma: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Drop the components after the first that are pieces of the other galaxies' models.
+
+        A component after the first (the brightest galaxy, always kept) is dropped when it is
+        both *weak*, its matched-filter S/N (:func:`residual_snr` of the component, the noise
+        holding the sky and ``model_error`` times all the models) peaking at or below
+        ``keep_snr``, and *on the others*: at its own smoothed peak the other components'
+        models exceed 1 / :data:`ON_MODEL_RATIO` of it. Around a bright galaxy the classifier
+        may count the model's few per cent of error as another galaxy, and the peel models it;
+        such a component is no source of its own. A faint component away from the models is
+        kept whatever its S/N (that is the classifier's call).
+
+        Args:
+            components: float32 ``(N, K, H, W, C)`` (zero padded).
+            n_components: int32 ``(N,)``.
+            sigma: float32 ``(N, C)``, the blends' sky noise.
+
+        Returns:
+            ``(components, n_components, pruned)``: the kept components packed to the front in
+            their order, and ``pruned`` int32 ``(N,)``, how many were dropped. The caller gives
+            the dropped ones back to the residual (the components' sum changes).
+        """
+        k = self.config.max_iterations
+        slots = tf.range(k)[None, :]
+        later = tf.logical_and(slots >= 1, slots < n_components[:, None])
+        index = tf.cast(tf.where(later), tf.int32)  # (M, 2): blend, slot
+        component = tf.gather_nd(components, index)
+        model = tf.gather(tf.reduce_sum(components, axis=1), index[:, 0])
+        sky = tf.gather(sigma, index[:, 0])
+        snr = residual_snr(component, model=model, model_error=self.config.model_error,
+                           sigma=sky)
+        weak = tf.reduce_max(snr, axis=[1, 2]) <= self.config.keep_snr
+        # ... and on the others: at its own (smoothed) peak, the other galaxies' models are
+        # brighter than 1 / ON_MODEL_RATIO of it (a faint galaxy of its own is left to the count)
+        weight, norm = _coadd_weights(component, sky)
+        m = tf.shape(component)[0]
+        own = tf.reshape(smoothed_coadd(component, weight, norm), [m, -1])
+        others = tf.reshape(smoothed_coadd(model - component, weight, norm), [m, -1])
+        peak = tf.argmax(own, axis=1, output_type=tf.int32)
+        on_others = tf.gather(own, peak, batch_dims=1) <= ON_MODEL_RATIO * tf.gather(
+            others, peak, batch_dims=1)
+        weak = tf.logical_and(weak, on_others)
+        drop = tf.scatter_nd(index, weak, tf.shape(later))
+        keep = tf.logical_and(slots < n_components[:, None], tf.logical_not(drop))
+        components, n_kept = _pack(components, keep)
+        return components, n_kept, tf.reduce_sum(tf.cast(drop, tf.int32), axis=1)
 
     # ---------------------------------------------------------------- the peel
     def __call__(self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None) -> dict[str, tf.Tensor]:
@@ -637,7 +712,8 @@ class Peeler(tf.Module):
             ``(N,)`` (2 high, 1 medium, 0 low), ``n_components`` int32 ``(N,)``, ``split``
             int32 ``(N,)`` (1 where :meth:`split_merged` split a component, else 0),
             ``recovered`` int32 ``(N,)`` (1 where :meth:`recover_missed` added one),
-            ``merged`` int32 ``(N,)`` (components :meth:`merge_close` merged away);
+            ``merged`` int32 ``(N,)`` (components :meth:`merge_close` merged away),
+            ``pruned`` int32 ``(N,)`` (components :meth:`keep_significant` dropped);
             ``conserved`` float32 ``(N, K, H, W, C)``, the flux-conserving components
             (:func:`conserve_flux`), ``noise_std`` float32 ``(N, C)``, and ``outliers`` int32
             ``(N,)``, the single-pixel outliers (:func:`tfdeblend.normalize.remove_outliers`)
@@ -769,6 +845,11 @@ class Peeler(tf.Module):
         merged = tf.zeros([n], tf.int32)
         if self.config.merge_radius > 0:  # keeps the components' sum, hence the residual
             components, n_components, merged = self.merge_close(components, n_components)
+        pruned = tf.zeros([n], tf.int32)
+        if self.config.keep_snr > 0:  # the dropped components go back to the residual
+            components, n_components, pruned = self.keep_significant(
+                components, n_components, sigma)
+            residual = images - tf.reduce_sum(components, axis=1)
         return {
             "components": components,
             "residual": residual + (original - images),
@@ -779,5 +860,6 @@ class Peeler(tf.Module):
             "split": split,
             "recovered": recovered,
             "merged": merged,
+            "pruned": pruned,
             "outliers": tf.reduce_sum(tf.cast(outliers, tf.int32), axis=[1, 2, 3]),
         }

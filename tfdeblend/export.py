@@ -557,11 +557,12 @@ class DeblendModel:
             ``components (N, K, H, W, C)``, ``residual (N, H, W, C)``, ``counts (N, K + 1)``,
             ``quality (N,)``, ``n_components (N,)``, ``split (N,)`` (1 where a component was
             split), ``recovered (N,)`` (1 where the residual detection added one), ``merged (N,)``
-            (components merged into a brighter one), ``conserved (N, K, H, W, C)`` and ``noise_std (N, C)`` as numpy arrays,
+            (components merged into a brighter one), ``pruned (N,)`` (components dropped as not
+            significant), ``conserved (N, K, H, W, C)`` and ``noise_std (N, C)`` as numpy arrays,
             input units.
         """
         out = self._run("serving_default", images, batch_size, noise_sigma, psf_fwhm)
-        for key in ("split", "recovered", "merged"):  # exported before these steps existed
+        for key in ("split", "recovered", "merged", "pruned"):  # exported before these steps
             if key not in out:
                 out[key] = np.zeros(len(out["quality"]), np.int32)
         if "conserved" not in out:  # exported before the flux-conserving step existed

@@ -34,7 +34,8 @@ given it), written atomically (temporary file, then rename), channels first:
   0 low), ``quality_name``, ``counts`` (classifier count before each step, ``-1`` where the
   step was not run), ``split`` (1 where a component the classifier counted as several galaxies
   was split after the peel), ``recovered`` (1 where the residual detection added a galaxy),
-  ``merged`` (components merged into a brighter one), ``outliers`` (single-pixel outliers the
+  ``merged`` (components merged into a brighter one), ``pruned`` (components dropped after the
+  peel as not significant, their flux left to the residual), ``outliers`` (single-pixel outliers the
   networks did not see, :mod:`tfdeblend.outliers`), ``missing`` (NaN/inf input pixels, filled
   from their neighbours for the networks and NaN in ``RESIDUAL``), ``noise_<band>`` (robust noise sigma of the
   residual, input units).
@@ -349,11 +350,12 @@ def blends_table(
     split: np.ndarray | None = None,
     recovered: np.ndarray | None = None,
     merged: np.ndarray | None = None,
+    pruned: np.ndarray | None = None,
     outliers: np.ndarray | None = None,
     missing: np.ndarray | None = None,
 ) -> Table:
     """One row per blend: ``blend_id, n_components, quality, quality_name, counts, split,
-    recovered, merged, outliers, missing`` and, when ``noise_std`` ``(N, C)`` is given,
+    recovered, merged, pruned, outliers, missing`` and, when ``noise_std`` ``(N, C)`` is given,
     ``noise_<band>``.
 
     ``outliers`` is the number of single-pixel outliers (cosmic rays, hot pixels) the networks
@@ -371,6 +373,7 @@ def blends_table(
         np.zeros(n, np.int16) if recovered is None else np.asarray(recovered, np.int16)
     )
     table["merged"] = np.zeros(n, np.int16) if merged is None else np.asarray(merged, np.int16)
+    table["pruned"] = np.zeros(n, np.int16) if pruned is None else np.asarray(pruned, np.int16)
     table["outliers"] = (
         np.zeros(n, np.int32) if outliers is None else np.asarray(outliers, np.int32)
     )
@@ -549,6 +552,7 @@ class ResultWriter:
                 split=result.get("split"),
                 recovered=result.get("recovered"),
                 merged=result.get("merged"),
+                pruned=result.get("pruned"),
                 outliers=result.get("outliers"),
                 missing=result.get("missing"),
             )

@@ -77,6 +77,9 @@ class PeelConfig(YamlConfig):
             detection's RDN sees (0 = the whole residual).
         merge_radius: merge a component into an earlier (brighter) one whose centroid lies
             closer than this many pixels (0 = off).
+        keep_snr: last, a component after the first is kept only where it peaks above this
+            matched-filter S/N with ``model_error`` of the models counted as noise; the others
+            are given back to the residual (0 = off).
     """
 
     max_iterations: int = _option(
@@ -128,6 +131,13 @@ class PeelConfig(YamlConfig):
         3.0, "MERGERAD", "components closer than this merged, px (0 off)",
         "After the peel, merge a galaxy into a brighter one whose centroid lies closer than this "
         "many pixels (0 = off).",
+        minimum=0.0, off=0.0,
+    )
+    keep_snr: float = _option(
+        5.0, "KEEPSNR", "later components kept above this S/N (0 off)",
+        "Last, keep a galaxy after the brightest only where it peaks above this matched-filter "
+        "S/N, with the models' own error (--model-error) counted as noise; the others go back "
+        "to the residual, where the flux-conserving components take them (0 = off).",
         minimum=0.0, off=0.0,
     )
 
@@ -219,6 +229,6 @@ PEEL_PRESETS: dict[str, PeelConfig] = {
     "shipped": PeelConfig(),
     "paper": PeelConfig(
         count_views=1, view_confidence=0.0, split=False, refine_steps=0, detect_snr=0.0,
-        model_error=0.0, detect_window=0.0, merge_radius=0.0,
+        model_error=0.0, detect_window=0.0, merge_radius=0.0, keep_snr=0.0,
     ),
 }

@@ -99,7 +99,8 @@ def run_file(
         Summary dict: ``n_blends``, ``quality`` (count per quality name), ``n_components``
         (total), ``n_split`` (blends where a merged component was split), ``n_recovered``
         (blends where the residual detection added one), ``n_merged`` (components merged
-        into a brighter one), ``n_outlier_blends`` and ``n_outliers`` (stamps with outlier
+        into a brighter one), ``n_pruned`` (components dropped as not significant),
+        ``n_outlier_blends`` and ``n_outliers`` (stamps with outlier
         pixels, and those pixels), ``output``, ``previews`` (list of PNG paths), ``seconds``.
 
     Raises:
@@ -181,10 +182,10 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
         key: [] for key in ("blend", "components", "residual", "counts", "quality",
                             "n_components", "split")
     }
-    totals = {"n_components": 0, "n_split": 0, "n_recovered": 0, "n_merged": 0,
+    totals = {"n_components": 0, "n_split": 0, "n_recovered": 0, "n_merged": 0, "n_pruned": 0,
               "n_outlier_blends": 0, "n_outliers": 0, "n_missing_blends": 0, "n_missing": 0}
     sums = {"n_components": "n_components", "n_split": "split", "n_recovered": "recovered",
-            "n_merged": "merged", "n_outliers": "outliers", "n_missing": "missing"}
+            "n_merged": "merged", "n_pruned": "pruned", "n_outliers": "outliers", "n_missing": "missing"}
     quality_total = {name: 0 for name in QUALITY_NAMES.values()}
     info = {
         "model": model.name,
@@ -236,6 +237,8 @@ def summary_line(summary: dict) -> str:
         added += f", {summary['n_recovered']} found in the residual"
     if summary.get("n_merged"):
         added += f", {summary['n_merged']} merged into a brighter galaxy"
+    if summary.get("n_pruned"):
+        added += f", {summary['n_pruned']} dropped as not significant"
     line = (
         f"Deblended {summary['n_blends']} blend(s) into {summary['n_components']} component(s) "
         f"in {summary['seconds']:.1f} s (quality: {quality}{added}); wrote {summary['output']}"

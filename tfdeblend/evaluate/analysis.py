@@ -374,7 +374,8 @@ def testset_summary(
         quality: ``(N,)`` the peel's quality per stamp.
         n_components: ``(N,)`` components per stamp.
         img: :func:`image_metrics` of all stamps.
-        post_peel: blends changed by the post-peel steps (``split``, ``recovered``, ``merged``).
+        post_peel: blends changed by the post-peel steps (``split``, ``recovered``, ``merged``,
+            ``pruned``).
         methods: method name -> :func:`analyze_catalog`, ``tfdeblend`` first, then the baselines.
     """
     n_gal = np.asarray(testset["n_gal"], dtype=np.int64)

@@ -133,7 +133,7 @@ def deblend_testset(
 
     Returns:
         ``quality (N,)``, ``n_components (N,)``, ``post_peel`` (blends changed by the post-peel
-        steps: ``split``, ``recovered``, ``merged``), ``img`` (:func:`analysis.image_metrics`),
+        steps: ``split``, ``recovered``, ``merged``, ``pruned``), ``img`` (:func:`analysis.image_metrics`),
         ``catalog`` (:func:`baselines.catalog_from_components` of ``conserved``) and
         ``gallery`` (``components (N, 2, H, W, C)``, the first two in peel order, zero padded;
         ``residual (N, H, W, C)``; ``n_components``).
@@ -143,7 +143,7 @@ def deblend_testset(
     quality = np.zeros(n_stamps, dtype=np.int64)
     n_comp = np.zeros(n_stamps, dtype=np.int64)
     # blends changed by the post-peel steps, and the components merged away
-    added = {"split": 0, "recovered": 0, "merged": 0}
+    added = {"split": 0, "recovered": 0, "merged": 0, "pruned": 0}
     img_parts, cat_parts, comp_parts, residual_parts = [], [], [], []
     for start in tqdm(
         range(0, n_stamps, batch_size), desc="deblend", unit="batch", disable=not progress

@@ -194,7 +194,8 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
         if post:
             lines += [f"After the peel, {post['split']} blend(s) had a merged component split "
                       f"and {post['recovered']} gained a galaxy from the residual detection; "
-                      f"{post.get('merged', 0)} component(s) were merged into a brighter one.",
+                      f"{post.get('merged', 0)} component(s) were merged into a brighter one "
+                      f"and {post.get('pruned', 0)} dropped as not significant.",
                       ""]
         # Table I
         lines += ["### Table I: quality of the deblends (%)", "",
