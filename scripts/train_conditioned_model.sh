@@ -2,7 +2,9 @@
 # Train the conditioned cpu model (networks that take each band's noise and PSF FWHM as input)
 # on a 2-core CPU: version 9's networks are widened (the new inputs start at zero) and fine-tuned
 # on data drawn over observing conditions. Steps: simulation, phase 1 RDN, the peel residuals of
-# that RDN, phase 1 classifier (three times), export. About 105 minutes of training; the wall-clock minutes of each step go to $RUNS/conditioned_times.log.
+# that RDN, phase 1 classifier (three times), the RDN and the classifier once more (version 12),
+# export. About 155 minutes of training and 30 of simulation and residuals on 2 cores; the
+# wall-clock minutes of each step go to $RUNS/conditioned_times.log.
 # Rerunning the script skips finished steps and resumes interrupted ones (simulation finishes
 # missing shards; training resumes from its backup/). Export and evaluation: docs/model_card.md.
 set -euo pipefail
