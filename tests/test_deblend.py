@@ -179,7 +179,7 @@ def test_real_networks_run_on_steps_where_no_blend_peels(tiny_peel_models, rende
     blank = np.zeros((2, *rendered_blends.shape[1:]), "float32")  # always counted 0
     images = np.concatenate([blank, rendered_blends[:2]])
     peeler = make_peeler(deblender, classifier, stamp_size=images.shape[1],
-                         n_bands=images.shape[-1], split=True)
+                         n_bands=images.shape[-1], split=True, keep_snr=5.0)
     out = peel_numpy(peeler, images, batch_size=2)  # the first batch never peels nor splits
     assert out["n_components"][:2].tolist() == [0, 0]
     assert out["quality"][:2].tolist() == [2, 2]

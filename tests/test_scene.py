@@ -149,10 +149,13 @@ def test_per_band_files_give_the_cube_s_catalog(hsc, tmp_path):
     assert len(tables[0]) >= 3
     for column in ("x", "y", "flux_r", "flux_err_i"):
         np.testing.assert_allclose(tables[0][column], tables[1][column], rtol=1e-5, atol=1e-4)
-    # the LSST-trained model finds at least 3 of the 7 sources the HSC pipeline detected
+    # the shipped model finds the two bright galaxies among the 7 sources the HSC pipeline
+    # detected (versions 9-11 also found the faint source 2; version 12 does not: see
+    # docs/survey_images.md and the model card, "Version 12")
     centres = np.array([[c["x"], c["y"]] for c in hsc["catalog"]])
     dist = np.hypot(tables[0]["x"][:, None] - centres[:, 0], tables[0]["y"][:, None] - centres[:, 1])
-    assert (dist.min(axis=1) < 2.0).sum() >= 3, dist.min(axis=1)
+    found = {int(np.argmin(d)) for d in dist if d.min() < 2.0}
+    assert {0, 1} <= found, dist.min(axis=1)
 
 
 @pytest.mark.parametrize(
