@@ -445,16 +445,23 @@ class AlwaysTwo(keras.layers.Layer):
             [[0.0, 0.0, 10.0, 0.0]])
 
 
-def test_a_bright_model_is_not_split_into_its_own_error():
-    """The classifier counts a bright galaxy's model as two; what the RDN leaves of it is 2 %
-    of the model, far above the sky noise but within the model's own error: with
-    ``model_error`` the split is refused, without it the model is split."""
+def bright_galaxy_off_by_two_percent():
+    """``(deblender, classifier, galaxy)``: an RDN whose galaxy is 98 % of its input, a
+    classifier that always counts two, and a bright Gaussian galaxy ``(SIZE, SIZE)``."""
     inputs = keras.Input((SIZE, SIZE, 2))
     deblender = keras.Model(inputs, AlmostAll()(inputs))
     inputs = keras.Input((SIZE, SIZE, 2))
     classifier = keras.Model(inputs, AlwaysTwo()(inputs))
     yy, xx = np.mgrid[:SIZE, :SIZE]
     galaxy = 1e4 * np.exp(-((xx - 8) ** 2 + (yy - 8) ** 2) / (2 * 2.0**2))
+    return deblender, classifier, galaxy
+
+
+def test_a_bright_model_is_not_split_into_its_own_error():
+    """The classifier counts a bright galaxy's model as two; what the RDN leaves of it is 2 %
+    of the model, far above the sky noise but within the model's own error: with
+    ``model_error`` the split is refused, without it the model is split."""
+    deblender, classifier, galaxy = bright_galaxy_off_by_two_percent()
     components = np.zeros((1, 3, SIZE, SIZE, 2), "float32")
     components[0, 0] = galaxy[..., None]
     sigma = tf.ones([1, 2])
@@ -711,12 +718,7 @@ def test_the_peel_drops_what_it_cut_out_of_a_bright_models_error():
     """A deblender off by 2 % and a classifier that counts every image as two: the peel cuts
     the bright galaxy, then a piece of its error, then stops stuck. The piece goes back to the
     residual (components + residual == input); without the step it stays a component."""
-    inputs = keras.Input((SIZE, SIZE, 2))
-    deblender = keras.Model(inputs, AlmostAll()(inputs))
-    inputs = keras.Input((SIZE, SIZE, 2))
-    classifier = keras.Model(inputs, AlwaysTwo()(inputs))
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    galaxy = 1e4 * np.exp(-((xx - 8) ** 2 + (yy - 8) ** 2) / (2 * 2.0**2))
+    deblender, classifier, galaxy = bright_galaxy_off_by_two_percent()
     images = (np.repeat(galaxy[None, ..., None], 2, -1)
               + np.random.default_rng(0).normal(size=(1, SIZE, SIZE, 2))).astype("float32")
     options = dict(count_views=1, max_iterations=4, refine_steps=0)

@@ -234,11 +234,21 @@ def residual_snr(
     """
     residual = _as_float32(residual)
     weight, norm = _coadd_weights(residual, sigma)
-    noise = tf.sqrt(tf.reduce_sum(tf.square(_gaussian_kernel(smooth_sigma))))
+    smooth_model = None
     if model is not None and model_error > 0:
         smooth_model = smoothed_coadd(_as_float32(model), weight, norm, smooth_sigma)
+    return _snr(smoothed_coadd(residual, weight, norm, smooth_sigma), smooth_model, model_error,
+                smooth_sigma)
+
+
+def _snr(smooth_residual: tf.Tensor, smooth_model: tf.Tensor | None, model_error: float,
+         smooth_sigma: float = DETECT_SMOOTH_SIGMA) -> tf.Tensor:
+    """:func:`residual_snr` from the smoothed coadds (:func:`smoothed_coadd`) of the residual and
+    of the models (``None``: sky noise only)."""
+    noise = tf.sqrt(tf.reduce_sum(tf.square(_gaussian_kernel(smooth_sigma))))
+    if smooth_model is not None:
         noise = tf.sqrt(tf.square(noise) + tf.square(model_error * smooth_model))
-    return smoothed_coadd(residual, weight, norm, smooth_sigma) / noise
+    return smooth_residual / noise
 
 
 def centroids(images: tf.Tensor) -> tf.Tensor:
@@ -675,16 +685,18 @@ class Peeler(tf.Module):
         index = tf.cast(tf.where(later), tf.int32)  # (M, 2): blend, slot
         component = tf.gather_nd(components, index)
         model = tf.gather(tf.reduce_sum(components, axis=1), index[:, 0])
-        sky = tf.gather(sigma, index[:, 0])
-        snr = residual_snr(component, model=model, model_error=self.config.model_error,
-                           sigma=sky)
+        # the component's S/N (residual_snr), from smoothed coadds that the second test reuses
+        weight, norm = _coadd_weights(component, tf.gather(sigma, index[:, 0]))
+        m = tf.shape(component)[0]
+        own = smoothed_coadd(component, weight, norm)
+        total = smoothed_coadd(model, weight, norm)
+        smooth_model = total if self.config.model_error > 0 else None
+        snr = _snr(own, smooth_model, self.config.model_error)
         weak = tf.reduce_max(snr, axis=[1, 2]) <= self.config.keep_snr
         # ... and on the others: at its own (smoothed) peak, the other galaxies' models are
         # brighter than 1 / ON_MODEL_RATIO of it (a faint galaxy of its own is left to the count)
-        weight, norm = _coadd_weights(component, sky)
-        m = tf.shape(component)[0]
-        own = tf.reshape(smoothed_coadd(component, weight, norm), [m, -1])
-        others = tf.reshape(smoothed_coadd(model - component, weight, norm), [m, -1])
+        own = tf.reshape(own, [m, -1])
+        others = tf.reshape(total, [m, -1]) - own  # the coadd and the smoothing are linear
         peak = tf.argmax(own, axis=1, output_type=tf.int32)
         on_others = tf.gather(own, peak, batch_dims=1) <= ON_MODEL_RATIO * tf.gather(
             others, peak, batch_dims=1)
