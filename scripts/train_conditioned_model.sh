@@ -96,6 +96,8 @@ done
   --out "$RUNS/cond_vgg4" --config configs/conditioned_classifier_v12.yaml --init-from "$RUNS/cond_vgg3"
 
 # 7. export (version 10 of the shipped model was cond_rdn + cond_vgg2, version 11 cond_rdn +
-#    cond_vgg3; version 12 is below)
+#    cond_vgg3; versions 12 and 13 are below: version 13 is the same networks exported with the
+#    peel's prior_three -1, the default since then, chosen on the validation sets with
+#    scripts/count_trajectories.py; docs/model_card.md, "Version 13")
 [ -d "$MODEL" ] || tfdeblend export --deblender "$RUNS/cond_rdn12" --classifier "$RUNS/cond_vgg4" --out "$MODEL"
 echo "trained and exported: $MODEL"

@@ -87,6 +87,18 @@ def conditioned_runs(request, tmp_path_factory, deblender_data_dir, classifier_d
     return base / "rdn", base / "vgg"
 
 
+@pytest.fixture(scope="module")
+def conditioned_model(conditioned_runs, tmp_path_factory) -> Path:
+    """The conditioned runs exported once (version 1 of a model base directory; the tests
+    only read it)."""
+    from tfdeblend.export import export_model
+
+    rdn_run, vgg_run = conditioned_runs
+    return export_model(None, tmp_path_factory.mktemp("cond_model") / "cond",
+                        deblender_run=rdn_run, classifier_run=vgg_run,
+                        peel=PeelConfig(max_iterations=3))
+
+
 def test_widening_starts_from_the_same_network(request, deblender_data_dir):
     """An image-only network's weights in a conditioned one: the same output whatever the
     conditions, because the new input weights start at zero."""
@@ -191,13 +203,11 @@ def test_peel_uses_the_conditions_and_conserves_flux(request):
 
 
 def test_a_conditioned_savedmodel_serves_with_and_without_conditions(
-    conditioned_runs, request, tmp_path
+    conditioned_model, request, tmp_path
 ):
-    from tfdeblend.export import CONDITION_SIGNATURES, export_model, load_model
+    from tfdeblend.export import CONDITION_SIGNATURES, load_model
 
-    rdn_run, vgg_run = conditioned_runs
-    path = export_model(None, tmp_path / "cond", deblender_run=rdn_run, classifier_run=vgg_run,
-                        peel=PeelConfig(max_iterations=3))
+    path = conditioned_model
     model = load_model(path)
     assert model.conditioned and model.conditions["survey"] == "LSST"
     assert len(model.conditions["psf_fwhm"]) == 3
@@ -273,13 +283,9 @@ def test_psf_option_reads_numbers_cubes_and_files(tmp_path):
 
 
 def test_run_takes_psf_for_a_conditioned_model_and_notes_it_for_others(
-    conditioned_runs, request, tmp_path_factory, tmp_path
+    conditioned_model, request, tmp_path_factory, tmp_path
 ):
-    from tfdeblend.export import export_model
-
-    rdn_run, vgg_run = conditioned_runs
-    conditioned = export_model(None, tmp_path / "cond", deblender_run=rdn_run,
-                               classifier_run=vgg_run, peel=PeelConfig(max_iterations=3))
+    conditioned = conditioned_model
     plain = exported_model(request, tmp_path_factory)
     src = write_blends_fits(tmp_path / "blends.fits", blend_images(request, 3), PIXSCALE=0.2)
     runner = CliRunner()
@@ -299,16 +305,14 @@ def test_run_takes_psf_for_a_conditioned_model_and_notes_it_for_others(
     assert not (tmp_path / "bad.fits").exists()
 
 
-def test_btk_adapter_passes_btk_noise_and_psf(conditioned_runs, tmp_path):
+def test_btk_adapter_passes_btk_noise_and_psf(conditioned_model):
     import btk
 
     from tfdeblend.btk_adapter import RDNDeblender
-    from tfdeblend.export import export_model, load_model
+    from tfdeblend.export import load_model
     from tfdeblend.simulate import band_conditions
 
-    rdn_run, vgg_run = conditioned_runs
-    model = load_model(export_model(None, tmp_path / "cond", deblender_run=rdn_run,
-                                    classifier_run=vgg_run, peel=PeelConfig(max_iterations=3)))
+    model = load_model(conditioned_model)
     from tfdeblend.catalog import load_default_catalog
 
     table = load_default_catalog()
@@ -333,14 +337,11 @@ def test_btk_adapter_passes_btk_noise_and_psf(conditioned_runs, tmp_path):
     assert len(out.catalog_list) == 2
 
 
-def test_a_real_hsc_image_runs_with_its_own_psfs_and_variance(conditioned_runs, tmp_path):
+def test_a_real_hsc_image_runs_with_its_own_psfs_and_variance(conditioned_model, tmp_path):
     """The HSC cut-out with its PSF images (one cube, BANDS g..y) through tfdeblend run."""
-    from tfdeblend.export import export_model
     from tfdeblend.image_io import LSST_MASK_PLANES, write_cube
 
-    rdn_run, vgg_run = conditioned_runs
-    model = export_model(None, tmp_path / "cond", deblender_run=rdn_run, classifier_run=vgg_run,
-                         peel=PeelConfig(max_iterations=3))
+    model = conditioned_model
     data = np.load(HSC)
     write_cube(tmp_path / "hsc.fits", data["images"], ",".join(data["filters"]),
                variance=data["variance"], mask=data["mask"], mask_planes=LSST_MASK_PLANES,

@@ -348,14 +348,21 @@ def test_count_averages_the_classifier_logits_over_the_views(tiny_peel_models, r
     normalized, _ = normalize(tf.constant(images))
     logits = classifier(dihedral_views(normalized, 8), training=False).numpy()
     expected = logits.reshape(8, len(images), -1).mean(axis=0)
-    for views in (1, 8):
-        peeler = make_peeler(deblender, classifier, count_views=views)
+    counts = {}
+    for views, prior in ((1, 0.0), (8, 0.0), (8, -1.5), (1, 5.0), (8, -5.0)):
+        peeler = make_peeler(deblender, classifier, count_views=views, prior_three=prior)
         counted = peeler.count(tf.constant(images))
-        mean = expected if views == 8 else logits[: len(images)]
+        # prior_three is added to the (averaged) logit of a count of 3
+        mean = (expected if views == 8 else logits[: len(images)]) + [0.0, 0.0, 0.0, prior]
         np.testing.assert_array_equal(counted["count"].numpy(), mean.argmax(axis=1))
         np.testing.assert_allclose(
             counted["probabilities"].numpy(), tf.nn.softmax(mean).numpy(), rtol=1e-4, atol=1e-6
         )
+        counts[prior] = counted["count"].numpy()
+    assert (counts[5.0] == 3).all() and (counts[-5.0] != 3).all()
+    # the shipped peel's prior; the paper and models exported before it: none
+    assert PeelConfig().prior_three == -1.0 and PeelConfig.preset("paper").prior_three == 0.0
+    assert PeelConfig.from_metadata({"peel": {"max_iterations": 4}}).prior_three == 0.0
     # with all 8 views, a rotated or mirrored blend peels with the same counts
     peeler = make_peeler(deblender, classifier, max_iterations=3, count_views=8)
     plain = peel_numpy(peeler, images)

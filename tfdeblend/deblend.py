@@ -18,7 +18,8 @@ still *active*:
    (:func:`tfdeblend.normalize.normalize`);
 2. the classifier counts the galaxies left (argmax of its logits, averaged over ``count_views``
    rotations/flips of the image, or only of the images whose single view is unsure with
-   ``view_confidence``); the count is recorded in ``counts[:, t]``;
+   ``view_confidence``, with ``prior_three`` added to the logit of 3 galaxies); the count is
+   recorded in ``counts[:, t]``;
 3. the blend stops when the count is 0 (quality *high* when the counts dropped by exactly one per
    step, e.g. ``3, 2, 1, 0``; *medium* otherwise), when the same non-zero count has come
    :data:`REPEAT_LIMIT` times in a row (quality *low*; nothing is peeled at that step), or when
@@ -354,15 +355,15 @@ class Peeler(tf.Module):
         With ``view_confidence`` > 0, the views are averaged only for the images whose single
         view is unsure (top probability below ``view_confidence``); the others keep the single
         view's logits. ``conditions`` ``(N, 2, C)`` and the images' ``scale`` feed a conditioned
-        classifier.
+        classifier. ``prior_three`` is added to the logit of a count of 3.
         """
         features = _features(conditions, scale) if is_conditioned(self.classifier) else None
         views = self.config.count_views
         if views == 1:
-            return run_classifier(self.classifier, normalized, features)
+            return self._with_prior(run_classifier(self.classifier, normalized, features))
         if self.config.view_confidence <= 0:
             return self._view_average(normalized, features)
-        single = run_classifier(self.classifier, normalized, features)
+        single = self._with_prior(run_classifier(self.classifier, normalized, features))
         unsure = tf.reduce_max(tf.nn.softmax(single, axis=-1), axis=-1) < self.config.view_confidence
         index = tf.cast(tf.where(unsure), tf.int32)
         averaged = self._view_average(
@@ -377,7 +378,17 @@ class Peeler(tf.Module):
             features = tf.tile(features, [views, 1])
         logits = run_classifier(self.classifier, dihedral_views(normalized, views), features)
         shape = tf.shape(logits)
-        return tf.reduce_mean(tf.reshape(logits, [views, shape[0] // views, shape[1]]), 0)
+        return self._with_prior(
+            tf.reduce_mean(tf.reshape(logits, [views, shape[0] // views, shape[1]]), 0))
+
+    def _with_prior(self, logits: tf.Tensor) -> tf.Tensor:
+        """``prior_three`` added to the logit of a count of 3 (the last class)."""
+        if self.config.prior_three == 0:
+            return logits
+        classes = int(self.classifier.output_shape[-1])
+        offset = np.zeros(classes, np.float32)
+        offset[-1] = self.config.prior_three
+        return logits + tf.constant(offset)
 
     def conditions_for(
         self, images: tf.Tensor, noise_sigma=None, psf_fwhm=None, estimated=None

@@ -12,7 +12,8 @@ This module does not import TensorFlow, so options are checked before any networ
 Presets (:data:`PEEL_PRESETS`):
 
 - ``shipped`` (the defaults): the peel exported with the shipped model: counts averaged over the
-  8 rotations/flips where the single view is unsure (top probability below 0.8), a merged
+  8 rotations/flips where the single view is unsure (top probability below 0.8), a count of 3
+  made e times less likely than the classifier's balanced training classes say, a merged
   component split, 2 refinement sweeps, the residual detection at S/N 10 within an 8 px window,
   and components closer than 3 px merged;
 - ``paper``: Wang et al. (2021)'s peel exactly: count, deblend the brightest, subtract, repeat.
@@ -65,6 +66,8 @@ class PeelConfig(YamlConfig):
             image (1, 2, 4 or 8; 1 = the paper).
         view_confidence: average the views only for the images whose single view's top
             probability is below this (0: always).
+        prior_three: added to the classifier's logit of a count of 3 (a log prior ratio
+            against the balanced classes it was trained on; 0 = the paper).
         split: after the peel, split a component the classifier counts as two or more galaxies.
         refine_steps: RDN refinement sweeps after the peel: each galaxy estimated again from the
             blend minus the others (0 = the paper).
@@ -96,6 +99,13 @@ class PeelConfig(YamlConfig):
         "Average the views only for images whose single view's top class probability is below "
         "this (0 = always; it saves most of the classifier's time).",
         minimum=0.0, maximum=1.0, off=0.0,
+    )
+    prior_three: float = _option(
+        -1.0, "PRIOR3", "added to the classifier's logit of a count of 3",
+        "Added to the classifier's logit of a count of 3: a log prior, the classifier having "
+        "been trained on as many images of 3 galaxies as of 0, 1 or 2 (-1 makes a count of 3 "
+        "e = 2.7 times less likely; 0 = as trained).",
+        off=0.0,
     )
     split: bool = _option(
         True, "SPLIT", "merged components split after the peel",
@@ -228,7 +238,7 @@ class PeelConfig(YamlConfig):
 PEEL_PRESETS: dict[str, PeelConfig] = {
     "shipped": PeelConfig(),
     "paper": PeelConfig(
-        count_views=1, view_confidence=0.0, split=False, refine_steps=0, detect_snr=0.0,
+        count_views=1, view_confidence=0.0, prior_three=0.0, split=False, refine_steps=0, detect_snr=0.0,
         model_error=0.0, detect_window=0.0, merge_radius=0.0, keep_snr=0.0,
     ),
 }
