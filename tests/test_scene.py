@@ -150,7 +150,7 @@ def test_per_band_files_give_the_cube_s_catalog(hsc, tmp_path):
     for column in ("x", "y", "flux_r", "flux_err_i"):
         np.testing.assert_allclose(tables[0][column], tables[1][column], rtol=1e-5, atol=1e-4)
     # the shipped model finds the two bright galaxies among the 7 sources the HSC pipeline
-    # detected (versions 9-11 also found the faint source 2; version 12 does not: see
+    # detected (versions 9-11 also found the faint source 2; versions 12-13 do not: see
     # docs/survey_images.md and the model card, "Version 12")
     centres = np.array([[c["x"], c["y"]] for c in hsc["catalog"]])
     dist = np.hypot(tables[0]["x"][:, None] - centres[:, 0], tables[0]["y"][:, None] - centres[:, 1])
