@@ -58,7 +58,7 @@ def test_run_writes_every_hdu(model_dir, images, tmp_path):
         assert head["MAXITER"] == 4 and head["REFINE"] == 2 and head["NVIEWS"] == 8
         assert head["SPLIT"] is True and head["DETECTSN"] == 10.0
         assert head["DETECTWN"] == 8.0 and head["MERGERAD"] == 3.0 and head["KEEPSNR"] == 5.0
-        assert head["PRIOR3"] == -1.0
+        assert head["PRIOR3"] == 0.0  # the tiny model's (inference_helpers.exported_model)
         comps, resid = hdul["COMPONENTS"].data, hdul["RESIDUAL"].data
         assert comps.shape == (n, 4, 3, 80, 80) and comps.dtype.kind == "f"
         assert resid.shape == (n, 3, 80, 80)
