@@ -39,7 +39,8 @@ def record(model_dir: str, sets: list[str], out: str, batch: int = 50) -> None:
     extra = Path(path) / "assets.extra"
     deblender = keras.saving.load_model(extra / "deblender.keras", compile=False)
     classifier = keras.saving.load_model(extra / "classifier.keras", compile=False)
-    config = PeelConfig.from_metadata(meta)
+    # raw logits: the model's own prior_three is what the replay varies
+    config = PeelConfig.from_metadata(meta).replace(prior_three=0.0)
     peeler = dbl.Peeler(deblender, classifier, config,
                         default_psf=meta["conditions"]["psf_fwhm"])
     k = config.max_iterations
