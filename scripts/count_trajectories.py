@@ -9,6 +9,7 @@ for any offset added to the logits, without running the networks again.
     python scripts/count_trajectories.py saved_models/tfdeblend_cpu/12 work_data/val2 ... \
         --out work_data/trajectories_v12.npz
     python scripts/count_trajectories.py --replay work_data/trajectories_v12.npz
+    python scripts/count_trajectories.py --replay work_data/trajectories_v12.npz --plot prior.png
 
 Validation sets only: the offset is chosen here and judged on the held-out test sets.
 """
@@ -143,14 +144,51 @@ def replay(path: str, offsets: list[np.ndarray]) -> None:
         print(f"{np.array2string(off, precision=2):>24} " + " ".join(f"{c:>24}" for c in cells))
 
 
+def plot(path: str, out: str) -> None:
+    """"high" and components = galaxies against the offset on the count of 3, per set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.load(path)
+    vc = float(data["view_confidence"])
+    offsets = np.linspace(-3.0, 1.0, 17)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for name in (Path(s).name for s in data["sets"]):
+        n_gal = data[f"{name}/n_gal"]
+        high, exact = [], []
+        for d3 in offsets:
+            counts = counts_for(data[f"{name}/single"], data[f"{name}/average"],
+                                data[f"{name}/empty"], np.array([0, 0, 0, d3]), vc)
+            quality, peeled = simulate(counts)
+            high.append(np.mean(quality == 2))
+            exact.append(np.mean(peeled == n_gal))
+        axes[0].plot(offsets, high, "o-", ms=3, label=name)
+        axes[1].plot(offsets, exact, "o-", ms=3, label=name)
+    for ax, title in zip(axes, ("quality high", "components peeled = galaxies")):
+        ax.axvline(-1.0, color="grey", ls=":")
+        ax.set_xlabel("offset added to the logit of a count of 3 (prior_three)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Validation sets, the peel replayed offline (scripts/count_trajectories.py)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?")
     parser.add_argument("sets", nargs="*")
     parser.add_argument("--out")
     parser.add_argument("--replay")
+    parser.add_argument("--plot", help="with --replay: write this PNG")
     args = parser.parse_args()
-    if args.replay:
+    if args.replay and args.plot:
+        plot(args.replay, args.plot)
+    elif args.replay:
         grid = [np.array([d0, 0, 0, d3], np.float32)
                 for d0 in (0.0, -0.25, 0.25) for d3 in (0.0, -0.5, -1.0, -1.5, -2.0)]
         replay(args.replay, grid)
