@@ -49,7 +49,7 @@ import yaml
 
 import tfdeblend
 from tfdeblend.errors import ModelError, TfdeblendError
-from tfdeblend.peel_config import PeelConfig
+from tfdeblend.peel_config import POST_PEEL_COUNTS, PeelConfig
 from tfdeblend.utils import atomic_dir
 
 #: Environment variable naming the default model directory.
@@ -562,7 +562,7 @@ class DeblendModel:
             input units.
         """
         out = self._run("serving_default", images, batch_size, noise_sigma, psf_fwhm)
-        for key in ("split", "recovered", "merged", "pruned"):  # exported before these steps
+        for key in POST_PEEL_COUNTS:  # 0 where exported before the step existed
             if key not in out:
                 out[key] = np.zeros(len(out["quality"]), np.int32)
         if "conserved" not in out:  # exported before the flux-conserving step existed

@@ -42,6 +42,9 @@ from tfdeblend.errors import TfdeblendError
 
 #: Allowed numbers of views (rotations/flips) the classifier's logits are averaged over.
 COUNT_VIEWS: tuple[int, ...] = (1, 2, 4, 8)
+#: The per-blend counts the steps after the peel report (peel outputs of that name; 0 for a
+#: model exported before the step existed).
+POST_PEEL_COUNTS: tuple[str, ...] = ("split", "recovered", "merged", "pruned")
 
 
 def _option(default: Any, card: str, comment: str, help: str, **checks: Any) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 from tfdeblend.config import QUALITY_NAMES
 from tfdeblend.errors import TfdeblendError
 from tfdeblend.outliers import deblend_batch, stamp_functions
+from tfdeblend.peel_config import POST_PEEL_COUNTS
 
 
 def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0):
@@ -182,10 +183,10 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
         key: [] for key in ("blend", "components", "residual", "counts", "quality",
                             "n_components", "split")
     }
-    totals = {"n_components": 0, "n_split": 0, "n_recovered": 0, "n_merged": 0, "n_pruned": 0,
-              "n_outlier_blends": 0, "n_outliers": 0, "n_missing_blends": 0, "n_missing": 0}
-    sums = {"n_components": "n_components", "n_split": "split", "n_recovered": "recovered",
-            "n_merged": "merged", "n_pruned": "pruned", "n_outliers": "outliers", "n_missing": "missing"}
+    # summary term -> the peel output it sums
+    sums = {"n_components": "n_components", **{f"n_{key}": key for key in POST_PEEL_COUNTS},
+            "n_outliers": "outliers", "n_missing": "missing"}
+    totals = {**dict.fromkeys(sums, 0), "n_outlier_blends": 0, "n_missing_blends": 0}
     quality_total = {name: 0 for name in QUALITY_NAMES.values()}
     info = {
         "model": model.name,

@@ -53,6 +53,7 @@ from tfdeblend.evaluate import analysis, figures, report
 from tfdeblend.evaluate import baselines as bl
 from tfdeblend.evaluate import fields as fd
 from tfdeblend.evaluate.match import DEFAULT_MAX_SEP
+from tfdeblend.peel_config import POST_PEEL_COUNTS
 from tfdeblend.utils import atomic_dir, check_output_path
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def deblend_testset(
     quality = np.zeros(n_stamps, dtype=np.int64)
     n_comp = np.zeros(n_stamps, dtype=np.int64)
     # blends changed by the post-peel steps, and the components merged away
-    added = {"split": 0, "recovered": 0, "merged": 0, "pruned": 0}
+    added = dict.fromkeys(POST_PEEL_COUNTS, 0)
     img_parts, cat_parts, comp_parts, residual_parts = [], [], [], []
     for start in tqdm(
         range(0, n_stamps, batch_size), desc="deblend", unit="batch", disable=not progress
