@@ -148,7 +148,7 @@ def train(
     """Train on DATASET_DIRS (written by ``tfdeblend simulate`` or ``tfdeblend residuals``).
 
     Phase 1 takes one or more datasets (examples are drawn from all of them in proportion to
-    their sizes); phase 2 takes one 'deblender' dataset.
+    their sizes); so does phase 2, whose datasets must be 2-galaxy blends ('deblender').
 
     \b
     Phase 1 (the paper's defaults: deblender Adam 1e-4, batch 128, 150 epochs;
@@ -202,10 +202,8 @@ def train(
     else:
         from tfdeblend.training.joint import train_phase2
 
-        if len(dataset_dirs) != 1:
-            raise TfdeblendError("--phase 2 takes one dataset directory")
         history = train_phase2(
-            dataset_dirs[0],
+            list(dataset_dirs),
             deblender_run,
             classifier_run,
             out_dir,

@@ -212,16 +212,36 @@ def test_deblender_refuses_a_residuals_dataset(residuals_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_phase2_takes_one_dataset(deblender_data_dir, tiny_deblender_run,
-                                      tiny_classifier_run, tmp_path):
+def test_cli_phase2_mixes_several_deblender_datasets(
+    deblender_data_dir, classifier_data_dir, tiny_deblender_run, tiny_classifier_run, tmp_path
+):
+    """Phase 2 takes several datasets as phase 1 does (e.g. one per observing condition), each
+    checked before anything is written."""
+    import shutil
+
     from tfdeblend.cli.main import cli
 
+    from tfdeblend.data import load_manifest
+    from tfdeblend.training.rundir import load_run
+
+    runs = ["--deblender", str(tiny_deblender_run), "--classifier", str(tiny_classifier_run)]
     result = CliRunner().invoke(
-        cli, ["train", "--phase", "2", str(deblender_data_dir), str(deblender_data_dir),
-              "--deblender", str(tiny_deblender_run), "--classifier", str(tiny_classifier_run),
+        cli, ["train", "--phase", "2", str(deblender_data_dir), str(classifier_data_dir), *runs,
+              "--out", str(tmp_path / "refused")])
+    assert result.exit_code == 1 and "2-galaxy blends" in result.output
+    assert str(classifier_data_dir) in result.output
+    assert not (tmp_path / "refused").exists()
+
+    second = tmp_path / "second"  # another set of 2-galaxy blends at another path
+    shutil.copytree(deblender_data_dir, second)
+    result = CliRunner().invoke(
+        cli, ["train", "--phase", "2", str(deblender_data_dir), str(second), *runs,
+              "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
               "--out", str(tmp_path / "joint")])
-    assert result.exit_code == 1 and "one dataset directory" in result.output
-    assert not (tmp_path / "joint").exists()
+    assert result.exit_code == 0, result.output
+    dataset = load_run(tmp_path / "joint").config["dataset"]
+    assert dataset["count"] == 2 * int(load_manifest(deblender_data_dir)["count"])
+    assert dataset["path"] == [str(deblender_data_dir.resolve()), str(second.resolve())]
 
 
 def test_read_dataset_streams_a_residuals_dataset(residuals_dir):

@@ -40,7 +40,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -62,7 +61,7 @@ from tfdeblend.normalize import denormalize, normalize
 from tfdeblend.training.callbacks import JsonHistory, make_callbacks
 from tfdeblend.training.config import TrainConfig, paper_train_config
 from tfdeblend.training.losses import l1_loss, symmetric_l1_loss
-from tfdeblend.training.pipelines import check_manifest, make_dataset, split_sizes
+from tfdeblend.training.pipelines import TrainingSets, check_manifest
 from tfdeblend.training.rundir import RunInfo, load_run, save_run
 from tfdeblend.training.strategy import get_strategy, prepare_fit
 
@@ -428,7 +427,7 @@ def _load_phase1(run_dir: str | os.PathLike, name: str, load_models: bool) -> Ru
 
 
 def train_phase2(
-    dataset_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike | list,
     deblender_run: str | os.PathLike,
     classifier_run: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -445,7 +444,9 @@ def train_phase2(
     same call on an interrupted run directory resumes from its last completed epoch.
 
     Args:
-        dataset_dir: 2-galaxy blends (``tfdeblend simulate --kind deblender``).
+        dataset_dir: 2-galaxy blends (``tfdeblend simulate deblender``), or a list of such
+            datasets: examples are drawn from all of them in proportion to their sizes (as in
+            phase 1, :class:`~tfdeblend.training.pipelines.TrainingSets`).
         deblender_run: phase-1 run directory holding ``deblender.keras``.
         classifier_run: phase-1 run directory holding ``classifier.keras`` (may be the same).
         out_dir: the phase-2 run directory to write.
@@ -464,7 +465,6 @@ def train_phase2(
         TfdeblendError: missing or mismatched runs, a dataset that is not 2-galaxy blends or does
             not match their bands/stamp size, an existing output, a bad configuration.
     """
-    from tfdeblend.data import load_manifest
     from tfdeblend.training.phase1 import open_workspace
 
     config = config or paper_train_config(2)
@@ -491,33 +491,21 @@ def train_phase2(
             "neither of these does (widen them in phase 1 with --conditioned --init-from)"
         )
     config = config.replace(conditioned=conditioned)
-    manifest = dict(load_manifest(dataset_dir))
-    manifest.setdefault("path", str(Path(dataset_dir).resolve()))
-    check_phase2_dataset(manifest, bands, stamp_size, where=str(dataset_dir))
-    n_train, n_val = split_sizes(int(manifest["count"]), config.validation_fraction)
-    if n_train < 1:
-        raise DataError(f"{dataset_dir} has no training records")
+    data = TrainingSets(
+        dataset_dir, config.validation_fraction,
+        lambda manifest, where, first: check_phase2_dataset(manifest, bands, stamp_size, where),
+    )
     batch = config.batch_size
-    drop = n_train >= batch
-    steps = config.steps_per_epoch
+    steps = data.steps_per_epoch(batch, config.steps_per_epoch)
 
     strategy = get_strategy(strategy)
     out = Path(out_dir)
     chief, work, resume = open_workspace(out, strategy, overwrite)
     keras.utils.set_random_seed(config.seed)
 
-    common = dict(bands=bands, stamp_size=stamp_size, seed=config.seed,
-                  validation_fraction=config.validation_fraction, conditioned=conditioned)
-    train_ds = make_dataset(dataset_dir, "deblender", batch, shuffle=True,
-                            repeat=steps is not None, subset="train", drop_remainder=drop,
-                            **common)
-    val_ds, val_steps = None, None
-    if n_val > 0:
-        # an explicit count, as in phase 1: TFRecords after skip/take have no known length, and
-        # without it Keras warns that the validation input "ran out of data" after epoch 1
-        val_steps = math.ceil(n_val / min(batch, n_val))
-        val_ds = make_dataset(dataset_dir, "deblender", min(batch, n_val), subset="validation",
-                              **common)
+    # phase 2 peels the blends it reads: no augmentation, no pre-peeled examples
+    train_ds, val_ds, val_steps = data.streams("deblender", batch, config.seed,
+                                               conditioned=conditioned)
 
     with strategy.scope():
         deblender = _load_phase1(deblender_run, "deblender", load_models=True).deblender
@@ -554,5 +542,5 @@ def train_phase2(
         phase1 = {"deblender_run": str(Path(deblender_run).resolve()),
                   "classifier_run": str(Path(classifier_run).resolve())}
         save_run(out, {"deblender": model.deblender, "classifier": model.classifier}, config,
-                 model_configs, manifest, extra={"phase1": phase1})
+                 model_configs, data.summary, extra={"phase1": phase1})
     return history

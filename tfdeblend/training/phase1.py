@@ -13,7 +13,6 @@ each replica's loss by the number of replicas in sync (``keras.losses.Loss`` und
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -25,14 +24,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfdeblend.errors import DataError, TfdeblendError
+from tfdeblend.errors import TfdeblendError
 from tfdeblend.models.classifier import build_classifier
 from tfdeblend.models.presets import get_classifier_config, get_rdn_config
 from tfdeblend.models.rdn import build_rdn
 from tfdeblend.training.callbacks import make_callbacks
 from tfdeblend.training.config import TrainConfig
 from tfdeblend.training.losses import get_deblender_loss
-from tfdeblend.training.pipelines import check_manifest, make_mixed_dataset, split_sizes
+from tfdeblend.training.pipelines import TrainingSets, check_manifest
 from tfdeblend.training.rundir import save_run
 from tfdeblend.training.strategy import get_strategy, is_chief, prepare_fit
 
@@ -362,7 +361,6 @@ def train_phase1(
     Raises:
         TfdeblendError: bad configuration, dataset/model mismatch, existing output.
     """
-    from tfdeblend.data import load_manifest
     from tfdeblend.training.config import paper_train_config
 
     if net not in ("deblender", "classifier"):
@@ -370,25 +368,15 @@ def train_phase1(
     config = config or paper_train_config(1, net)
     if config.net != net or config.phase != 1:
         config = config.replace(net=net, phase=1)
-    dirs = dataset_list(dataset_dir)
-    manifests = []
-    for d in dirs:
-        manifest = dict(load_manifest(d))
-        manifest.setdefault("path", str(Path(d).resolve()))
-        first = manifests[0] if manifests else {}
-        check_manifest(manifest, net, first.get("bands"), first.get("stamp_size"), where=str(d))
-        manifests.append(manifest)
-    bands = tuple(manifests[0]["bands"])
-    stamp_size = int(manifests[0]["stamp_size"])
-    sizes = [split_sizes(int(m["count"]), config.validation_fraction) for m in manifests]
-    n_train, n_val = sum(n for n, _ in sizes), sum(n for _, n in sizes)
-    if n_train < 1:
-        raise DataError(f"{', '.join(map(str, dirs))}: no training records")
-    train_dirs = [d for d, (n, _) in zip(dirs, sizes) if n > 0]
-    val_dirs = [d for d, (_, n) in zip(dirs, sizes) if n > 0]
+
+    def check(manifest, where, first):  # every set fits the network and the first set
+        first = first or {}
+        check_manifest(manifest, net, first.get("bands"), first.get("stamp_size"), where=where)
+
+    data = TrainingSets(dataset_dir, config.validation_fraction, check)
+    bands, stamp_size = data.bands, data.stamp_size
     batch = config.batch_size
-    drop = n_train >= batch
-    steps = config.steps_per_epoch or max(1, n_train // batch if drop else 1)
+    steps = data.steps_per_epoch(batch, config.steps_per_epoch)
 
     out = Path(out_dir)
     init = None
@@ -405,30 +393,10 @@ def train_phase1(
     chief, work, resume = open_workspace(out, strategy, overwrite)
     keras.utils.set_random_seed(config.seed)
 
-    train_ds = make_mixed_dataset(
-        train_dirs,
-        net,
-        batch,
-        seed=config.seed,
-        validation_fraction=config.validation_fraction,
-        subset="train",
-        drop_remainder=drop,
-        augment=config.augment,
-        peel_fraction=config.peel_fraction,
+    train_ds, val_ds, val_steps = data.streams(
+        net, batch, config.seed, augment=config.augment, peel_fraction=config.peel_fraction,
         conditioned=config.conditioned,
     )
-    val_ds, val_steps = None, None
-    if n_val > 0:
-        val_steps = math.ceil(n_val / min(batch, n_val))
-        val_ds = make_mixed_dataset(
-            val_dirs,
-            net,
-            min(batch, n_val),
-            seed=config.seed,
-            validation_fraction=config.validation_fraction,
-            subset="validation",
-            conditioned=config.conditioned,
-        )
     sample = None
     if net == "deblender" and chief:
         x, y = next(iter((val_ds or train_ds).take(1)))
@@ -464,29 +432,5 @@ def train_phase1(
             shutil.rmtree(work, ignore_errors=True)
     history = callbacks[0].history
     if chief:
-        save_run(out, {net: model}, config, {net: model_config}, dataset_summary(manifests))
+        save_run(out, {net: model}, config, {net: model_config}, data.summary)
     return history
-
-
-def dataset_list(dataset_dir: str | os.PathLike | list) -> list[str | os.PathLike]:
-    """One dataset directory, or a list/tuple of them, as a non-empty list."""
-    dirs = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else list(dataset_dir)
-    if not dirs:
-        raise DataError("no dataset directory given")
-    return dirs
-
-
-def dataset_summary(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    """The manifest a run directory records: the dataset's own, or for several datasets their
-    paths, kinds, counts and seeds as lists (``count``: the total)."""
-    if len(manifests) == 1:
-        return manifests[0]
-    return {
-        "path": [m.get("path") for m in manifests],
-        "kind": [m.get("kind") for m in manifests],
-        "bands": manifests[0]["bands"],
-        "stamp_size": manifests[0]["stamp_size"],
-        "max_sources": max(int(m.get("max_sources", 0)) for m in manifests),
-        "count": sum(int(m["count"]) for m in manifests),
-        "seed": [m.get("seed") for m in manifests],
-    }

@@ -352,3 +352,101 @@ def make_mixed_dataset(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return mixed.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------ the training sets of a run
+def dataset_list(dataset_dir: str | os.PathLike | list) -> list[str | os.PathLike]:
+    """One dataset directory, or a list/tuple of them, as a non-empty list."""
+    dirs = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else list(dataset_dir)
+    if not dirs:
+        raise DataError("no dataset directory given")
+    return dirs
+
+
+def dataset_summary(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest a run directory records: the dataset's own, or for several datasets their
+    paths, kinds, counts and seeds as lists (``count``: the total)."""
+    if len(manifests) == 1:
+        return manifests[0]
+    return {
+        "path": [m.get("path") for m in manifests],
+        "kind": [m.get("kind") for m in manifests],
+        "bands": manifests[0]["bands"],
+        "stamp_size": manifests[0]["stamp_size"],
+        "max_sources": max(int(m.get("max_sources", 0)) for m in manifests),
+        "count": sum(int(m["count"]) for m in manifests),
+        "seed": [m.get("seed") for m in manifests],
+    }
+
+
+class TrainingSets:
+    """The dataset directories one training run draws from (phase 1 or phase 2), checked.
+
+    Both phases open their data here: the manifests are read and checked with ``check`` before
+    anything is written, and :meth:`streams` gives the training and validation batches (the
+    directories mixed in proportion to their training sizes, :func:`make_mixed_dataset`).
+
+    Args:
+        dataset_dir: one directory or a list of them.
+        validation_fraction: share of each directory held out (its first records).
+        check: ``check(manifest, where, first)`` raising :class:`DataError` for a dataset the run
+            cannot use (``first``: the first directory's manifest, or ``None`` for the first).
+    """
+
+    def __init__(self, dataset_dir, validation_fraction: float, check) -> None:
+        from pathlib import Path
+
+        from tfdeblend.data import load_manifest
+
+        self.dirs = dataset_list(dataset_dir)
+        self.manifests: list[dict[str, Any]] = []
+        for d in self.dirs:
+            manifest = dict(load_manifest(d))
+            manifest.setdefault("path", str(Path(d).resolve()))
+            check(manifest, str(d), self.manifests[0] if self.manifests else None)
+            self.manifests.append(manifest)
+        self.validation_fraction = validation_fraction
+        self.bands = tuple(self.manifests[0]["bands"])
+        self.stamp_size = int(self.manifests[0]["stamp_size"])
+        self._sizes = [split_sizes(int(m["count"]), validation_fraction) for m in self.manifests]
+        self.n_train = sum(n for n, _ in self._sizes)
+        self.n_val = sum(n for _, n in self._sizes)
+        if self.n_train < 1:
+            raise DataError(f"{', '.join(map(str, self.dirs))}: no training records")
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """What the run directory records (:func:`dataset_summary`)."""
+        return dataset_summary(self.manifests)
+
+    def steps_per_epoch(self, batch_size: int, steps: int | None) -> int:
+        """``steps``, or one pass over the training records."""
+        if steps:
+            return int(steps)
+        return max(1, self.n_train // batch_size if self.n_train >= batch_size else 1)
+
+    def streams(
+        self, net: str, batch_size: int, seed: int | None, augment: bool = False,
+        peel_fraction: float = 0.0, conditioned: bool = False,
+    ) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int | None]:
+        """``(train, validation, validation steps)`` batches for ``net`` (validation ``None``
+        when nothing is held out). The training stream repeats (give ``fit`` its steps)."""
+        train_dirs = [d for d, (n, _) in zip(self.dirs, self._sizes) if n > 0]
+        val_dirs = [d for d, (_, n) in zip(self.dirs, self._sizes) if n > 0]
+        train = make_mixed_dataset(
+            train_dirs, net, batch_size, seed=seed,
+            validation_fraction=self.validation_fraction, subset="train",
+            drop_remainder=self.n_train >= batch_size, augment=augment,
+            peel_fraction=peel_fraction, conditioned=conditioned,
+        )
+        if self.n_val == 0:
+            return train, None, None
+        # an explicit count: TFRecords after skip/take have no known length, and without it
+        # Keras warns that the validation input "ran out of data" after epoch 1
+        val_batch = min(batch_size, self.n_val)
+        validation = make_mixed_dataset(
+            val_dirs, net, val_batch, seed=seed,
+            validation_fraction=self.validation_fraction, subset="validation",
+            conditioned=conditioned,
+        )
+        return train, validation, math.ceil(self.n_val / val_batch)
