@@ -16,6 +16,10 @@ Usage::
 
     python benchmarks/field.py --size 2048 --repeat 3
     python benchmarks/field.py --field /tmp/field4096 --repeat 1 --workers 2
+    python benchmarks/field.py --size 1024 --repeat 2 --detect-threshold 1.5 --detect-threshold 0.8
+
+Several ``--detect-threshold`` values (the scene's detection threshold) are timed in turn, one
+run of each per repetition, on the same field.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ from pathlib import Path
 
 _CHILD = r"""
 import json, resource, sys, time
-kind, field, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+kind, field, out, workers, threshold = sys.argv[1:6]
 start = time.perf_counter()
 if kind == "tfdeblend":
     from tfdeblend.run import run_image
-    summary = run_image(field, out, overwrite=True, progress=False,
+    from tfdeblend.scene import SceneConfig
+    scene = SceneConfig() if threshold == "default" else SceneConfig(
+        detect_threshold=float(threshold))
+    summary = run_image(field, out, overwrite=True, progress=False, scene=scene,
                         workers=int(workers) if workers != "0" else None)
     result = {"objects": summary["n_objects"], "stamps": summary["n_stamps"]}
 else:
@@ -50,10 +57,10 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def _run(kind: str, field: Path, out: Path, workers: int) -> dict:
+def _run(kind: str, field: Path, out: Path, workers: int, threshold: str = "default") -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, kind, str(field), str(out), str(workers)],
+        [sys.executable, "-c", _CHILD, kind, str(field), str(out), str(workers), threshold],
         capture_output=True, text=True, env=env, check=False,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -69,7 +76,10 @@ def main() -> None:
     parser.add_argument("--field", default=None, help="use this field directory instead")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="Dask local workers (0: none)")
+    parser.add_argument("--detect-threshold", action="append", default=None,
+                        help="scene detection threshold(s) to time (default: the scene's)")
     args = parser.parse_args()
+    thresholds = args.detect_threshold or ["default"]
 
     tmp = Path(tempfile.mkdtemp(prefix="tfdeblend-field-bench-"))
     field = Path(args.field) if args.field else tmp / f"field{args.size}"
@@ -79,13 +89,18 @@ def main() -> None:
         started = time.perf_counter()
         simulate_field(FieldConfig(size=args.size, seed=args.seed), field, progress=False)
         print(f"simulated {field} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.repeat):  # in turn: one run of each per repetition
+        for threshold in thresholds:
+            runs.setdefault(("tfdeblend", threshold), []).append(
+                _run("tfdeblend", field / "field.fits", tmp / "out.fits", args.workers,
+                     threshold))
+        runs.setdefault(("sep", "default"), []).append(
+            _run("sep", field / "field.fits", tmp / "out.fits", 0))
     rows = []
-    for kind in ("tfdeblend", "sep"):
-        runs = [_run(kind, field / "field.fits", tmp / "out.fits", args.workers if kind ==
-                     "tfdeblend" else 0) for _ in range(args.repeat)]
-        seconds = sorted(r["seconds"] for r in runs)
-        median = seconds[len(seconds) // 2]
-        rows.append((kind, runs, seconds, median))
+    for (kind, threshold), done in runs.items():
+        seconds = sorted(r["seconds"] for r in done)
+        rows.append((kind, threshold, done, seconds, seconds[len(seconds) // 2]))
     from astropy.io import fits
 
     height = fits.getheader(field / "field.fits")["NAXIS2"]
@@ -93,17 +108,20 @@ def main() -> None:
     print(f"| method | image | seconds ({args.repeat} runs) | median s | galaxies | galaxies/s | "
           "stamps/s | peak RSS MiB |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    for kind, runs, seconds, median in rows:
-        objects = runs[0]["objects"]
-        stamps = runs[0]["stamps"]
+    for kind, threshold, done, seconds, median in rows:
+        objects = done[0]["objects"]
+        stamps = done[0]["stamps"]
         label = kind if kind != "tfdeblend" or not args.workers else (
             f"tfdeblend, {args.workers} Dask workers")
-        rss = max(r["rss_mib"] for r in runs)
+        if kind == "tfdeblend" and threshold != "default":
+            label += f", detection {threshold} sigma"
+        rss = max(r["rss_mib"] for r in done)
         print(f"| {label} | {width}x{height} g,r,i | {', '.join(f'{s:.1f}' for s in seconds)} | "
               f"{median:.1f} | {objects} | {objects / median:.1f} | "
               f"{(stamps / median) if stamps else 0:.1f} | {rss:.0f} |")
-    tf_median, sep_median = rows[0][3], rows[1][3]
-    print(f"\ntfdeblend / sep time ratio (medians): {tf_median / sep_median:.0f}")
+    sep_median = rows[-1][4]
+    for _kind, threshold, _, _, median in rows[:-1]:
+        print(f"\ntfdeblend ({threshold}) / sep time ratio (medians): {median / sep_median:.0f}")
 
 
 if __name__ == "__main__":

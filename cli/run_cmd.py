@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from tfdeblend.config import DETECT_THRESHOLD
+
 
 @click.command(name="run")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -70,7 +72,8 @@ import click
     "--detect-threshold",
     default=None,
     type=click.FloatRange(min=0, min_open=True),
-    help="Images: detection threshold in noise sigmas of the coadd [default: 1.5].",
+    help="Images: detection threshold in noise sigmas per pixel of the filtered coadd "
+    f"[default: {DETECT_THRESHOLD:g}, DES Y6's].",
 )
 @click.option(
     "--catalog-format",

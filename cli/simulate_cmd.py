@@ -8,17 +8,14 @@ import click
 from tfdeblend.simulate import CONDITION_PRESETS
 
 #: Options of the stamp kinds (deblender, classifier, test) and of kind 'field' only, by their
-#: parameter names; the others (--out, --bands, --seed, --catalog, --survey, --overwrite,
-#: --quiet) are shared.
+#: parameter names; the others (--out, --bands, --seed, --catalog, the observing conditions
+#: --conditions, --survey, --psf-scale and --exposure-scale, --overwrite, --quiet) are shared.
 STAMP_OPTIONS = {
     "n_gal": "--n-gal",
     "count": "--count",
     "preset": "--preset",
     "fmt": "--format",
     "max_shift": "--max-shift",
-    "conditions": "--conditions",
-    "psf_scale": "--psf-scale",
-    "exposure_scale": "--exposure-scale",
     "bright_fraction": "--bright-fraction",
     "bright_mag": "--bright-mag",
     "num_shards": "--num-shards",
@@ -110,13 +107,13 @@ def _refuse_foreign(ctx: click.Context, kind: str) -> None:
     "--psf-scale",
     default=None,
     help="Multiply each band's atmospheric PSF FWHM by this; lo:hi samples it uniformly per "
-    "stamp (default 1).",
+    "stamp (default 1; a field takes one number).",
 )
 @click.option(
     "--exposure-scale",
     default=None,
     help="Multiply each band's full exposure time by this (0.1: LSST year 1); lo:hi samples it "
-    "log-uniformly per stamp (default 1).",
+    "log-uniformly per stamp (default 1; a field takes one number).",
 )
 @click.option(
     "--bright-fraction",
@@ -226,6 +223,14 @@ def simulate(
         if not Path(catalog_path).is_file():
             raise TfdeblendError(f"catalog {catalog_path} does not exist")
         catalog_path = str(Path(catalog_path).resolve())
+    # the observing conditions: the --conditions preset, then the options given
+    chosen = dict(CONDITION_PRESETS[conditions or "nominal"])
+    given = {
+        "survey": survey,
+        "psf_scale": parse_scale(psf_scale, "--psf-scale"),
+        "exposure_scale": parse_scale(exposure_scale, "--exposure-scale"),
+    }
+    chosen.update({k: v for k, v in given.items() if v is not None})
     if kind == "field":
         from astropy.io import fits
 
@@ -235,7 +240,7 @@ def simulate(
             size=size,
             bands=bands,
             seed=seed,
-            survey=survey or "LSST",
+            **chosen,
             catalog=catalog_path,
             noise=not noiseless,
             bad_columns=bad_columns,
@@ -246,7 +251,8 @@ def simulate(
         truth = fits.getheader(path / "truth.fits", "TRUTH")
         click.echo(
             f"Wrote field {path}: {size}x{size} px, {field_config.survey} "
-            f"{','.join(field_config.bands)}, {truth['NGAL']} galaxies ({truth['NINSIDE']} "
+            f"{','.join(field_config.bands)} (PSF x{field_config.psf_scale:g}, exposure "
+            f"x{field_config.exposure_scale:g}), {truth['NGAL']} galaxies ({truth['NINSIDE']} "
             f"centred inside): field.fits, truth.fits{', field_<band>.fits' if per_band else ''}"
         )
         return
@@ -255,11 +261,7 @@ def simulate(
     from tfdeblend.data import load_manifest, write_dataset
     from tfdeblend.simulate import SimConfig
 
-    chosen = dict(CONDITION_PRESETS[conditions or "nominal"])
     given = {
-        "survey": survey,
-        "psf_scale": parse_scale(psf_scale, "--psf-scale"),
-        "exposure_scale": parse_scale(exposure_scale, "--exposure-scale"),
         "bright_fraction": bright_fraction,
         "bright_mag": bright_mag,
         "max_shift": max_shift,

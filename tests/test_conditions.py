@@ -225,9 +225,10 @@ def test_cli_conditions_preset_and_flags(tmp_path, catalog_path):
     bad = runner.invoke(cli, ["simulate", "test", "--count", "2", "--psf-scale", "1:x",
                               "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 1 and bad.output.startswith("Error: --psf-scale must be")
-    field = runner.invoke(cli, ["simulate", "field", "--exposure-scale", "0.1", "--out",
+    # a field takes the conditions too, one per field (tests/test_field.py draws them)
+    field = runner.invoke(cli, ["simulate", "field", "--exposure-scale", "0.1:1", "--out",
                                 str(tmp_path / "field")])
-    assert field.exit_code == 1 and "only to the stamp kinds" in field.output
+    assert field.exit_code == 1 and "a field is drawn under one condition" in field.output
     assert not (tmp_path / "bad").exists() and not (tmp_path / "field").exists()
 
 

@@ -296,3 +296,26 @@ def test_a_field_without_the_models_bands_is_refused_before_inference(tmp_path, 
     with pytest.raises(TfdeblendError, match="missing i"):
         pipeline.evaluate([field], None, tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_field_drawn_under_wider_seeing_is_run_with_its_own_psf(tmp_path):
+    """The field's PSF FWHMs (header PSF_<BAND>, arcsec) reach the conditioned model, as each
+    stamp's PSF does in the stamp evaluation: the report's run is `tfdeblend run --psf`'s."""
+    from astropy.table import Table
+
+    from tfdeblend.field import FieldConfig, simulate_field
+    from tfdeblend.run import run_image
+
+    config = FieldConfig(size=128, seed=3, psf_scale=1.5)
+    field = simulate_field(config, tmp_path / "wide", progress=False)
+    results = pipeline.evaluate([field], None, tmp_path / "r", baselines=(), progress=False)
+    assert "psfscale 1.5" in results["fields"]["wide"]["header"]
+    psf = ",".join(f"{v:g}" for v in config.psf_fwhm)
+    run_image(field / "field.fits", tmp_path / "own_psf.fits", psf=(psf,), progress=False)
+    run_image(field / "field.fits", tmp_path / "nominal.fits", progress=False)
+    report = Table.read(tmp_path / "r" / "wide_tfdeblend.fits", hdu="CATALOG")
+    own = Table.read(tmp_path / "own_psf.fits", hdu="CATALOG")
+    nominal = Table.read(tmp_path / "nominal.fits", hdu="CATALOG")
+    assert len(report) == len(own) > 0
+    np.testing.assert_array_equal(report["flux_r"], own["flux_r"])
+    assert len(nominal) != len(own) or not np.array_equal(nominal["flux_r"], own["flux_r"])

@@ -252,6 +252,37 @@ def test_no_defects_and_hsc(tmp_path):
     assert not Table.read(out / "truth.fits")["masked"].any()
 
 
+def test_fields_under_observing_conditions(noiseless, tmp_path):
+    """A field drawn at LSST year-1 depth or under wider seeing: the same galaxies, a tenth of
+    the exposure (flux and sky), or wider profiles; the conditions are in the header, as the
+    PSF FWHMs a user gives to `tfdeblend run --psf`."""
+    config, nominal = noiseless
+    year1 = render_field(config.replace(exposure_scale=0.1))
+    wide = render_field(config.replace(psf_scale=1.5))
+    for band in config.bands:
+        np.testing.assert_allclose(year1.truth[f"flux_{band}"],  # GalSim draws to ~0.3 %
+                                   0.1 * nominal.truth[f"flux_{band}"], rtol=0.005)
+        np.testing.assert_allclose(wide.truth[f"flux_{band}"], nominal.truth[f"flux_{band}"],
+                                   rtol=0.01, atol=1e-6 * nominal.truth[f"flux_{band}"].max())
+    np.testing.assert_allclose(year1.variance, 0.1 * nominal.variance, rtol=1e-4)
+
+    def concentration(model):  # sum(m^2) / sum(m)^2 per band: lower when the PSF is wider
+        return (model.astype(float) ** 2).sum(axis=(1, 2)) / model.sum(axis=(1, 2)) ** 2
+
+    assert np.all(concentration(wide.model) < 0.8 * concentration(nominal.model))
+
+    out = tmp_path / "year1"
+    result = _run("field", "--size", 32, "--conditions", "year1", "--psf-scale", 1.5,
+                  "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "PSF x1.5, exposure x0.1" in result.output
+    header = fits.getheader(out / "field.fits")
+    assert header["EXPSCALE"] == pytest.approx(0.1) and header["PSFSCALE"] == pytest.approx(1.5)
+    base = FieldConfig(size=32).psf_fwhm  # the survey's nominal FWHMs, arcsec
+    assert [header[f"PSF_{b.upper()}"] for b in "gri"] == pytest.approx([1.5 * f for f in base])
+    assert 0.6 < base[2] < 1.0  # LSST's i band
+
+
 def test_deterministic_bytes(tmp_path):
     paths = []
     for name, seed in (("a", 4), ("b", 4), ("c", 5)):
@@ -290,6 +321,8 @@ def test_refuses_existing_directory_then_overwrites(tmp_path):
         (["deblender", "--per-band"], "--per-band applies only to kind 'field'"),
         (["test", "--no-saturate"], "--saturate/--no-saturate applies only"),
         (["field", "--catalog", "/no/such.fits"], "does not exist"),
+        (["field", "--psf-scale", "1:2"], "a field is drawn under one condition"),
+        (["field", "--exposure-scale", "0"], "exposure_scale must be"),
         (["pairs"], "unknown kind 'pairs'"),
     ],
 )

@@ -146,12 +146,13 @@ def test_per_band_files_give_the_cube_s_catalog(hsc, tmp_path):
                                           str(tmp_path / name), "--quiet"])
         assert result.exit_code == 0, result.output
         tables.append(Table.read(tmp_path / name, hdu="CATALOG"))
-    assert len(tables[0]) >= 3
+    assert len(tables[0]) >= 2
     for column in ("x", "y", "flux_r", "flux_err_i"):
         np.testing.assert_allclose(tables[0][column], tables[1][column], rtol=1e-5, atol=1e-4)
     # the shipped model finds the two bright galaxies among the 7 sources the HSC pipeline
     # detected (versions 9-11 also found the faint source 2; versions 12-13 do not: see
-    # docs/survey_images.md and the model card, "Version 12")
+    # docs/survey_images.md and the model card, "Version 12"); with the detection threshold
+    # of 1.5 sigma (before 2026-12-07) a third component at the edge matched no source
     centres = np.array([[c["x"], c["y"]] for c in hsc["catalog"]])
     dist = np.hypot(tables[0]["x"][:, None] - centres[:, 0], tables[0]["y"][:, None] - centres[:, 1])
     found = {int(np.argmin(d)) for d in dist if d.min() < 2.0}

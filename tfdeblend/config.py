@@ -35,6 +35,10 @@ MAX_MAG: float = 25.3
 MAX_COUNT: int = 3
 #: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian sigma.
 MAD_TO_SIGMA: float = 1.4826
+#: Whole images: the detection threshold (``SceneConfig.detect_threshold``), noise sigmas per
+#: pixel of the filtered coadd; DES Y6's 0.8 (the ``sep`` baseline's), about S/N 4 of the
+#: filtered image. Here so that the CLI's help can name it without importing the scene.
+DETECT_THRESHOLD: float = 0.8
 #: Single-pixel outliers (:func:`tfdeblend.normalize.outlier_mask`): a pixel that rises above its
 #: third brightest neighbour by more than this many noise sigmas...
 OUTLIER_SNR: float = 10.0

@@ -58,7 +58,13 @@ import numpy as np
 from tfdeblend.catalog import FAINT_MAG
 from tfdeblend.config import DEFAULT_BANDS, YamlConfig, parse_bands
 from tfdeblend.errors import CatalogError, TfdeblendError
-from tfdeblend.simulate import survey_info, survey_with_bands
+from tfdeblend.simulate import (
+    EXPOSURE_SCALE_LIMITS,
+    PSF_SCALE_LIMITS,
+    checked_scale,
+    survey_info,
+    survey_with_bands,
+)
 from tfdeblend.utils import atomic_dir, check_output_path
 
 #: Largest field side, pixels (a 3-band 8192^2 field needs ~5 GB of memory while drawn).
@@ -119,6 +125,9 @@ class FieldConfig(YamlConfig):
         bands: bands drawn, in channel order (the survey must have them).
         seed: random seed (decides the catalog draw, the noise and the defects).
         survey: BTK/surveycodex survey (``LSST``, ``HSC``, ...; any case).
+        psf_scale: multiplies each band's atmospheric PSF FWHM (1.5: seeing 1.5 times the
+            survey's nominal one), as ``tfdeblend simulate --psf-scale`` does for stamps.
+        exposure_scale: multiplies each band's full exposure time (0.1: LSST year 1).
         catalog: CatSim catalog path, or ``None`` for the built-in synthesizer.
         max_mag: faintest i-band AB magnitude drawn (at most 26.5 with the built-in catalog).
         margin: galaxies centred up to this many arcsec outside the field are drawn too.
@@ -133,6 +142,8 @@ class FieldConfig(YamlConfig):
     bands: tuple[str, ...] = DEFAULT_BANDS
     seed: int = 0
     survey: str = "LSST"
+    psf_scale: float = 1.0
+    exposure_scale: float = 1.0
     catalog: str | None = None
     max_mag: float = FAINT_MAG
     margin: float = 4.0
@@ -160,6 +171,12 @@ class FieldConfig(YamlConfig):
         self.seed = int(self.seed)
         self.bands = parse_bands(self.bands)
         self.survey = survey_with_bands(self.survey, self.bands).name
+        for name, limits in (("psf_scale", PSF_SCALE_LIMITS),
+                             ("exposure_scale", EXPOSURE_SCALE_LIMITS)):
+            value = checked_scale(name, getattr(self, name), limits)
+            if isinstance(value, tuple):
+                raise TfdeblendError(f"{name}: a field is drawn under one condition, not a range")
+            setattr(self, name, value)
         for name in ("max_mag", "margin", "ra", "dec"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
@@ -193,6 +210,15 @@ class FieldConfig(YamlConfig):
     def pixel_scale(self) -> float:
         """Arcsec per pixel of the survey."""
         return float(survey_info(self.survey).pixel_scale.to_value("arcsec"))
+
+    @property
+    def psf_fwhm(self) -> list[float]:
+        """Each band's atmospheric PSF FWHM in arcsec, as drawn (the survey's times
+        ``psf_scale``): what a user passes to ``tfdeblend run --psf``."""
+        from tfdeblend.simulate import band_conditions
+
+        fwhm = band_conditions(self.survey, self.bands, self.psf_scale, self.exposure_scale)
+        return [round(float(v), 4) for v in fwhm["psf_fwhm"]]
 
     @property
     def window_arcsec(self) -> float:
@@ -384,10 +410,13 @@ def render_field(config: FieldConfig, table: Any = None, progress: bool = False)
     from surveycodex.utilities import mean_sky_level
     from tqdm.auto import tqdm
 
-    from tfdeblend.simulate import make_survey
+    from tfdeblend.simulate import make_survey, nominal_filters, scale_filters
 
     survey = make_survey(config.survey, config.bands)
     psfs = _psfs(survey)
+    if (config.psf_scale, config.exposure_scale) != (1.0, 1.0):
+        psfs = scale_filters(survey, config.bands, nominal_filters(survey, config.bands, psfs),
+                             config.psf_scale, config.exposure_scale)
     scale = survey.pixel_scale.to_value("arcsec")
     filters = [survey.get_filter(b) for b in config.bands]
     sky = np.array([mean_sky_level(survey, f).to_value("electron") for f in filters], float)
@@ -515,6 +544,10 @@ def _common_header(config: FieldConfig, n_gal: int, n_inside: int) -> list[tuple
     return [
         ("SURVEY", config.survey, "BTK/surveycodex survey"),
         ("PIXSCALE", config.pixel_scale, "arcsec per pixel"),
+        ("PSFSCALE", config.psf_scale, "atmospheric PSF FWHM x the survey's nominal"),
+        ("EXPSCALE", config.exposure_scale, "exposure time x the survey's full (10-year) one"),
+        *[(f"PSF_{band.upper()}"[:8], fwhm, f"{band} PSF FWHM, arcsec (atmosphere)")
+          for band, fwhm in zip(config.bands, config.psf_fwhm)],
         ("SEED", config.seed, "field random seed"),
         (
             "CATSEED",

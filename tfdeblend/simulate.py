@@ -161,7 +161,7 @@ def survey_with_bands(name: str, bands: tuple[str, ...]) -> Any:
     return info
 
 
-def _checked_scale(name: str, value: Any, limits: tuple[float, float]) -> Scale:
+def checked_scale(name: str, value: Any, limits: tuple[float, float]) -> Scale:
     """``value`` (a number or a pair ``[lo, hi]``) as a float or a ``(lo, hi)`` tuple, checked."""
     lo_limit, hi_limit = limits
     what = f"{name} must be a number or a range [lo, hi] within [{lo_limit:g}, {hi_limit:g}]"
@@ -342,8 +342,8 @@ class SimConfig(YamlConfig):
                 f"pixel_scale is the survey's ({scale:g} arcsec for {self.survey}), got {given!r}"
             )
         self.pixel_scale = scale
-        self.psf_scale = _checked_scale("psf_scale", self.psf_scale, PSF_SCALE_LIMITS)
-        self.exposure_scale = _checked_scale(
+        self.psf_scale = checked_scale("psf_scale", self.psf_scale, PSF_SCALE_LIMITS)
+        self.exposure_scale = checked_scale(
             "exposure_scale", self.exposure_scale, EXPOSURE_SCALE_LIMITS
         )
         for name in ("bright_fraction", "bright_mag"):
@@ -486,6 +486,44 @@ def make_survey(name: str, bands: Iterable[str]) -> Any:
     return survey
 
 
+def nominal_filters(survey: Any, bands: Iterable[str], psfs: list) -> dict[str, tuple]:
+    """``{band: (PSF FWHM, full exposure time, PSF)}`` of ``survey`` as built (``psfs`` in band
+    order), what :func:`scale_filters` scales from."""
+    return {
+        band: (filt.psf_fwhm, filt.full_exposure_time, psf)
+        for band, psf in zip(bands, psfs)
+        for filt in [survey.get_filter(band)]
+    }
+
+
+def scale_filters(
+    survey: Any, bands: Iterable[str], nominal: dict[str, tuple], psf_scale: float,
+    exposure_scale: float,
+) -> list:
+    """Scale ``survey``'s filters in place from ``nominal`` (:func:`nominal_filters`); returns
+    each band's PSF.
+
+    Each band's full exposure time becomes ``exposure_scale`` times the nominal one, and its
+    atmospheric PSF FWHM ``psf_scale`` times the nominal one, the PSF being rebuilt with BTK's
+    own helper (Kolmogorov atmosphere of the scaled FWHM + the telescope's Airy optics). A
+    ``psf_scale`` of 1 keeps the nominal PSF object. Stamps (:class:`BlendRenderer`) and fields
+    (:func:`tfdeblend.field.render_field`) are drawn under conditions this way.
+    """
+    import btk
+
+    psfs = []
+    for band in bands:
+        filt = survey.get_filter(band)
+        fwhm, exposure, psf = nominal[band]
+        filt.full_exposure_time = exposure * exposure_scale
+        filt.psf_fwhm = fwhm * psf_scale if psf_scale != 1.0 else fwhm
+        if psf_scale != 1.0:
+            psf = btk.survey._get_default_psf_with_surveycodex_info(survey, filt)
+        filt.psf = psf
+        psfs.append(psf)
+    return psfs
+
+
 class BlendRenderer:
     """Draws the example with a given index; one per process.
 
@@ -523,41 +561,20 @@ class BlendRenderer:
         )
         self.psf = self.generator._get_psf_from_survey(self.survey)
         self.nominal_psf = list(self.psf)
-        self.nominal_filters = {
-            band: (filt.psf_fwhm, filt.full_exposure_time)
-            for band in config.bands
-            for filt in [self.survey.get_filter(band)]
-        }
+        self.nominal_filters = nominal_filters(self.survey, config.bands, self.nominal_psf)
         self.scales: tuple[float, float] = (1.0, 1.0)
         self.bright_rows = np.flatnonzero(np.asarray(table["i_ab"], float) <= config.bright_mag)
         start = (config.raw_stamp_size - config.stamp_size) // 2
         self.crop = slice(start, start + config.stamp_size)
 
     def set_conditions(self, psf_scale: float, exposure_scale: float) -> None:
-        """Scale the survey's atmospheric PSF FWHM and exposure times (from the nominal ones).
-
-        The filters of ``self.survey`` are changed in place and each band's PSF is rebuilt with
-        BTK's own helper (Kolmogorov atmosphere of the scaled FWHM + the telescope's Airy
-        optics). Scales of 1 keep BTK's own PSF objects, so nominal stamps are unchanged.
-        """
-        import btk
-
+        """Scale the survey's atmospheric PSF FWHM and exposure times (from the nominal ones,
+        :func:`scale_filters`); scales of 1 keep BTK's own PSF objects, so nominal stamps are
+        unchanged."""
         if (psf_scale, exposure_scale) == self.scales:
             return
-        psfs = []
-        for channel, band in enumerate(self.config.bands):
-            filt = self.survey.get_filter(band)
-            fwhm, exposure = self.nominal_filters[band]
-            filt.full_exposure_time = exposure * exposure_scale
-            if psf_scale == 1.0:
-                filt.psf_fwhm = fwhm
-                psf = self.nominal_psf[channel]
-            else:
-                filt.psf_fwhm = fwhm * psf_scale
-                psf = btk.survey._get_default_psf_with_surveycodex_info(self.survey, filt)
-            filt.psf = psf
-            psfs.append(psf)
-        self.psf = psfs
+        self.psf = scale_filters(self.survey, self.config.bands, self.nominal_filters,
+                                 psf_scale, exposure_scale)
         self.scales = (psf_scale, exposure_scale)
 
     def _choose_rows(

@@ -368,7 +368,11 @@ def load_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _open_field(path: Path, bands: Sequence[str]):
-    """``(ImageSource, truth dict, pixel scale, header text)`` of a field, checked."""
+    """``(ImageSource, truth dict, pixel scale, header text, PSF)`` of a field, checked.
+
+    PSF: the ``--psf`` values a user of a conditioned model would give (each band's FWHM in
+    arcsec from the field's ``PSF_<BAND>`` cards, as the stamp evaluation gives each stamp's),
+    or ``None`` for a field written without them (the model's nominal PSF is used)."""
     from tfdeblend.image_io import open_image, sky_to_pixel_scale
 
     source = open_image(path / "field.fits", tuple(bands))
@@ -382,9 +386,12 @@ def _open_field(path: Path, bands: Sequence[str]):
     if missing:
         raise TfdeblendError(f"{path / 'truth.fits'} has no column(s) {', '.join(missing)}")
     header = source.header
-    described = ", ".join(f"{key.lower()} {header[key]}" for key in ("SURVEY", "SEED")
-                          if key in header)
-    return source, truth, scale, described
+    described = ", ".join(f"{key.lower()} {header[key]}"
+                          for key in ("SURVEY", "SEED", "PSFSCALE", "EXPSCALE") if key in header)
+    cards = [f"PSF_{b.upper()}"[:8] for b in bands]
+    psf = (",".join(f"{float(header[c]):g}" for c in cards),) if all(
+        c in header for c in cards) else None
+    return source, truth, scale, described, psf
 
 
 def _read_catalog(path: Path) -> dict[str, np.ndarray]:
@@ -500,10 +507,11 @@ def evaluate_fields(
                      "not run: not judged")
     figure_blocks: dict[str, list[tuple[str, str]]] = {}
     with atomic_dir(out_dir) as tmp:
-        for (name, (source, truth, scale, described)), path in zip(opened.items(), field_dirs):
+        for (name, (source, truth, scale, described, psf)), path in zip(opened.items(),
+                                                                         field_dirs):
             run_name = f"{name}_tfdeblend.fits"
             run = run_image(source.paths[0], tmp / run_name, model=model, scene=scene,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress, psf=psf)
             catalogs = {"tfdeblend": _read_catalog(tmp / run_name)}
             seconds = {"tfdeblend": run["seconds"]}
             for base, baseline in chosen.items():
