@@ -68,6 +68,12 @@ import click
     "paper's loss).",
 )
 @click.option(
+    "--wing-weight",
+    type=click.FloatRange(min=0),
+    help="Weight of the asinh-stretched image error (every pixel by its relative error, a "
+    "bright galaxy's wings included) added to the deblender loss (default 0).",
+)
+@click.option(
     "--validation-fraction",
     type=click.FloatRange(0, 1, max_open=True),
     help="Share of the dataset held out for validation.",
@@ -133,6 +139,7 @@ def train(
     classifier_learning_rate,
     loss,
     flux_weight,
+    wing_weight,
     validation_fraction,
     strategy,
     config_path,
@@ -184,6 +191,7 @@ def train(
         classifier_learning_rate=classifier_learning_rate,
         loss=loss,
         flux_weight=flux_weight,
+        wing_weight=wing_weight,
         validation_fraction=validation_fraction,
         seed=seed,
         mixed_precision=mixed_precision,

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPEAT_LIMIT = 3  # tfdeblend.deblend.REPEAT_LIMIT (checked in main)
-
 
 def record(model_dir: str, sets: list[str], out: str, batch: int = 50) -> None:
     import keras
@@ -35,7 +33,6 @@ def record(model_dir: str, sets: list[str], out: str, batch: int = 50) -> None:
     from tfdeblend.normalize import noise_std, normalize, remove_outliers
     from tfdeblend.peel_config import PeelConfig
 
-    assert dbl.REPEAT_LIMIT == REPEAT_LIMIT
     path, meta = read_model_metadata(model_dir)
     extra = Path(path) / "assets.extra"
     deblender = keras.saving.load_model(extra / "deblender.keras", compile=False)
@@ -103,27 +100,28 @@ def counts_for(single, average, empty, offset, view_confidence) -> np.ndarray:
 
 
 def simulate(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The peel's stop rules on per-step counts: ``quality`` (2/1/0) and components peeled."""
+    """The peel's own stop rules (:func:`tfdeblend.deblend.stop_rule`) on per-step counts
+    ``(N, K + 1)``: ``quality`` (2/1/0) and the number of components peeled."""
+    import tensorflow as tf
+
+    from tfdeblend.deblend import stop_rule
+
     n, steps = counts.shape
-    k = steps - 1
-    quality = np.zeros(n, int)
+    counts = tf.constant(counts, tf.int32)
+    active = tf.ones([n], tf.bool)
+    monotone = tf.ones([n], tf.bool)
+    previous = tf.fill([n], -1)
+    run = tf.zeros([n], tf.int32)
+    quality = tf.zeros([n], tf.int32)
     peeled = np.zeros(n, int)
-    for i in range(n):
-        previous, run, monotone = -1, 0, True
-        for t in range(steps):
-            c = counts[i, t]
-            if t > 0 and c != previous - 1:
-                monotone = False
-            run = run + 1 if c == previous else 1
-            if c == 0:
-                quality[i] = 2 if monotone else 1
-                break
-            if run >= REPEAT_LIMIT or t == k:
-                quality[i] = 0
-                break
-            peeled[i] += 1
-            previous = c
-    return quality, peeled
+    for t in range(steps):
+        count = tf.where(active, counts[:, t], -1)
+        monotone, run, quality, peel = stop_rule(t, steps - 1, count, active, monotone,
+                                                 previous, run, quality)
+        peeled += peel.numpy()
+        previous = tf.where(active, count, previous)
+        active = peel
+    return quality.numpy(), peeled
 
 
 def replay(path: str, offsets: list[np.ndarray]) -> None:

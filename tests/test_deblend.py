@@ -763,3 +763,36 @@ def test_detect_window_and_merge_radius_are_checked():
         for bad in (-1.0, float("nan"), float("inf")):
             with pytest.raises(TfdeblendError, match=key):
                 peel_config(**{key: bad})
+
+
+def test_stop_rule_flags_count_sequences_as_the_paper_says():
+    """The peel's stop rules, step by step on recorded counts (what the peel's loop and
+    scripts/count_trajectories.py's replay both run): high when the count falls by one to 0,
+    medium when it reaches 0 otherwise, low when stuck 3 times or after K components."""
+    import tensorflow as tf
+
+    from tfdeblend.deblend import REPEAT_LIMIT, stop_rule
+
+    k = 4
+    sequences = {  # counts at steps 0..k -> (quality, components peeled)
+        (2, 1, 0, 0, 0): (2, 2),
+        (3, 1, 0, 0, 0): (1, 2),
+        (2, 2, 1, 0, 0): (1, 3),
+        (1, 1, 1, 1, 1): (0, REPEAT_LIMIT - 1),
+        (3, 2, 1, 3, 2): (0, k),  # K components peeled and still counting
+        (0, 0, 0, 0, 0): (2, 0),
+    }
+    counts = tf.constant(list(sequences), tf.int32)
+    n = len(sequences)
+    active, monotone = tf.ones([n], tf.bool), tf.ones([n], tf.bool)
+    previous, run, quality = tf.fill([n], -1), tf.zeros([n], tf.int32), tf.zeros([n], tf.int32)
+    peeled = np.zeros(n, int)
+    for t in range(k + 1):
+        count = tf.where(active, counts[:, t], -1)
+        monotone, run, quality, peel = stop_rule(t, k, count, active, monotone, previous, run,
+                                                 quality)
+        peeled += peel.numpy()
+        previous = tf.where(active, count, previous)
+        active = peel
+    assert not active.numpy().any()
+    assert list(zip(quality.numpy().tolist(), peeled.tolist())) == list(sequences.values())

@@ -17,12 +17,14 @@ from tfdeblend.errors import DataError, ModelError, TfdeblendError
 from tfdeblend.training.config import TrainConfig, paper_train_config
 from tfdeblend.training.losses import (
     FLUX_EPS,
+    WING_SOFTENING,
     L1Loss,
     SymmetricL1Loss,
     flux_error,
     get_deblender_loss,
     l1_loss,
     symmetric_l1_loss,
+    wing_error,
 )
 from tfdeblend.training.pipelines import (
     check_manifest,
@@ -194,6 +196,36 @@ def test_flux_weight_adds_the_relative_band_flux_error():
         assert clone.flux_weight == 0.01
         assert float(clone(a[None], p[None])) == pytest.approx(l1 + 0.01 * expected, rel=1e-4)
     assert L1Loss().flux_weight == 0.0
+
+
+def test_wing_weight_weighs_a_bright_galaxy_s_wings_by_their_relative_error():
+    """Divided by its peak, a bright galaxy's wings are a few 1e-3: missing a third of them
+    barely moves the L1, the asinh-stretched error sees it as much as a 1 % core error."""
+    yy, xx = np.mgrid[:40, :40]
+    r2 = (yy - 20.0) ** 2 + (xx - 20.0) ** 2
+    a = (np.exp(-r2 / 8.0) + 5e-3 * np.exp(-r2 / 200.0))[..., None].astype(np.float32)
+    wings = r2 > 36
+    short = np.where(wings[..., None], 0.67 * a, a).astype(np.float32)  # wings a third short
+    core = np.where(wings[..., None], a, 1.01 * a).astype(np.float32)  # core 1 % too bright
+    l1_wings, l1_core = (l1_loss(a[None], p[None]).numpy()[0] for p in (short, core))
+    w_wings, w_core = (wing_error(a[None], p[None]).numpy()[0] for p in (short, core))
+    assert l1_wings < 3 * l1_core  # the L1 hardly tells them apart ...
+    assert w_wings > 10 * w_core  # ... the stretched error does
+    assert wing_error(a[None], a[None]).numpy()[0] == 0.0
+    # linear below the softening: a faint pixel's error counts as (error / softening)
+    tiny = np.zeros_like(a)
+    tiny[0, 0, 0] = 1e-2 * WING_SOFTENING
+    assert wing_error(np.zeros_like(a)[None], tiny[None]).numpy()[0] == pytest.approx(
+        1e-2 / a.size, rel=1e-3)
+    assert l1_loss(a[None], short[None], wing_weight=0.01).numpy()[0] == pytest.approx(
+        l1_wings + 0.01 * w_wings, rel=1e-4)
+    for loss in (get_deblender_loss("l1", 0.0, 0.01), get_deblender_loss("symmetric", 0.0, 0.01)):
+        clone = type(loss).from_config(loss.get_config())
+        assert clone.wing_weight == 0.01
+        assert float(clone(a[None], short[None])) == pytest.approx(l1_wings + 0.01 * w_wings,
+                                                                    rel=1e-4)
+    with pytest.raises(TfdeblendError, match="wing weight"):
+        TrainConfig(wing_weight=-1.0)
 
 
 # ---------------------------------------------------------------- strategy, config

@@ -296,6 +296,41 @@ def conserve_flux(
     return {"conserved": components + weights * residual[:, None], "noise_std": sigma}
 
 
+def stop_rule(t, k, count, active, monotone, previous, run, quality):
+    """One step of the peel's stop rules and quality flags, for a batch of blends.
+
+    At step ``t`` (0-based; ``k`` = ``max_iterations``) the classifier counted ``count`` on the
+    ``active`` blends' residuals. A blend stops with quality *high* (2) when its count reaches 0
+    having dropped by exactly one at every step (``monotone``), *medium* (1) when it reaches 0
+    otherwise, and *low* (0) when the same non-zero count came :data:`REPEAT_LIMIT` times in a
+    row (``run``) or ``k`` components were peeled; otherwise it peels its brightest galaxy.
+    :meth:`Peeler.peel` runs it in its loop; ``scripts/count_trajectories.py`` replays recorded
+    counts through it.
+
+    Args:
+        t, k: the step and the most components per blend (scalars).
+        count: int32 ``(N,)`` this step's counts (ignored where not ``active``).
+        active: bool ``(N,)``; monotone: bool ``(N,)``; previous: int32 ``(N,)``, the last
+            count (-1 before the first); run: int32 ``(N,)``; quality: int32 ``(N,)``.
+
+    Returns:
+        ``(monotone, run, quality, peel_now)``: the updated state and bool ``(N,)``, the blends
+        that peel at this step (the active ones that did not stop).
+    """
+    is_first = tf.equal(t, 0)
+    drops_by_one = tf.logical_or(is_first, tf.equal(count, previous - 1))
+    monotone = tf.where(active, tf.logical_and(monotone, drops_by_one), monotone)
+    run = tf.where(active, tf.where(tf.equal(count, previous), run + 1, tf.ones_like(run)), run)
+    zero = tf.logical_and(active, tf.equal(count, 0))
+    repeated = tf.logical_and(active, tf.logical_and(count > 0, run >= REPEAT_LIMIT))
+    guard = tf.logical_and(active, tf.logical_and(count > 0, tf.equal(t, k)))
+    quality = tf.where(zero, tf.where(monotone, 2, 1), quality)
+    quality = tf.where(tf.logical_or(repeated, guard), 0, quality)
+    peel_now = tf.logical_and(
+        active, tf.logical_not(tf.logical_or(zero, tf.logical_or(repeated, guard))))
+    return monotone, run, quality, peel_now
+
+
 def _pack(components: tf.Tensor, keep: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The components ``(N, K, H, W, C)`` whose ``keep`` ``(N, K)`` is true, packed to the front
     in their order and zero padded, and how many per blend."""
@@ -778,20 +813,8 @@ class Peeler(tf.Module):
             sub_count = _counts_from_logits(logits, sub)
             count = tf.tensor_scatter_nd_update(tf.fill([n], -1), index, sub_count)
 
-            is_first = tf.equal(t, 0)
-            drops_by_one = tf.logical_or(is_first, tf.equal(count, previous - 1))
-            monotone = tf.where(active, tf.logical_and(monotone, drops_by_one), monotone)
-            run = tf.where(
-                active, tf.where(tf.equal(count, previous), run + 1, tf.ones_like(run)), run
-            )
-            zero = tf.logical_and(active, tf.equal(count, 0))
-            repeated = tf.logical_and(active, tf.logical_and(count > 0, run >= REPEAT_LIMIT))
-            guard = tf.logical_and(active, tf.logical_and(count > 0, tf.equal(t, k)))
-            quality = tf.where(zero, tf.where(monotone, 2, 1), quality)
-            quality = tf.where(tf.logical_or(repeated, guard), 0, quality)
-            peel_now = tf.logical_and(
-                active, tf.logical_not(tf.logical_or(zero, tf.logical_or(repeated, guard)))
-            )
+            monotone, run, quality, peel_now = stop_rule(
+                t, k, count, active, monotone, previous, run, quality)
 
             # deblend only the blends that peel at this step (a subset of the active ones)
             sub_peel = tf.gather_nd(peel_now, index)

@@ -34,6 +34,9 @@ class TrainConfig(YamlConfig):
         flux_weight: deblender: weight of the relative band-flux error
             (:func:`~tfdeblend.training.losses.flux_error`) added to the L1 loss; 0 (the
             paper's loss) turns it off.
+        wing_weight: deblender: weight of the asinh-stretched image error
+            (:func:`~tfdeblend.training.losses.wing_error`, every pixel by its relative error,
+            a bright galaxy's wings included) added to the L1 loss; 0 turns it off.
         ce_weight: lambda, weight of the classifier cross-entropy in the phase-2 RDN loss.
         single_weight: alpha, weight of 1-galaxy images in the phase-2 classifier loss.
         validation_fraction: share of the dataset held out for validation.
@@ -67,6 +70,7 @@ class TrainConfig(YamlConfig):
     steps_per_epoch: int | None = None
     loss: str = "l1"
     flux_weight: float = 0.0
+    wing_weight: float = 0.0
     ce_weight: float = 1e-4
     single_weight: float = 0.2
     validation_fraction: float = 0.1
@@ -88,6 +92,8 @@ class TrainConfig(YamlConfig):
             raise TfdeblendError(f"loss must be l1 or symmetric, not {self.loss!r}")
         if not self.flux_weight >= 0.0:
             raise TfdeblendError(f"flux weight must be >= 0, not {self.flux_weight}")
+        if not self.wing_weight >= 0.0:
+            raise TfdeblendError(f"wing weight must be >= 0, not {self.wing_weight}")
         if self.batch_size <= 0 or self.epochs <= 0:
             raise TfdeblendError("batch size and epochs must be positive")
         if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:

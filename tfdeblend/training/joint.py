@@ -108,6 +108,8 @@ class JointModel(keras.Model):
             when the two are close in brightness).
         flux_weight: weight of the relative band-flux error added to that loss
             (:func:`~tfdeblend.training.losses.flux_error`; 0, the paper's loss, turns it off).
+        wing_weight: weight of the asinh-stretched image error added to that loss
+            (:func:`~tfdeblend.training.losses.wing_error`; 0 turns it off).
         **kwargs: passed to :class:`keras.Model` (e.g. ``name``).
 
     Attributes:
@@ -127,6 +129,7 @@ class JointModel(keras.Model):
         single_weight: float = 0.2,
         loss: str = "l1",
         flux_weight: float = 0.0,
+        wing_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -145,6 +148,7 @@ class JointModel(keras.Model):
         self.single_weight = float(single_weight)
         self.loss_kind = loss
         self.flux_weight = float(flux_weight)
+        self.wing_weight = float(wing_weight)
         self.rdn_optimizer = keras.optimizers.Adam(self.learning_rate, name="rdn_adam")
         self.classifier_optimizer = keras.optimizers.Adam(
             self.classifier_learning_rate, name="classifier_adam"
@@ -186,6 +190,7 @@ class JointModel(keras.Model):
             "single_weight": self.single_weight,
             "loss": self.loss_kind,
             "flux_weight": self.flux_weight,
+            "wing_weight": self.wing_weight,
             "name": self.name,
         }
 
@@ -301,9 +306,11 @@ class JointModel(keras.Model):
         # the targets are divided by the blend's scale, as in training/pipelines.py
         targets = normalize(tf.stack([t1, t2], axis=1), scale[:, None])[0]
         if self.loss_kind == "symmetric":
-            l1 = symmetric_l1_loss(targets, d1_normalized, flux_weight=self.flux_weight)
+            l1 = symmetric_l1_loss(targets, d1_normalized, flux_weight=self.flux_weight,
+                                   wing_weight=self.wing_weight)
         else:
-            l1 = l1_loss(targets, d1_normalized, flux_weight=self.flux_weight)
+            l1 = l1_loss(targets, d1_normalized, flux_weight=self.flux_weight,
+                         wing_weight=self.wing_weight)
         d1_input, d1_scale = normalize(d1)
         ce = per_example_ce(
             self._apply(self.classifier, d1_input, d1_scale, conditions, False), 1)
@@ -518,6 +525,7 @@ def train_phase2(
             single_weight=config.single_weight,
             loss=config.loss,
             flux_weight=config.flux_weight,
+            wing_weight=config.wing_weight,
         )
         model.compile(jit_compile=config.jit_compile)
     prepare_fit(model, strategy, train_ds)

@@ -70,7 +70,7 @@ def compile_phase1(
     if net == "deblender":
         model.compile(
             optimizer=optimizer,
-            loss=get_deblender_loss(config.loss, config.flux_weight),
+            loss=get_deblender_loss(config.loss, config.flux_weight, config.wing_weight),
             jit_compile=config.jit_compile,
         )
     else:
