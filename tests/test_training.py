@@ -199,18 +199,20 @@ def test_flux_weight_adds_the_relative_band_flux_error():
 
 
 def test_wing_weight_weighs_a_bright_galaxy_s_wings_by_their_relative_error():
-    """Divided by its peak, a bright galaxy's wings are a few 1e-3: missing a third of them
-    barely moves the L1, the asinh-stretched error sees it as much as a 1 % core error."""
+    """Divided by its peak, a bright galaxy's wings are a few 1e-3: for the L1, missing a
+    third of them is the same error as a core a few per cent too bright; the asinh-stretched
+    error weighs the missing wings far more."""
     yy, xx = np.mgrid[:40, :40]
     r2 = (yy - 20.0) ** 2 + (xx - 20.0) ** 2
     a = (np.exp(-r2 / 8.0) + 5e-3 * np.exp(-r2 / 200.0))[..., None].astype(np.float32)
-    wings = r2 > 36
-    short = np.where(wings[..., None], 0.67 * a, a).astype(np.float32)  # wings a third short
-    core = np.where(wings[..., None], a, 1.01 * a).astype(np.float32)  # core 1 % too bright
-    l1_wings, l1_core = (l1_loss(a[None], p[None]).numpy()[0] for p in (short, core))
+    wings = (r2 > 36)[..., None]
+    short = np.where(wings, 0.67 * a, a).astype(np.float32)  # wings a third short
+    l1_wings = l1_loss(a[None], short[None]).numpy()[0]
+    excess = l1_wings * a.size / a[~wings].sum()  # the core this much too bright: same L1
+    core = np.where(wings, a, (1 + excess) * a).astype(np.float32)
+    assert l1_loss(a[None], core[None]).numpy()[0] == pytest.approx(l1_wings, rel=1e-3)
     w_wings, w_core = (wing_error(a[None], p[None]).numpy()[0] for p in (short, core))
-    assert l1_wings < 3 * l1_core  # the L1 hardly tells them apart ...
-    assert w_wings > 10 * w_core  # ... the stretched error does
+    assert w_wings > 5 * w_core
     assert wing_error(a[None], a[None]).numpy()[0] == 0.0
     # linear below the softening: a faint pixel's error counts as (error / softening)
     tiny = np.zeros_like(a)
