@@ -415,14 +415,17 @@ def deblend_tiles(source, tiles, model, scene, batch_size: int = 32, progress: b
     stamp_size = model.stamp_size
     deblend, deblend_one = stamp_functions(model, batch_size, psf_fwhm)
     results = []
-    with tqdm(total=0, unit="blend", desc="deblending", disable=not progress) as bar:
-        for tile in tiles:
+    # the number of stamps is known only as the groups are peeled (windows, repeated peels,
+    # second tries at detections): the bar counts them and their rate, without a total
+    desc = "deblending" if len(tiles) == 1 else f"deblending {len(tiles)} tiles"
+    with tqdm(total=None, unit=" stamps", desc=desc, disable=not progress) as bar:
+        for index, tile in enumerate(tiles):
+            if len(tiles) > 1:
+                bar.set_postfix_str(f"tile {index + 1}/{len(tiles)}")
             image, variance, missing = source.read(*tile.ext)
             results.append(deblend_tile(
                 image, variance, missing, deblend, tile, scene, stamp_size, source.bands,
-                batch_size=batch_size,
-                progress=lambda n: (setattr(bar, "total", bar.total + n), bar.update(n)),
-                deblend_one=deblend_one,
+                batch_size=batch_size, progress=bar.update, deblend_one=deblend_one,
             ))
     return results
 
