@@ -211,6 +211,11 @@ class FieldConfig(YamlConfig):
         """Arcsec per pixel of the survey."""
         return float(survey_info(self.survey).pixel_scale.to_value("arcsec"))
 
+    @staticmethod
+    def psf_card(band: str) -> str:
+        """The header card holding a band's PSF FWHM (arcsec): ``PSF_G`` for ``g``."""
+        return f"PSF_{band.upper()}"[:8]
+
     @property
     def psf_fwhm(self) -> list[float]:
         """Each band's atmospheric PSF FWHM in arcsec, as drawn (the survey's times
@@ -546,7 +551,7 @@ def _common_header(config: FieldConfig, n_gal: int, n_inside: int) -> list[tuple
         ("PIXSCALE", config.pixel_scale, "arcsec per pixel"),
         ("PSFSCALE", config.psf_scale, "atmospheric PSF FWHM x the survey's nominal"),
         ("EXPSCALE", config.exposure_scale, "exposure time x the survey's full (10-year) one"),
-        *[(f"PSF_{band.upper()}"[:8], fwhm, f"{band} PSF FWHM, arcsec (atmosphere)")
+        *[(FieldConfig.psf_card(band), fwhm, f"{band} PSF FWHM, arcsec (atmosphere)")
           for band, fwhm in zip(config.bands, config.psf_fwhm)],
         ("SEED", config.seed, "field random seed"),
         (

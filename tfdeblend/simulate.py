@@ -516,8 +516,9 @@ def scale_filters(
         filt = survey.get_filter(band)
         fwhm, exposure, psf = nominal[band]
         filt.full_exposure_time = exposure * exposure_scale
-        filt.psf_fwhm = fwhm * psf_scale if psf_scale != 1.0 else fwhm
+        filt.psf_fwhm = fwhm
         if psf_scale != 1.0:
+            filt.psf_fwhm = fwhm * psf_scale
             psf = btk.survey._get_default_psf_with_surveycodex_info(survey, filt)
         filt.psf = psf
         psfs.append(psf)
@@ -560,8 +561,7 @@ class BlendRenderer:
             seed=config.seed,
         )
         self.psf = self.generator._get_psf_from_survey(self.survey)
-        self.nominal_psf = list(self.psf)
-        self.nominal_filters = nominal_filters(self.survey, config.bands, self.nominal_psf)
+        self.nominal_filters = nominal_filters(self.survey, config.bands, self.psf)
         self.scales: tuple[float, float] = (1.0, 1.0)
         self.bright_rows = np.flatnonzero(np.asarray(table["i_ab"], float) <= config.bright_mag)
         start = (config.raw_stamp_size - config.stamp_size) // 2

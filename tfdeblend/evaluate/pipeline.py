@@ -373,6 +373,7 @@ def _open_field(path: Path, bands: Sequence[str]):
     PSF: the ``--psf`` values a user of a conditioned model would give (each band's FWHM in
     arcsec from the field's ``PSF_<BAND>`` cards, as the stamp evaluation gives each stamp's),
     or ``None`` for a field written without them (the model's nominal PSF is used)."""
+    from tfdeblend.field import FieldConfig
     from tfdeblend.image_io import open_image, sky_to_pixel_scale
 
     source = open_image(path / "field.fits", tuple(bands))
@@ -388,7 +389,7 @@ def _open_field(path: Path, bands: Sequence[str]):
     header = source.header
     described = ", ".join(f"{key.lower()} {header[key]}"
                           for key in ("SURVEY", "SEED", "PSFSCALE", "EXPSCALE") if key in header)
-    cards = [f"PSF_{b.upper()}"[:8] for b in bands]
+    cards = [FieldConfig.psf_card(b) for b in bands]
     psf = (",".join(f"{float(header[c]):g}" for c in cards),) if all(
         c in header for c in cards) else None
     return source, truth, scale, described, psf
