@@ -358,3 +358,48 @@ def test_a_band_with_no_data_does_not_flag_every_galaxy_edge(tmp_path):
     assert np.isfinite(catalog["flux_g"][0]) and np.isfinite(catalog["flux_err_i"][0])
     footprint = Table.read(out, hdu="FOOTPRINTS")[0]
     assert footprint["width"] < 30 and footprint["height"] < 30
+
+
+def _two_galaxies(size=41):
+    yy, xx = np.mgrid[:size, :size]
+    bands = np.array([1.0, 1.5, 2.0])[:, None, None]
+    first = 400.0 * bands * np.exp(-((xx - 17.0) ** 2 + (yy - 20.0) ** 2) / (2 * 3.0**2))
+    second = 150.0 * bands * np.exp(-((xx - 24.0) ** 2 + (yy - 21.0) ** 2) / (2 * 2.5**2))
+    return np.stack([first, second])  # (2, C, H, W)
+
+
+def test_flux_errors_noise_term_is_the_scatter_of_the_conserved_flux():
+    """With exact models the conserved fluxes of two overlapping galaxies scatter by the pixel
+    noise of their shares: flux_errors' noise term."""
+    from tfdeblend import scene
+    from tfdeblend.deblend import conserve_flux
+
+    models = _two_galaxies().astype("float32")
+    sigma = np.array([2.0, 3.0, 4.0])
+    variance = np.broadcast_to(sigma[:, None, None] ** 2, models.shape[1:])
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=(1500, *models.shape[1:])) * sigma[None, :, None, None]
+    components = np.broadcast_to(np.transpose(models, (0, 2, 3, 1))[None],
+                                 (len(noise), *np.transpose(models, (0, 2, 3, 1)).shape))
+    conserved = conserve_flux(components, np.transpose(noise, (0, 2, 3, 1)).astype("float32"))
+    fluxes = np.asarray(conserved["conserved"]).sum(axis=(2, 3))  # (N, 2, C)
+    predicted = scene.flux_error_terms(models, variance)["noise"]
+    np.testing.assert_allclose(fluxes.std(axis=0), predicted, rtol=0.08)
+    np.testing.assert_allclose(fluxes.mean(axis=0), models.sum(axis=(2, 3)), rtol=0.01)
+
+
+def test_flux_errors_count_shared_light_and_unchecked_model_flux():
+    from tfdeblend import scene
+
+    models = _two_galaxies()
+    fluxes = models.sum(axis=(2, 3))
+    variance = np.full(models.shape[1:], 4.0)
+    alone = scene.flux_errors(models[1:], fluxes[1:], variance)[0]
+    blended = scene.flux_errors(models, fluxes, variance)[1]
+    assert (blended > 1.5 * alone).all()  # the brighter neighbour's light shared with it
+    # pixels without data: the model's flux there is all the catalog has
+    masked = variance.copy()
+    masked[:, :, 24:] = 0.0
+    half = scene.flux_errors(models[1:], fluxes[1:], masked)[0]
+    hidden = models[1][:, :, 24:].sum(axis=(1, 2))
+    assert (half >= scene.WING_FLUX_ERROR * hidden).all() and (half > 2 * alone).all()
