@@ -17,9 +17,13 @@ Usage::
     python benchmarks/field.py --size 2048 --repeat 3
     python benchmarks/field.py --field /tmp/field4096 --repeat 1 --workers 2
     python benchmarks/field.py --size 1024 --repeat 2 --detect-threshold 1.5 --detect-threshold 0.8
+    python benchmarks/field.py --size 1024 --repeat 2 --scene default \
+        --scene residual_detection=false
 
-Several ``--detect-threshold`` values (the scene's detection threshold) are timed in turn, one
-run of each per repetition, on the same field.
+Several scene settings (``--scene`` ``key=value[,key=value]`` of
+:class:`tfdeblend.scene.SceneConfig`, ``default`` for its defaults; ``--detect-threshold T`` is
+``--scene detect_threshold=T``) are timed in turn, one run of each per repetition, on the same
+field.
 """
 
 from __future__ import annotations
@@ -35,13 +39,14 @@ from pathlib import Path
 
 _CHILD = r"""
 import json, resource, sys, time
-kind, field, out, workers, threshold = sys.argv[1:6]
+kind, field, out, workers, options = sys.argv[1:6]
 start = time.perf_counter()
 if kind == "tfdeblend":
+    import yaml
     from tfdeblend.run import run_image
     from tfdeblend.scene import SceneConfig
-    scene = SceneConfig() if threshold == "default" else SceneConfig(
-        detect_threshold=float(threshold))
+    pairs = [item.split("=", 1) for item in options.split(",")] if options != "default" else []
+    scene = SceneConfig().replace(**{k.strip(): yaml.safe_load(v) for k, v in pairs})
     summary = run_image(field, out, overwrite=True, progress=False, scene=scene,
                         workers=int(workers) if workers != "0" else None)
     result = {"objects": summary["n_objects"], "stamps": summary["n_stamps"]}
@@ -57,10 +62,10 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def _run(kind: str, field: Path, out: Path, workers: int, threshold: str = "default") -> dict:
+def _run(kind: str, field: Path, out: Path, workers: int, options: str = "default") -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, kind, str(field), str(out), str(workers), threshold],
+        [sys.executable, "-c", _CHILD, kind, str(field), str(out), str(workers), options],
         capture_output=True, text=True, env=env, check=False,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -76,10 +81,13 @@ def main() -> None:
     parser.add_argument("--field", default=None, help="use this field directory instead")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="Dask local workers (0: none)")
-    parser.add_argument("--detect-threshold", action="append", default=None,
+    parser.add_argument("--detect-threshold", action="append", default=[],
                         help="scene detection threshold(s) to time (default: the scene's)")
+    parser.add_argument("--scene", action="append", default=[],
+                        help="scene settings to time: key=value[,key=value], or default")
     args = parser.parse_args()
-    thresholds = args.detect_threshold or ["default"]
+    thresholds = ([f"detect_threshold={t}" for t in args.detect_threshold] + args.scene
+                  or ["default"])
 
     tmp = Path(tempfile.mkdtemp(prefix="tfdeblend-field-bench-"))
     field = Path(args.field) if args.field else tmp / f"field{args.size}"
@@ -114,7 +122,7 @@ def main() -> None:
         label = kind if kind != "tfdeblend" or not args.workers else (
             f"tfdeblend, {args.workers} Dask workers")
         if kind == "tfdeblend" and threshold != "default":
-            label += f", detection {threshold} sigma"
+            label += f", {threshold}"
         rss = max(r["rss_mib"] for r in done)
         print(f"| {label} | {width}x{height} g,r,i | {', '.join(f'{s:.1f}' for s in seconds)} | "
               f"{median:.1f} | {objects} | {objects / median:.1f} | "

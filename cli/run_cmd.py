@@ -76,6 +76,12 @@ from tfdeblend.config import DETECT_THRESHOLD
     f"[default: {DETECT_THRESHOLD:g}, DES Y6's].",
 )
 @click.option(
+    "--no-residual-detection",
+    is_flag=True,
+    help="Images: detect once only; by default the residual is searched again after the peel "
+    "(galaxies a crowded field's first detection merged into brighter ones' segments).",
+)
+@click.option(
     "--catalog-format",
     type=click.Choice(["fits", "parquet", "csv"]),
     default="fits",
@@ -109,8 +115,8 @@ from tfdeblend.config import DETECT_THRESHOLD
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run(inputs, output, model_dir, batch_size, preview_dir, preview_count, file_bands, mask_bits,
-        background, detect_threshold, catalog_format, footprints, workers, scheduler, psf,
-        overwrite, quiet):
+        background, detect_threshold, no_residual_detection, catalog_format, footprints, workers,
+        scheduler, psf, overwrite, quiet):
     """Deblend INPUTS: a FITS file of stamps (N, C, H, W), or a survey image: one cube
     (C, H, W) of any size with BANDS (and optional VARIANCE and MASK extensions), or one file
     per band in the LSST/HSC coadd layout (image, mask, variance HDUs).
@@ -129,6 +135,7 @@ def run(inputs, output, model_dir, batch_size, preview_dir, preview_count, file_
     image_only = {
         "--bands": file_bands, "--mask-bits": mask_bits, "--background": background or None,
         "--detect-threshold": detect_threshold, "--workers": workers, "--scheduler": scheduler,
+        "--no-residual-detection": no_residual_detection or None,
         "--catalog-format": None if catalog_format == "fits" else catalog_format,
         "--footprints": footprints or None,
     }
@@ -152,7 +159,8 @@ def run(inputs, output, model_dir, batch_size, preview_dir, preview_count, file_
     from tfdeblend.scene import SceneConfig
 
     scene = SceneConfig().replace(background=background, detect_threshold=detect_threshold,
-                                  footprints=footprints or None)
+                                  footprints=footprints or None,
+                                  residual_detection=False if no_residual_detection else None)
     summary = run_image(
         list(inputs), output, model=model_dir, scene=scene, batch_size=batch_size,
         file_bands=file_bands, mask_bits=mask_bits.split(",") if mask_bits else None,

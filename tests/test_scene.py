@@ -123,6 +123,7 @@ def test_a_mosaic_with_mask_nans_and_wcs(mosaic, tmp_path):
         assert np.isnan(residual[~valid]).all()
         assert hdul[0].header["MAXITER"] == 6 and hdul[0].header["BANDS"] == "g,r,i"
         assert (hdul[0].header["DETTHR"], hdul[0].header["DEBCONT"]) == (0.8, 0.001)
+        assert hdul[0].header["RESDET"] is True
     side = Table.read(tmp_path / "out.catalog.parquet")
     assert len(side) == len(catalog)
     assert (tmp_path / "image.png").stat().st_size > 10_000

@@ -498,6 +498,7 @@ def write_image_results(
     if scene is not None:
         primary["DETTHR"] = (scene.detect_threshold, "detection threshold, sigma of the coadd")
         primary["DEBCONT"] = (scene.deblend_cont, "detection deblending contrast (sep)")
+        primary["RESDET"] = (scene.residual_detection, "detection repeated on the residual")
         primary["BKGMESH"] = (scene.background, "background mesh, px (0: sky subtracted)")
         primary["TILESIZE"] = (scene.tile_size, "tile core side, px")
         primary["SCNSEED"] = (scene.seed, "seed of the noise filling stamps")

@@ -18,21 +18,27 @@ each deblended on its own, in this process or on a Dask worker, with the same re
 4. *stamps*: one ``S x S`` stamp per group centred on its detections when they all lie within
    :data:`WINDOW_REACH` pixels of the centre (the networks were trained on galaxies at most
    12 px from the stamp's centre), else one window per brightest detection not yet covered,
-   each keeping the galaxies closest to it and passing its residual on to the next. Windows move
-   inward at the image's edge. In a stamp, other groups' pixels are replaced by noise, missing
+   each passing its residual on to the next. A window of a group with several sees only its own
+   detections' light: the sep segments of the detections another window owns are replaced by
+   noise (so a stamp holds the few galaxies the networks were trained on, not a crowd of
+   which the peel models only the brightest). Windows move inward at the image's edge. In a stamp, other groups' pixels are replaced by noise, missing
    pixels (NaN, masked) are filled from their surroundings plus noise, and pixels outside the
    image are noise (:func:`fill_missing`);
 5. *peel* of all stamps of a round in batches; a window whose first count is the classifier's
    largest (it cannot count more) is peeled again on its residual, up to ``max_rounds`` times;
 6. *keep*: a component is kept when its centroid (near its model's peak,
-   :func:`tfdeblend.measure.peak_moments`) lies in its group's footprint (or just outside it: a
-   galaxy the detection missed), its model-matched S/N is at least ``min_snr``, and it is not
+   :func:`tfdeblend.measure.peak_moments`) lies in its group's footprint, less the segments
+   other windows own (or just outside it: a galaxy the detection missed), its model-matched S/N is at least ``min_snr``, and it is not
    a piece of a brighter galaxy of the group (within ``duplicate_size`` times that galaxy's
    size, or :data:`DUPLICATE_RADIUS`: then its flux is added to that galaxy). A kept galaxy is
    added to the model image, subtracted from what the next window sees, and measured on its
    flux-conserving component: flux and flux error per band (:func:`flux_errors`), moments;
 7. *recovery*: each detection that no kept galaxy explains gets one more RDN pass on a small disc
-   of the residual around it (:func:`_recover_detections`).
+   of the residual around it (:func:`_recover_detections`);
+8. *residual detection* (``residual_detection``): the residual is searched once more, the models'
+   own error counted as noise, and each new detection gets the recovery pass (a galaxy found
+   within :data:`RESIDUAL_PIECE_SIZE` sizes of a brighter one is a piece of it). In crowded
+   fields the first detection merges galaxies into the segments of brighter ones.
 
 **Catalog** columns (one row per galaxy; :func:`catalog_columns`): ``id, x, y`` (0-based pixels
 of the full image, measured near the model's peak), ``ra, dec`` (degrees, with a WCS),
@@ -95,6 +101,13 @@ RECOVER_RADIUS: float = 3.0
 #: Radius (pixels) of the disc around such a detection that the RDN sees (the shipped peel's
 #: residual-detection window).
 RECOVER_WINDOW: float = 5.0
+#: The second detection, on the residual (``SceneConfig.residual_detection``), counts this
+#: fraction of the models as noise (the peel's own ``model_error``)...
+RESIDUAL_MODEL_ERROR: float = 0.03
+#: ...and a galaxy it finds closer to a brighter galaxy of its group than this many times that
+#: galaxy's size is a piece of it (the wings its model missed): its flux is added to it. Chosen
+#: on the validation fields (seeds 3001-3005 and a crowded one, ``docs/model_card.md``).
+RESIDUAL_PIECE_SIZE: float = 3.0
 #: Pixels added around a footprint's bounding box.
 FOOTPRINT_PAD: int = 2
 #: A galaxy's light "touches" a pixel where its model is above this many noise sigmas.
@@ -134,6 +147,11 @@ class SceneConfig(YamlConfig):
         duplicate_size: a component closer to a brighter galaxy of its group than this many
             times that galaxy's size (``sqrt((mu20 + mu02) / 2)``), or than
             :data:`DUPLICATE_RADIUS`, is a piece of it and is added to it.
+        residual_detection: detect once more on the residual, after every window and the
+            recovery pass, with :data:`RESIDUAL_MODEL_ERROR` of the models counted as noise;
+            each new detection in a group that no kept galaxy explains gets the recovery pass
+            (:func:`_recover_detections`). In crowded fields the first detection merges
+            galaxies into the segments of brighter ones.
         seed: seed of the noise that replaces other groups' and missing pixels.
     """
 
@@ -149,6 +167,7 @@ class SceneConfig(YamlConfig):
     min_snr: float = 5.0
     duplicate_size: float = 1.0
     footprints: bool = False
+    residual_detection: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -292,6 +311,8 @@ class _Group:
     label: int
     windows: list[tuple[int, int]]  # window centres (y, x), tile pixels
     n_detected: int
+    # with several windows: the detections (indices into the tile's objects) each one owns
+    owned: list[np.ndarray] = dataclasses.field(default_factory=list)
     next_window: int = 0
     rounds_left: int = 0
     rounds: int = 0
@@ -299,11 +320,13 @@ class _Group:
     rows: list = dataclasses.field(default_factory=list)  # indices of its catalog rows
 
 
-def _windows(members: np.ndarray, shape: tuple[int, int], size: int) -> list[tuple[int, int]]:
+def _windows(members: np.ndarray, shape: tuple[int, int], size: int
+             ) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
     """Window centres (tile pixels) for a group's detections ``members``: the middle of their
     box when they all lie within :data:`WINDOW_REACH` of it, else one window per brightest
     detection not yet covered. Centres are moved inward, while the detections stay covered, so
-    that little of a stamp falls outside the ``(H, W)`` tile."""
+    that little of a stamp falls outside the ``(H, W)`` tile. Also returns, per window, the
+    bool mask of the members it owns (those it was placed to cover)."""
     ys, xs = members["y"], members["x"]
     if max(np.ptp(ys), np.ptp(xs)) <= 2 * WINDOW_REACH:
         spots = [((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2, np.ones(len(ys), bool))]
@@ -325,7 +348,7 @@ def _windows(members: np.ndarray, shape: tuple[int, int], size: int) -> list[tup
             hi = min(lo_m + WINDOW_REACH, length - size / 2)
             centre.append(int(round(np.clip(value, lo, hi) if lo <= hi else value)))
         centres.append((centre[0], centre[1]))
-    return centres
+    return centres, [mine for _, _, mine in spots]
 
 
 def _cut(array: np.ndarray, cy: int, cx: int, size: int, fill) -> tuple[np.ndarray, np.ndarray]:
@@ -437,7 +460,10 @@ def deblend_tile(
         gx = float(np.average(members["x"], weights=weights)) + x0
         if not (cy0 <= gy < cy1 and cx0 <= gx < cx1):
             continue  # another tile owns it
-        group = _Group(int(label), _windows(members, labels.shape, stamp_size), len(members))
+        centres, owned = _windows(members, labels.shape, stamp_size)
+        index = np.flatnonzero(obj_label == label)
+        group = _Group(int(label), centres, len(members),
+                       [index[mine] for mine in owned] if len(centres) > 1 else [])
         group.rounds_left = config.max_rounds
         groups.append(group)
     working = np.where(missing, 0.0, image).astype(np.float32)
@@ -456,7 +482,8 @@ def deblend_tile(
                 np.random.SeedSequence([config.seed, tile.index, group.label, round_index])
             )
             stamp, cut = _group_stamp(working, labels, missing, sigma_map, band_sigma,
-                                      group.label, cy, cx, stamp_size, rng)
+                                      group.label, cy, cx, stamp_size, rng,
+                                      _foreign(segmap, obj_label, group, cy, cx, stamp_size))
             stamps.append(np.transpose(stamp, (1, 2, 0)))
             cuts.append(cut)
         results = _in_batches(deblend, stamps, batch_size, progress, band_sigma)
@@ -480,6 +507,17 @@ def deblend_tile(
             objects, obj_label, groups, labels, working, missing, sigma_map, band_sigma, model,
             rows, deblend_one, tile, config, stamp_size, bands, batch_size, progress,
         )
+        if config.residual_detection:
+            # what the first detection merged into others' segments (crowded groups): detect
+            # again on the residual, the models' own error counted as noise
+            noise = np.where(missing, 0.0, np.hypot(sigma_map, RESIDUAL_MODEL_ERROR * model))
+            extra, _ = detect(working, noise, missing, config)
+            if len(extra):
+                stamps_done += _recover_detections(
+                    extra, labels[extra["ypeak"], extra["xpeak"]], groups, labels, working,
+                    missing, sigma_map, band_sigma, model, rows, deblend_one, tile, config,
+                    stamp_size, bands, batch_size, progress, piece_size=RESIDUAL_PIECE_SIZE,
+                )
     table = _rows_to_columns(rows, bands)
     big = {_blend_id(tile, g) for g in groups
            if len(g.windows) > 1 or g.rounds > len(g.windows) or g.n_detected > MAX_COUNT}
@@ -493,15 +531,17 @@ def deblend_tile(
 
 def _recover_detections(objects, obj_label, groups, labels, working, missing, sigma_map,
                         band_sigma, model, rows, deblend_one, tile, config, size, bands,
-                        batch_size, progress) -> int:
+                        batch_size, progress, piece_size: float = 0.0) -> int:
     """Try once more every detection of an owned group that no kept galaxy explains.
 
     The classifier sometimes counts a faint galaxy beside a brighter one as nothing, and the
     peel's own residual detection needs S/N 10. Here each detection with no kept galaxy within
     :data:`RECOVER_RADIUS` pixels gets a stamp of the residual centred on it, of which the RDN
     sees only a disc of :data:`RECOVER_WINDOW` pixels; its galaxy is kept (flag ``recovered``,
-    quality medium) when it lies at the detection and passes the ``min_snr`` test. Returns the
-    number of stamps run.
+    quality medium) when it lies at the detection and passes the ``min_snr`` test; with
+    ``piece_size`` > 0, one closer to a brighter galaxy of its group than ``piece_size`` times
+    that galaxy's size is a piece of it and is added to it (:func:`_twin`). Returns the number
+    of stamps run.
     """
     by_label = {g.label: g for g in groups}
     done = np.array([[r["y"] - tile.ext[0], r["x"] - tile.ext[2]] for r in rows]).reshape(-1, 2)
@@ -550,6 +590,10 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
             config.footprints, blend_id=_blend_id(tile, group), quality=1, split=False,
             recovered=True, outliers=False,
         )
+        twin = _twin(rows, group, row, piece_size) if piece_size > 0 else None
+        if twin is not None:  # a piece of a brighter galaxy the group already kept
+            _absorb(twin, row, bands)
+            continue
         group.rows.append(len(rows))
         rows.append(row)
         group.kept += 1
@@ -585,7 +629,6 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
     errors = flux_errors(components, fluxes, cut["var"])  # (n, C)
     moments = measure.peak_moments(np.transpose(components, (0, 2, 3, 1)))
     distance = ndimage.distance_transform_edt(cut["lab"] != group.label)
-    windows = np.asarray(group.windows)
     kept = 0
     sy0, sx0 = cy - size // 2, cx - size // 2  # stamp origin, tile pixels
     for j in range(n):
@@ -596,11 +639,7 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         if not (0 <= iy < size and 0 <= ix < size):
             continue
         if distance[iy, ix] > OUTSIDE_REACH:
-            continue  # another group's (or nobody's) light
-        if len(windows) > 1:
-            nearest = int(np.argmin(np.hypot(windows[:, 0] - sy0 - y, windows[:, 1] - sx0 - x)))
-            if nearest != group.next_window:
-                continue  # another window of the group keeps it
+            continue  # another group's or window's (or nobody's) light
         snr = _model_snr(components[j], conserved[j], cut["var"])
         if snr < config.min_snr:
             continue  # nothing in the data supports it: its light stays in the residual
@@ -622,17 +661,33 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
     return kept
 
 
-def _group_stamp(working, labels, missing, sigma_map, band_sigma, label, cy, cx, size, rng):
+def _foreign(segmap, obj_label, group: _Group, cy: int, cx: int, size: int):
+    """The ``(S, S)`` pixels of the window's stamp that belong to the detections other windows
+    of its group own (their sep segments), or ``None`` for a group of one window."""
+    if not group.owned:
+        return None
+    segment = _cut(segmap[None], cy, cx, size, 0)[0][0] - 1  # detection index, -1 none
+    mine = np.zeros(len(obj_label) + 1, bool)
+    mine[group.owned[group.next_window]] = True
+    in_group = np.append(obj_label == group.label, False)
+    return in_group[segment] & ~mine[segment]
+
+
+def _group_stamp(working, labels, missing, sigma_map, band_sigma, label, cy, cx, size, rng,
+                 foreign=None):
     """The stamp ``(C, S, S)`` a group's window at ``(cy, cx)`` sees, and what it is made of.
 
     Cut from the tile's ``working`` residual; missing pixels filled and pixels outside the
-    tile made noise (:func:`fill_missing`); other groups' pixels replaced by noise. Returns
-    ``(stamp, cut)`` with ``cut``: ``lab`` (group labels), ``miss`` (missing data), ``outside``,
-    ``sig`` (noise sigma per pixel) and ``var`` (variance where the stamp holds the group's own
-    data, 0 elsewhere).
+    tile made noise (:func:`fill_missing`); other groups' pixels, and the ``foreign`` ones
+    (``(S, S)`` bool: the segments of detections another window of the group owns), replaced by
+    noise. Returns ``(stamp, cut)`` with ``cut``: ``lab`` (group labels; foreign pixels 0),
+    ``miss`` (missing data), ``outside``, ``sig`` (noise sigma per pixel) and ``var`` (variance
+    where the stamp holds the window's own data, 0 elsewhere).
     """
     stamp, outside = _cut(working, cy, cx, size, 0.0)
     lab = _cut(labels[None], cy, cx, size, 0)[0][0]
+    if foreign is not None:
+        lab = np.where(foreign, -1, lab)
     miss = _cut(missing, cy, cx, size, True)[0] & ~outside[None]
     sig = _cut(sigma_map, cy, cx, size, 0.0)[0]
     sig = np.where(sig > 0, sig, band_sigma[:, None, None])
