@@ -102,7 +102,8 @@ RECOVER_RADIUS: float = 3.0
 #: residual-detection window).
 RECOVER_WINDOW: float = 5.0
 #: The second detection, on the residual (``SceneConfig.residual_detection``), counts this
-#: fraction of the models as noise (the peel's own ``model_error``)...
+#: fraction of the models as noise (the scene's own setting; 3 %, as the peel counts its models'
+#: error on a stamp)...
 RESIDUAL_MODEL_ERROR: float = 0.03
 #: ...and a galaxy it finds closer to a brighter galaxy of its group than this many times that
 #: galaxy's size is a piece of it (the wings its model missed): its flux is added to it. Chosen
