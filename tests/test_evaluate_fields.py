@@ -386,3 +386,39 @@ def test_a_crowded_field_is_deblended_beyond_what_sep_detects(tmp_path):
     assert fits.getheader(once)["RESDET"] is False
     assert fits.getheader(tmp_path / "r" / "crowd_tfdeblend.fits")["RESDET"] is True
     assert len(fits.getdata(once, "CATALOG")) < methods["tfdeblend"]["n_detections"]
+
+
+def test_a_crowded_field_cut_into_tiles_is_catalogued_once(tmp_path):
+    """Crowded groups are larger than the tiles' overlap: each tile deblends every group that
+    reaches its core and catalogues the galaxies lying in its core, so the tiles' catalog
+    matches the one-tile catalog (before, two tiles both claimed a group crossing their border
+    and catalogued its galaxies twice)."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from tfdeblend.field import FieldConfig, simulate_field
+    from tfdeblend.run import run_image
+    from tfdeblend.scene import SceneConfig
+
+    size = 256
+    field = simulate_field(FieldConfig(size=size, seed=13), tmp_path / "crowd", progress=False,
+                           table=_crowded_catalog(78, size))
+    catalogs = {}
+    for name, tile in (("whole", 1024), ("tiles", 96)):
+        out = tmp_path / f"{name}.fits"
+        summary = run_image(field / "field.fits", out, progress=False,
+                            scene=SceneConfig(tile_size=tile, tile_overlap=32))
+        catalogs[name] = Table.read(out, hdu="CATALOG")
+        image = fits.getdata(field / "field.fits")
+        total = fits.getdata(out, "MODEL") + fits.getdata(out, "RESIDUAL")
+        ok = np.isfinite(total)
+        np.testing.assert_allclose(total[ok], image[ok], atol=1e-2)
+    assert summary["n_tiles"] == 9
+    whole, tiles = catalogs["whole"], catalogs["tiles"]
+    assert len(whole) >= 100
+    assert abs(len(tiles) - len(whole)) <= 0.05 * len(whole), (len(tiles), len(whole))
+    # no galaxy twice: pairs closer than 2 px are as rare as in the one-tile catalog
+    def close_pairs(t):
+        d = np.hypot(t["x"][:, None] - t["x"][None], t["y"][:, None] - t["y"][None])
+        return int((d[np.triu_indices(len(t), 1)] < 2.0).sum())
+    assert close_pairs(tiles) <= close_pairs(whole) + 2

@@ -13,8 +13,10 @@ each deblended on its own, in this process or on a Dask worker, with the same re
 2. *detection* on the variance-weighted coadd of the bands (unit noise per pixel) with sep
    (``detect_threshold`` sigmas, matched Gaussian filter of about the PSF's size);
 3. *groups*: the detected footprints, grown by ``group_grow`` pixels, that touch form one blend;
-   a tile deblends the groups whose centre lies in its core (tiles overlap, so every group is
-   seen whole by the tile that owns it);
+   a tile deblends every group with a detection in its core and catalogues (and models) only
+   the galaxies whose position lies in its core (:attr:`Tile.owns`), so that a group that
+   crosses a tile border, seen by both tiles, is catalogued once (crowded fields' groups are
+   larger than the tiles' overlap);
 4. *stamps*: one ``S x S`` stamp per group centred on its detections when they all lie within
    :data:`WINDOW_REACH` pixels of the centre (the networks were trained on galaxies at most
    12 px from the stamp's centre), else one window per brightest detection not yet covered,
@@ -194,12 +196,20 @@ class SceneConfig(YamlConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Tile:
-    """A tile: its index, the region it reads (``ext``) and the core whose groups it owns,
-    each ``(y0, y1, x0, x1)`` in full-image pixels."""
+    """A tile: its index, the region it reads (``ext``) and its ``core``, each
+    ``(y0, y1, x0, x1)`` in full-image pixels. It deblends every group with a detection in its
+    core and keeps the galaxies whose position lies in ``owns``: the core, reaching out to
+    infinity on the image's edges (a galaxy centred just outside the image is kept)."""
 
     index: int
     ext: tuple[int, int, int, int]
     core: tuple[int, int, int, int]
+    owns: tuple[float, float, float, float] = (-np.inf, np.inf, -np.inf, np.inf)
+
+    def owned(self, y, x):
+        """Whether full-image positions ``(y, x)`` are this tile's (arrays or floats)."""
+        y0, y1, x0, x1 = self.owns
+        return (y >= y0) & (y < y1) & (x >= x0) & (x < x1)
 
 
 def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int) -> list[Tile]:
@@ -211,7 +221,9 @@ def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int) -> list[Til
             y1, x1 = min(height, y0 + tile_size), min(width, x0 + tile_size)
             ext = (max(0, y0 - overlap), min(height, y1 + overlap),
                    max(0, x0 - overlap), min(width, x1 + overlap))
-            tiles.append(Tile(len(tiles), ext, (y0, y1, x0, x1)))
+            owns = (y0 if y0 > 0 else -np.inf, y1 if y1 < height else np.inf,
+                    x0 if x0 > 0 else -np.inf, x1 if x1 < width else np.inf)
+            tiles.append(Tile(len(tiles), ext, (y0, y1, x0, x1), owns))
     return tiles
 
 
@@ -455,14 +467,10 @@ def deblend_tile(
     labels, _ = ndimage.label(grown)
     obj_label = labels[objects["ypeak"], objects["xpeak"]]
     groups: list[_Group] = []
-    cy0, cy1, cx0, cx1 = tile.core
     for label in np.unique(obj_label[obj_label > 0]):
         members = objects[obj_label == label]
-        weights = np.clip(members["flux"], 1e-12, None)
-        gy = float(np.average(members["y"], weights=weights)) + y0
-        gx = float(np.average(members["x"], weights=weights)) + x0
-        if not (cy0 <= gy < cy1 and cx0 <= gx < cx1):
-            continue  # another tile owns it
+        if not tile.owned(members["y"] + y0, members["x"] + x0).any():
+            continue  # other tiles deblend it
         centres, owned = _windows(members, labels.shape, stamp_size)
         index = np.flatnonzero(obj_label == label)
         group = _Group(int(label), centres, len(members),
@@ -495,7 +503,6 @@ def deblend_tile(
         for k, (group, cy, cx) in enumerate(jobs):
             kept = _keep(result, k, group, cy, cx, cuts[k], stamp_size, bands, working, model,
                          tile, rows, config)
-            group.kept += kept
             group.rounds += 1
             group.rounds_left -= 1
             first = int(result["counts"][k, 0])
@@ -521,7 +528,7 @@ def deblend_tile(
                     missing, sigma_map, band_sigma, model, rows, deblend_one, tile, config,
                     stamp_size, bands, batch_size, progress, piece_size=RESIDUAL_PIECE_SIZE,
                 )
-    table = _rows_to_columns(rows, bands)
+    table = _rows_to_columns(_owned_rows(rows), bands)
     big = {_blend_id(tile, g) for g in groups
            if len(g.windows) > 1 or g.rounds > len(g.windows) or g.n_detected > MAX_COUNT}
     kept_per_group = {_blend_id(tile, g): g.kept for g in groups}
@@ -589,18 +596,39 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
         error = flux_errors(galaxy[None], flux[None], cut["var"])[0]
         row = _kept_galaxy(
             galaxy, {key: float(value) for key, value in moments.items()}, snr, flux, error,
-            cut, (cy - size // 2 + y0, cx - size // 2 + x0), cy, cx, working, model, bands,
+            cut, (cy - size // 2 + y0, cx - size // 2 + x0), cy, cx, working, bands,
             config.footprints, blend_id=_blend_id(tile, group), quality=1, split=False,
             recovered=True, outliers=False,
         )
         twin = _twin(rows, group, row, piece_size) if piece_size > 0 else None
-        if twin is not None:  # a piece of a brighter galaxy the group already kept
-            _absorb(twin, row, bands)
-            continue
-        group.rows.append(len(rows))
-        rows.append(row)
-        group.kept += 1
+        _settle(row, twin, galaxy, cy, cx, group, rows, model, tile, bands)
     return len(stamps)
+
+
+def _settle(row, twin, galaxy, cy, cx, group, rows, model, tile, bands) -> int:
+    """Put a kept galaxy ``(C, S, S)`` (its stamp centred on ``(cy, cx)``, tile pixels) where it
+    belongs: into ``twin``, the brighter galaxy of the group it is a piece of, if any, else
+    into ``rows``. Its model joins the tile's ``model`` when the galaxy it ends in lies in the
+    tile's own region (:attr:`Tile.owns`); a row outside it stays (flag ``_foreign``) only so
+    that the tile's later windows know of it, and leaves with :func:`_owned_rows`: the tile that
+    owns its position catalogues it. Returns 1 for a new row, else 0."""
+    home = twin if twin is not None else row
+    if "_foreign" not in home:
+        home["_foreign"] = not bool(tile.owned(home["y"], home["x"]))
+    if not home["_foreign"]:
+        _add(model, galaxy, cy, cx)
+    if twin is not None:  # a piece of a brighter galaxy the group already kept
+        _absorb(twin, row, bands)
+        return 0
+    group.rows.append(len(rows))
+    rows.append(row)
+    group.kept += 0 if row["_foreign"] else 1
+    return 1
+
+
+def _owned_rows(rows: list[dict]) -> list[dict]:
+    """The rows a tile catalogues (:func:`_settle`)."""
+    return [r for r in rows if not r.get("_foreign", False)]
 
 
 def _blend_id(tile: Tile, group: _Group) -> int:
@@ -648,19 +676,14 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
             continue  # nothing in the data supports it: its light stays in the residual
         row = _kept_galaxy(
             components[j], {key: float(value[j]) for key, value in moments.items()}, snr,
-            fluxes[j], errors[j], cut, (sy0 + y0, sx0 + x0), cy, cx, working, model, bands,
+            fluxes[j], errors[j], cut, (sy0 + y0, sx0 + x0), cy, cx, working, bands,
             config.footprints, blend_id=_blend_id(tile, group),
             quality=int(result["quality"][k]), split=bool(result["split"][k]),
             recovered=bool(result["recovered"][k]),
             outliers=bool(result.get("outliers", np.zeros(k + 1))[k]),
         )
         twin = _twin(rows, group, row, config.duplicate_size)
-        if twin is not None:  # a piece of a brighter galaxy the group already kept
-            _absorb(twin, row, bands)
-            continue
-        group.rows.append(len(rows))
-        rows.append(row)
-        kept += 1
+        kept += _settle(row, twin, components[j], cy, cx, group, rows, model, tile, bands)
     return kept
 
 
@@ -718,14 +741,12 @@ def _in_batches(function, stamps: list, batch_size: int, progress, band_sigma=No
     return out
 
 
-def _kept_galaxy(galaxy, moments, snr, flux, error, cut, origin, cy, cx, working, model, bands,
+def _kept_galaxy(galaxy, moments, snr, flux, error, cut, origin, cy, cx, working, bands,
                  footprints, **fields) -> dict:
     """Keep a galaxy ``(C, S, S)`` of the stamp at ``(cy, cx)`` (tile pixels) whose first pixel
-    is full-image pixel ``origin`` ``(y, x)``: add it to the model image, subtract it from what
-    later windows see, and return its catalog row (position, moments, S/N, flux and error per
+    is full-image pixel ``origin`` ``(y, x)``: subtract it from what later windows see, and return its catalog row (position, moments, S/N, flux and error per
     band, NaN in a band with no data under it, ``edge``/``masked`` flags, footprint, and the
-    given ``fields``)."""
-    _add(model, galaxy, cy, cx)
+    given ``fields``). The caller adds it to the tile's model (:func:`_settle`)."""
     _add(working, galaxy, cy, cx, sign=-1.0)
     light = _light(galaxy, cut["sig"])
     row = {
