@@ -86,8 +86,8 @@ def main() -> None:
     parser.add_argument("--scene", action="append", default=[],
                         help="scene settings to time: key=value[,key=value], or default")
     args = parser.parse_args()
-    thresholds = ([f"detect_threshold={t}" for t in args.detect_threshold] + args.scene
-                  or ["default"])
+    settings = ([f"detect_threshold={t}" for t in args.detect_threshold] + args.scene
+                or ["default"])
 
     tmp = Path(tempfile.mkdtemp(prefix="tfdeblend-field-bench-"))
     field = Path(args.field) if args.field else tmp / f"field{args.size}"
@@ -99,16 +99,16 @@ def main() -> None:
         print(f"simulated {field} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeat):  # in turn: one run of each per repetition
-        for threshold in thresholds:
-            runs.setdefault(("tfdeblend", threshold), []).append(
+        for setting in settings:
+            runs.setdefault(("tfdeblend", setting), []).append(
                 _run("tfdeblend", field / "field.fits", tmp / "out.fits", args.workers,
-                     threshold))
+                     setting))
         runs.setdefault(("sep", "default"), []).append(
             _run("sep", field / "field.fits", tmp / "out.fits", 0))
     rows = []
-    for (kind, threshold), done in runs.items():
+    for (kind, setting), done in runs.items():
         seconds = sorted(r["seconds"] for r in done)
-        rows.append((kind, threshold, done, seconds, seconds[len(seconds) // 2]))
+        rows.append((kind, setting, done, seconds, seconds[len(seconds) // 2]))
     from astropy.io import fits
 
     height = fits.getheader(field / "field.fits")["NAXIS2"]
@@ -116,20 +116,20 @@ def main() -> None:
     print(f"| method | image | seconds ({args.repeat} runs) | median s | galaxies | galaxies/s | "
           "stamps/s | peak RSS MiB |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    for kind, threshold, done, seconds, median in rows:
+    for kind, setting, done, seconds, median in rows:
         objects = done[0]["objects"]
         stamps = done[0]["stamps"]
         label = kind if kind != "tfdeblend" or not args.workers else (
             f"tfdeblend, {args.workers} Dask workers")
-        if kind == "tfdeblend" and threshold != "default":
-            label += f", {threshold}"
+        if kind == "tfdeblend" and setting != "default":
+            label += f", {setting}"
         rss = max(r["rss_mib"] for r in done)
         print(f"| {label} | {width}x{height} g,r,i | {', '.join(f'{s:.1f}' for s in seconds)} | "
               f"{median:.1f} | {objects} | {objects / median:.1f} | "
               f"{(stamps / median) if stamps else 0:.1f} | {rss:.0f} |")
     sep_median = rows[-1][4]
-    for _kind, threshold, _, _, median in rows[:-1]:
-        print(f"\ntfdeblend ({threshold}) / sep time ratio (medians): {median / sep_median:.0f}")
+    for _kind, setting, _, _, median in rows[:-1]:
+        print(f"\ntfdeblend ({setting}) / sep time ratio (medians): {median / sep_median:.0f}")
 
 
 if __name__ == "__main__":

@@ -87,8 +87,9 @@ def record(fields: list[str], out: Path) -> dict[str, np.ndarray]:
 
 
 def errors(data: dict[str, np.ndarray], neighbour: float, wing: float, model: float):
-    return np.sqrt(data["noise"] ** 2 + (neighbour * data["neighbours"]) ** 2
-                   + (wing * data["wings"]) ** 2 + (model * np.abs(data["meas"])) ** 2)
+    from tfdeblend.scene import combine_flux_errors
+
+    return combine_flux_errors(data, data["meas"], neighbour, wing, model)
 
 
 def _width(x: np.ndarray) -> float:

@@ -23,15 +23,16 @@ each deblended on its own, in this process or on a Dask worker, with the same re
    each passing its residual on to the next. A window of a group with several sees only its own
    detections' light: the sep segments of the detections another window owns are replaced by
    noise (so a stamp holds the few galaxies the networks were trained on, not a crowd of
-   which the peel models only the brightest). Windows move inward at the image's edge. In a stamp, other groups' pixels are replaced by noise, missing
-   pixels (NaN, masked) are filled from their surroundings plus noise, and pixels outside the
-   image are noise (:func:`fill_missing`);
+   which the peel models only the brightest). Windows move inward at the image's edge. In a
+   stamp, other groups' pixels are replaced by noise, missing pixels (NaN, masked) are filled
+   from their surroundings plus noise, and pixels outside the image are noise
+   (:func:`fill_missing`);
 5. *peel* of all stamps of a round in batches; a window whose first count is the classifier's
    largest (it cannot count more) is peeled again on its residual, up to ``max_rounds`` times;
 6. *keep*: a component is kept when its centroid (near its model's peak,
    :func:`tfdeblend.measure.peak_moments`) lies in its group's footprint, less the segments
-   other windows own (or just outside it: a galaxy the detection missed), its model-matched S/N is at least ``min_snr``, and it is not
-   a piece of a brighter galaxy of the group (within ``duplicate_size`` times that galaxy's
+   other windows own (or just outside it: a galaxy the detection missed), its model-matched
+   S/N is at least ``min_snr``, and it is not a piece of a brighter galaxy of the group (within ``duplicate_size`` times that galaxy's
    size, or :data:`DUPLICATE_RADIUS`: then its flux is added to that galaxy). A kept galaxy is
    added to the model image, subtracted from what the next window sees, and measured on its
    flux-conserving component: flux and flux error per band (:func:`flux_errors`), moments;
@@ -327,7 +328,7 @@ class _Group:
     windows: list[tuple[int, int]]  # window centres (y, x), tile pixels
     n_detected: int
     # with several windows: the detections (indices into the tile's objects) each one owns
-    owned: list[np.ndarray] = dataclasses.field(default_factory=list)
+    by_window: list[np.ndarray] = dataclasses.field(default_factory=list)
     next_window: int = 0
     rounds_left: int = 0
     rounds: int = 0
@@ -471,10 +472,10 @@ def deblend_tile(
         members = objects[obj_label == label]
         if not tile.owned(members["y"] + y0, members["x"] + x0).any():
             continue  # other tiles deblend it
-        centres, owned = _windows(members, labels.shape, stamp_size)
+        centres, by_window = _windows(members, labels.shape, stamp_size)
         index = np.flatnonzero(obj_label == label)
         group = _Group(int(label), centres, len(members),
-                       [index[mine] for mine in owned] if len(centres) > 1 else [])
+                       [index[mine] for mine in by_window] if len(centres) > 1 else [])
         group.rounds_left = config.max_rounds
         groups.append(group)
     working = np.where(missing, 0.0, image).astype(np.float32)
@@ -519,8 +520,10 @@ def deblend_tile(
         )
         if config.residual_detection:
             # what the first detection merged into others' segments (crowded groups): detect
-            # again on the residual, the models' own error counted as noise
-            noise = np.where(missing, 0.0, np.hypot(sigma_map, RESIDUAL_MODEL_ERROR * model))
+            # again on the residual, the models' own error counted as noise (every galaxy
+            # subtracted, also those another tile catalogues)
+            subtracted = np.where(missing, 0.0, image) - working
+            noise = np.where(missing, 0.0, np.hypot(sigma_map, RESIDUAL_MODEL_ERROR * subtracted))
             extra, _ = detect(working, noise, missing, config)
             if len(extra):
                 stamps_done += _recover_detections(
@@ -612,10 +615,8 @@ def _settle(row, twin, galaxy, cy, cx, group, rows, model, tile, bands) -> int:
     tile's own region (:attr:`Tile.owns`); a row outside it stays (flag ``_foreign``) only so
     that the tile's later windows know of it, and leaves with :func:`_owned_rows`: the tile that
     owns its position catalogues it. Returns 1 for a new row, else 0."""
-    home = twin if twin is not None else row
-    if "_foreign" not in home:
-        home["_foreign"] = not bool(tile.owned(home["y"], home["x"]))
-    if not home["_foreign"]:
+    row["_foreign"] = not bool(tile.owned(row["y"], row["x"]))
+    if not (twin if twin is not None else row)["_foreign"]:
         _add(model, galaxy, cy, cx)
     if twin is not None:  # a piece of a brighter galaxy the group already kept
         _absorb(twin, row, bands)
@@ -690,11 +691,11 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
 def _foreign(segmap, obj_label, group: _Group, cy: int, cx: int, size: int):
     """The ``(S, S)`` pixels of the window's stamp that belong to the detections other windows
     of its group own (their sep segments), or ``None`` for a group of one window."""
-    if not group.owned:
+    if not group.by_window:
         return None
     segment = _cut(segmap[None], cy, cx, size, 0)[0][0] - 1  # detection index, -1 none
     mine = np.zeros(len(obj_label) + 1, bool)
-    mine[group.owned[group.next_window]] = True
+    mine[group.by_window[group.next_window]] = True
     in_group = np.append(obj_label == group.label, False)
     return in_group[segment] & ~mine[segment]
 
@@ -744,9 +745,10 @@ def _in_batches(function, stamps: list, batch_size: int, progress, band_sigma=No
 def _kept_galaxy(galaxy, moments, snr, flux, error, cut, origin, cy, cx, working, bands,
                  footprints, **fields) -> dict:
     """Keep a galaxy ``(C, S, S)`` of the stamp at ``(cy, cx)`` (tile pixels) whose first pixel
-    is full-image pixel ``origin`` ``(y, x)``: subtract it from what later windows see, and return its catalog row (position, moments, S/N, flux and error per
-    band, NaN in a band with no data under it, ``edge``/``masked`` flags, footprint, and the
-    given ``fields``). The caller adds it to the tile's model (:func:`_settle`)."""
+    is full-image pixel ``origin`` ``(y, x)``: subtract it from what later windows see, and
+    return its catalog row (position, moments, S/N, flux and error per band, NaN in a band with
+    no data under it, ``edge``/``masked`` flags, footprint, and the given ``fields``). The
+    caller adds it to the tile's model (:func:`_settle`)."""
     _add(working, galaxy, cy, cx, sign=-1.0)
     light = _light(galaxy, cut["sig"])
     row = {
@@ -818,10 +820,20 @@ def flux_errors(models: np.ndarray, fluxes: np.ndarray, variance: np.ndarray) ->
         fluxes: ``(K, C)`` their fluxes.
         variance: ``(C, H, W)`` pixel variance, 0 where there are no data.
     """
-    terms = flux_error_terms(models, variance)
-    return np.sqrt(terms["noise"] ** 2 + (NEIGHBOUR_FLUX_ERROR * terms["neighbours"]) ** 2
-                   + (WING_FLUX_ERROR * terms["wings"]) ** 2
-                   + (MODEL_FLUX_ERROR * np.abs(fluxes)) ** 2)
+    return combine_flux_errors(flux_error_terms(models, variance), fluxes)
+
+
+def combine_flux_errors(terms: dict[str, np.ndarray], fluxes: np.ndarray,
+                        neighbour: float | None = None, wing: float | None = None,
+                        model: float | None = None) -> np.ndarray:
+    """:func:`flux_errors` from its ``terms`` (:func:`flux_error_terms`) and the ``fluxes``,
+    with the weights given (default: :data:`NEIGHBOUR_FLUX_ERROR`, :data:`WING_FLUX_ERROR`,
+    :data:`MODEL_FLUX_ERROR`; ``scripts/calibrate_flux_errors.py`` fits them)."""
+    neighbour = NEIGHBOUR_FLUX_ERROR if neighbour is None else neighbour
+    wing = WING_FLUX_ERROR if wing is None else wing
+    model = MODEL_FLUX_ERROR if model is None else model
+    return np.sqrt(terms["noise"] ** 2 + (neighbour * terms["neighbours"]) ** 2
+                   + (wing * terms["wings"]) ** 2 + (model * np.abs(fluxes)) ** 2)
 
 
 def _model_snr(model: np.ndarray, data: np.ndarray, variance: np.ndarray) -> float:
