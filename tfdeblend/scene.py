@@ -78,8 +78,12 @@ FLAGS: tuple[str, ...] = ("edge", "masked", "big_group", "split", "recovered", "
 #: networks were trained on galaxies at most 12 px (2.4") from the stamp's centre, and a few
 #: pixels more still deblend well (a detection's centre is itself off by a pixel or two).
 WINDOW_REACH: int = 16
-#: Missing pixels are filled from valid neighbours up to this many pixels into a hole.
+#: Missing pixels are filled from valid neighbours up to this many pixels into a hole...
 FILL_REACH: int = 4
+#: ...and holes enclosed by data up to this many pixels whole (a saturated galaxy's core: the
+#: simulated fields' are 50-250 pixels; a detection or a stamp that sees a ring around a hole
+#: splits the galaxy into pieces).
+MAX_HOLE_AREA: int = 2500
 #: Components centred this far (pixels) outside their group's footprint are still kept (galaxies
 #: the detection missed or merged into the sky).
 OUTSIDE_REACH: float = 4.0
@@ -114,6 +118,15 @@ RESIDUAL_MODEL_ERROR: float = 0.03
 #: galaxy's size is a piece of it (the wings its model missed): its flux is added to it. Chosen
 #: on the validation fields (seeds 3001-3005 and a crowded one, ``docs/model_card.md``).
 RESIDUAL_PIECE_SIZE: float = 3.0
+#: ...and it leaves out the pixels this close to missing ones (a saturated core's rim, where
+#: the models are unchecked and the residual is their error, not galaxies).
+RESIDUAL_HOLE_MARGIN: int = 3
+#: Galaxies centred within this many pixels of the same compact hole (a saturated core) are one
+#: galaxy (:func:`_holes`): the peel models the ring of light around a missing core as several.
+HOLE_REACH: int = 2
+#: A compact hole of at least this many pixels that fills half its bounding box is a core
+#: (saturated): a galaxy on it is placed at its centre.
+CORE_AREA: int = 16
 #: Pixels added around a footprint's bounding box.
 FOOTPRINT_PAD: int = 2
 #: A galaxy's light "touches" a pixel where its model is above this many noise sigmas.
@@ -253,32 +266,62 @@ def fill_missing(stamp: np.ndarray, missing: np.ndarray, sigma: np.ndarray,
                  rng: np.random.Generator, outside: np.ndarray | None = None) -> np.ndarray:
     """Fill missing pixels of a ``(C, H, W)`` stamp from their surroundings, plus noise.
 
-    A missing pixel within :data:`FILL_REACH` pixels of valid data takes the mean of its valid
-    neighbours, ring after ring inward (a diffusion fill: smooth across a bad column or a
-    saturated core); farther ones, and the pixels ``outside`` the image (``(H, W)`` bool), hold
-    0 (empty sky: extending an edge inward would invent light). Then every filled pixel gets
-    noise of its ``sigma`` (``(C, H, W)``).
+    Missing pixels take the mean of their valid neighbours, ring after ring inward (a diffusion
+    fill, :func:`diffusion_fill`: smooth across a bad column, and across a saturated core
+    enclosed by data, which would otherwise show the networks a ring); pixels farther than
+    :data:`FILL_REACH` from data in a hole that is not enclosed, and the pixels ``outside`` the
+    image (``(H, W)`` bool), hold 0 (empty sky: extending an edge inward would invent light).
+    Then every filled pixel gets noise of its ``sigma`` (``(C, H, W)``).
     """
     out = np.array(stamp, dtype=np.float32, copy=True)
-    kernel = np.ones((3, 3), np.float32)
     outside = np.zeros(stamp.shape[1:], bool) if outside is None else outside
     for c in range(len(out)):
         hole = missing[c] | outside
         if not hole.any():
             continue
-        known = ~hole
-        values = np.where(known, out[c], 0.0)
-        for _ in range(FILL_REACH):
-            if known.all() or not known.any():
-                break
-            total = ndimage.convolve(values, kernel, mode="constant")
-            count = ndimage.convolve(known.astype(np.float32), kernel, mode="constant")
-            ring = (~known) & (count > 0) & ~outside
-            values = np.where(ring, total / np.maximum(count, 1), values)
-            known = known | ring
-        values = np.where(known, values, 0.0)
+        values, _ = diffusion_fill(out[c], ~hole, outside)
         out[c] = np.where(hole, values + rng.normal(0.0, 1.0, values.shape) * sigma[c], out[c])
     return out
+
+
+def diffusion_fill(image: np.ndarray, known: np.ndarray,
+                   outside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, filled)``: an ``(H, W)`` image with its unknown pixels (``known`` False) filled
+    by diffusion, and where it now has values. Ring after ring inward, each pixel the mean of its filled or known neighbours. Holes enclosed by
+    known pixels (touching neither the array's border nor ``outside``) and at most
+    :data:`MAX_HOLE_AREA` pixels are filled whole (a saturated core, a masked cosmic ray); other
+    unknown pixels within :data:`FILL_REACH` of data (a bad column, a chip edge), and the rest
+    hold 0. ``outside`` pixels are never filled."""
+    outside = np.zeros(image.shape, bool) if outside is None else outside
+    hole = ~known & ~outside
+    if not hole.any() or not known.any():
+        return np.where(known, image, 0.0).astype(np.float32), known.copy()
+    labels, n = ndimage.label(hole)
+    border = np.zeros(image.shape, bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    open_ = np.unique(labels[(border | ndimage.binary_dilation(outside)) & hole])
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    whole = (area <= MAX_HOLE_AREA)
+    whole[0] = False
+    whole[open_] = False
+    enclosed = whole[labels]
+    kernel = np.ones((3, 3), np.float32)
+    filled = known.copy()
+    values = np.where(known, image, 0.0).astype(np.float32)
+    step = 0
+    while True:
+        growable = hole & ~filled & (enclosed if step >= FILL_REACH else True)
+        if not growable.any():
+            break
+        total = ndimage.convolve(values, kernel, mode="constant")
+        count = ndimage.convolve(filled.astype(np.float32), kernel, mode="constant")
+        ring = growable & (count > 0)
+        if not ring.any():
+            break
+        values = np.where(ring, total / np.maximum(count, 1), values)
+        filled |= ring
+        step += 1
+    return np.where(filled, values, 0.0).astype(np.float32), filled
 
 
 def _gaussian_kernel(fwhm: float) -> np.ndarray:
@@ -289,19 +332,31 @@ def _gaussian_kernel(fwhm: float) -> np.ndarray:
     return np.outer(g, g).astype(np.float32)
 
 
-def detect(image: np.ndarray, sigma: np.ndarray, missing: np.ndarray, config: SceneConfig):
+def detect(image: np.ndarray, sigma: np.ndarray, missing: np.ndarray, config: SceneConfig,
+           fill: bool = True):
     """Detections on the variance-weighted coadd: ``(objects, segmentation map)``.
 
     Args:
         image: ``(C, H, W)`` sky-subtracted, missing pixels 0.
         sigma: ``(C, H, W)`` noise sigma per pixel (0 where missing).
         missing: ``(C, H, W)`` bool.
+        fill: fill the missing pixels first (:func:`diffusion_fill`: a bad column or a saturated
+            core would split a galaxy into several detections); else they are left out.
 
     Returns:
         sep's object array (``x, y, flux, xpeak, ypeak``...) and its int32 segmentation map.
     """
     import sep
 
+    if fill and missing.any():  # bridge bad columns and saturated cores per band: a ring (or a dip
+        # where one band's core is missing) would be several detections
+        image, sigma, missing = (np.array(a, copy=True) for a in (image, sigma, missing))
+        for c in range(len(image)):
+            if missing[c].any() and (~missing[c]).any():
+                image[c], filled = diffusion_fill(image[c], ~missing[c])
+                typical = np.median(sigma[c][~missing[c]])
+                sigma[c] = np.where(missing[c], typical, sigma[c])
+                missing[c] = ~filled
     with np.errstate(divide="ignore", invalid="ignore"):
         weight = np.where(missing | (sigma <= 0), 0.0, 1.0 / np.square(sigma, dtype=np.float64))
     norm = np.sqrt(weight.sum(axis=0))
@@ -479,6 +534,7 @@ def deblend_tile(
         group.rounds_left = config.max_rounds
         groups.append(group)
     working = np.where(missing, 0.0, image).astype(np.float32)
+    holes = _holes(missing)
     rows: list[dict[str, Any]] = []
     stamps_done = 0
     round_index = 0
@@ -503,7 +559,7 @@ def deblend_tile(
         stamps_done += len(stamps)
         for k, (group, cy, cx) in enumerate(jobs):
             kept = _keep(result, k, group, cy, cx, cuts[k], stamp_size, bands, working, model,
-                         tile, rows, config)
+                         tile, rows, config, holes)
             group.rounds += 1
             group.rounds_left -= 1
             first = int(result["counts"][k, 0])
@@ -516,20 +572,24 @@ def deblend_tile(
     if deblend_one is not None:
         stamps_done += _recover_detections(
             objects, obj_label, groups, labels, working, missing, sigma_map, band_sigma, model,
-            rows, deblend_one, tile, config, stamp_size, bands, batch_size, progress,
+            rows, deblend_one, tile, config, stamp_size, bands, batch_size, progress, holes,
         )
         if config.residual_detection:
             # what the first detection merged into others' segments (crowded groups): detect
             # again on the residual, the models' own error counted as noise (every galaxy
-            # subtracted, also those another tile catalogues)
+            # subtracted, also those another tile catalogues); not next to missing pixels,
+            # where no model is checked by data (a saturated core's rim)
             subtracted = np.where(missing, 0.0, image) - working
-            noise = np.where(missing, 0.0, np.hypot(sigma_map, RESIDUAL_MODEL_ERROR * subtracted))
-            extra, _ = detect(working, noise, missing, config)
+            near = ndimage.binary_dilation(missing, np.ones((1, 3, 3), bool),
+                                           iterations=RESIDUAL_HOLE_MARGIN)
+            noise = np.where(near, 0.0, np.hypot(sigma_map, RESIDUAL_MODEL_ERROR * subtracted))
+            extra, _ = detect(np.where(near, 0.0, working), noise, near, config, fill=False)
             if len(extra):
                 stamps_done += _recover_detections(
                     extra, labels[extra["ypeak"], extra["xpeak"]], groups, labels, working,
                     missing, sigma_map, band_sigma, model, rows, deblend_one, tile, config,
-                    stamp_size, bands, batch_size, progress, piece_size=RESIDUAL_PIECE_SIZE,
+                    stamp_size, bands, batch_size, progress, holes,
+                    piece_size=RESIDUAL_PIECE_SIZE,
                 )
     table = _rows_to_columns(_owned_rows(rows), bands)
     big = {_blend_id(tile, g) for g in groups
@@ -544,7 +604,7 @@ def deblend_tile(
 
 def _recover_detections(objects, obj_label, groups, labels, working, missing, sigma_map,
                         band_sigma, model, rows, deblend_one, tile, config, size, bands,
-                        batch_size, progress, piece_size: float = 0.0) -> int:
+                        batch_size, progress, holes, piece_size: float = 0.0) -> int:
     """Try once more every detection of an owned group that no kept galaxy explains.
 
     The classifier sometimes counts a faint galaxy beside a brighter one as nothing, and the
@@ -553,8 +613,8 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
     sees only a disc of :data:`RECOVER_WINDOW` pixels; its galaxy is kept (flag ``recovered``,
     quality medium) when it lies at the detection and passes the ``min_snr`` test; with
     ``piece_size`` > 0, one closer to a brighter galaxy of its group than ``piece_size`` times
-    that galaxy's size is a piece of it and is added to it (:func:`_twin`). Returns the number
-    of stamps run.
+    that galaxy's size is a piece of it and is added to it, and in any case one on the same
+    hole as a kept galaxy (:func:`_twin`). Returns the number of stamps run.
     """
     by_label = {g.label: g for g in groups}
     done = np.array([[r["y"] - tile.ext[0], r["x"] - tile.ext[2]] for r in rows]).reshape(-1, 2)
@@ -603,7 +663,8 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
             config.footprints, blend_id=_blend_id(tile, group), quality=1, split=False,
             recovered=True, outliers=False,
         )
-        twin = _twin(rows, group, row, piece_size) if piece_size > 0 else None
+        _on_hole(holes, row, tile)
+        twin = _twin(rows, group, row, piece_size if piece_size > 0 else None)
         _settle(row, twin, galaxy, cy, cx, group, rows, model, tile, bands)
     return len(stamps)
 
@@ -649,7 +710,8 @@ def _subtract_background(image: np.ndarray, missing: np.ndarray, mesh: int) -> n
     return out
 
 
-def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows, config):
+def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows, config,
+          holes):
     """Keep the window's components that belong to its group; return how many are new."""
     y0, _, x0, _ = tile.ext
     n = int(result["n_components"][k])
@@ -683,6 +745,7 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
             recovered=bool(result["recovered"][k]),
             outliers=bool(result.get("outliers", np.zeros(k + 1))[k]),
         )
+        _on_hole(holes, row, tile)
         twin = _twin(rows, group, row, config.duplicate_size)
         kept += _settle(row, twin, components[j], cy, cx, group, rows, model, tile, bands)
     return kept
@@ -858,6 +921,52 @@ def _footprint(model: np.ndarray, light: np.ndarray, y0: int, x0: int):
     return (int(x0 + b), int(y0 + a), np.array(model[:, a:c, b:d], dtype=np.float32))
 
 
+@dataclasses.dataclass
+class _Holes:
+    """A tile's compact holes (:func:`_holes`): ``labels`` ``(H, W)`` (0: none), grown by
+    :data:`HOLE_REACH` pixels, and per label its ``centre`` ``(y, x)`` (tile pixels) when it is
+    a core (a blob of at least :data:`CORE_AREA` pixels), else NaN."""
+
+    labels: np.ndarray
+    centre: np.ndarray
+
+
+def _holes(missing: np.ndarray) -> _Holes:
+    """The compact holes of a tile: the missing pixels of any band that form a region enclosed
+    by data of at most :data:`MAX_HOLE_AREA` pixels (a saturated core, a masked cosmic ray; not
+    a bad column or an edge). Galaxies centred on the same hole are one (:func:`_twin`), placed
+    at a core's centre (its peak is missing; the peel's models of it peak at its rim)."""
+    hole = missing.any(axis=0)
+    labels, n = ndimage.label(hole)
+    if n == 0:
+        return _Holes(labels.astype(np.int32), np.full((1, 2), np.nan))
+    index = np.arange(1, n + 1)
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    compact = area <= MAX_HOLE_AREA
+    compact[0] = False
+    compact[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = False
+    boxes = ndimage.find_objects(labels)
+    filled = np.array([area[i] / ((b[0].stop - b[0].start) * (b[1].stop - b[1].start))
+                       for i, b in zip(index, boxes)])
+    core = compact[1:] & (area[1:] >= CORE_AREA) & (filled >= 0.5)
+    centre = np.full((n + 1, 2), np.nan)
+    centre[1:][core] = np.array(ndimage.center_of_mass(hole, labels, index))[core]
+    labels = np.where(compact[labels], labels, 0)
+    grown = ndimage.grey_dilation(labels, footprint=np.ones((2 * HOLE_REACH + 1,) * 2, bool))
+    return _Holes(np.where(labels > 0, labels, grown).astype(np.int32), centre)
+
+
+def _on_hole(holes: _Holes, row: dict, tile: Tile) -> None:
+    """Set ``row["_hole"]``, the compact hole its position lies on (0: none), and move a galaxy
+    on a core to the core's centre."""
+    iy, ix = int(round(row["y"])) - tile.ext[0], int(round(row["x"])) - tile.ext[2]
+    inside = 0 <= iy < holes.labels.shape[0] and 0 <= ix < holes.labels.shape[1]
+    row["_hole"] = int(holes.labels[iy, ix]) if inside else 0
+    if row["_hole"] and np.isfinite(holes.centre[row["_hole"]]).all():
+        row["y"] = float(holes.centre[row["_hole"], 0]) + tile.ext[0]
+        row["x"] = float(holes.centre[row["_hole"], 1]) + tile.ext[2]
+
+
 def _absorb(twin: dict, piece: dict, bands) -> None:
     """Add a piece's flux (errors in quadrature), flags and footprint to the galaxy it is of."""
     for band in bands:
@@ -877,11 +986,19 @@ def _absorb(twin: dict, piece: dict, bands) -> None:
         twin["footprint"] = (x0, y0, union)
 
 
-def _twin(rows: list[dict], group: _Group, row: dict, size_factor: float) -> dict | None:
-    """The group's kept galaxy of which ``row`` is a piece, if any: the nearest brighter one
-    (summed flux) closer than :data:`DUPLICATE_RADIUS`, or than ``size_factor`` times its size
+def _twin(rows: list[dict], group: _Group, row: dict, size_factor: float | None) -> dict | None:
+    """The group's kept galaxy of which ``row`` is a piece, if any: the first one centred on the
+    same hole (:func:`_holes`: the pieces of a saturated core, whose ring of light the peel
+    models as several galaxies); else (with a ``size_factor``) the nearest brighter one (summed
+    flux) closer than :data:`DUPLICATE_RADIUS`, or than ``size_factor`` times its size
     (``sqrt((mu20 + mu02) / 2)``: a bright galaxy's core error, modelled apart by a later
     step, lies within it)."""
+    if row.get("_hole", 0) > 0:
+        for index in group.rows:
+            if rows[index].get("_hole", 0) == row["_hole"]:
+                return rows[index]
+    if size_factor is None:
+        return None
     brightness = sum(v for key, v in row.items() if key.startswith("flux_") and "err" not in key)
     best, best_distance = None, np.inf
     for index in group.rows:
