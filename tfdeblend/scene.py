@@ -144,8 +144,10 @@ class SceneConfig(YamlConfig):
             the filtered image). Chosen on validation fields (seeds 3001-3004): at LSST year-1
             depth and on HSC, 1.5 (the default before 2026-12-07) missed a sixth of the
             galaxies brighter than i = 25.3 that sep finds.
-        detect_min_area: fewest pixels above the threshold for a detection.
-        detect_fwhm: FWHM (pixels) of the Gaussian detection filter; about the PSF's.
+        detect_min_area: fewest pixels above the threshold for a detection (4, DES Y6's).
+        detect_fwhm: FWHM (pixels) of the Gaussian detection filter (3, DES Y6's; 5 and 3.5
+            before 2026-12-07: with the faint-galaxy fit of the recovery pass, 3 and 4 find
+            more galaxies at the detection limit at the same purity on the validation fields).
         deblend_cont: sep's deblending contrast for the detections that place windows in wide
             groups and that the recovery pass tries once more (the peel, not sep, decides what
             is a galaxy). DES Y6's 0.001 (0.005 before 2026-12-07: on the validation fields,
@@ -175,8 +177,8 @@ class SceneConfig(YamlConfig):
     """
 
     detect_threshold: float = DETECT_THRESHOLD
-    detect_min_area: int = 5
-    detect_fwhm: float = 3.5
+    detect_min_area: int = 4
+    detect_fwhm: float = 3.0
     deblend_cont: float = 0.001
     group_grow: int = 3
     background: int = 0
@@ -580,8 +582,8 @@ def deblend_tile(
             # subtracted, also those another tile catalogues); not next to missing pixels,
             # where no model is checked by data (a saturated core's rim)
             subtracted = np.where(missing, 0.0, image) - working
-            near = ndimage.binary_dilation(missing, np.ones((1, 3, 3), bool),
-                                           iterations=RESIDUAL_HOLE_MARGIN)
+            near = missing if RESIDUAL_HOLE_MARGIN < 1 else ndimage.binary_dilation(
+                missing, np.ones((1, 3, 3), bool), iterations=RESIDUAL_HOLE_MARGIN)
             noise = np.where(near, 0.0, np.hypot(sigma_map, RESIDUAL_MODEL_ERROR * subtracted))
             extra, _ = detect(np.where(near, 0.0, working), noise, near, config, fill=False)
             if len(extra):
@@ -650,6 +652,10 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
         if not (np.isfinite(x) and np.hypot(x - dx, y - dy) < RECOVER_RADIUS):
             continue  # the RDN modelled something else
         footprint = galaxy > measure.FOOTPRINT_SIGMA * cut["sig"]
+        faint = not footprint.any()
+        if faint:  # at the detection limit: the RDN's shape, the data's flux
+            galaxy = _fit_faint(galaxy, cut["stamp"], cut["var"])
+            footprint = galaxy > measure.FOOTPRINT_SIGMA * cut["sig"]
         conserved = galaxy + np.where(footprint, cut["stamp"] - galaxy, 0.0)
         snr = _model_snr(galaxy, conserved, cut["var"])
         if snr < config.min_snr:
@@ -664,9 +670,24 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
             recovered=True, outliers=False,
         )
         _on_hole(holes, row, tile)
-        twin = _twin(rows, group, row, piece_size if piece_size > 0 else None)
+        # a faint fit next to a brighter galaxy is its model's error, not a galaxy
+        reach = piece_size if piece_size > 0 else RESIDUAL_PIECE_SIZE if faint else None
+        twin = _twin(rows, group, row, reach)
         _settle(row, twin, galaxy, cy, cx, group, rows, model, tile, bands)
     return len(stamps)
+
+
+def _fit_faint(galaxy: np.ndarray, data: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """The RDN's model ``(C, S, S)`` of a galaxy at the detection limit, which lies below the
+    noise everywhere (the networks dim what they are unsure of), scaled in each band to the
+    data by least squares (its shape as a matched filter; a negative amplitude is 0)."""
+    good = variance > 0
+    inverse = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
+    template = np.clip(galaxy, 0.0, None).astype(np.float64)
+    norm = (np.square(template) * inverse).sum(axis=(1, 2))
+    amplitude = np.where(norm > 0, (template * data * inverse).sum(axis=(1, 2))
+                         / np.where(norm > 0, norm, 1.0), 0.0)
+    return (template * np.clip(amplitude, 0.0, None)[:, None, None]).astype(np.float32)
 
 
 def _settle(row, twin, galaxy, cy, cx, group, rows, model, tile, bands) -> int:
@@ -986,6 +1007,13 @@ def _absorb(twin: dict, piece: dict, bands) -> None:
         twin["footprint"] = (x0, y0, union)
 
 
+def _brightness(row: dict) -> float:
+    """A galaxy's summed flux over the bands with data (a saturated galaxy has NaN fluxes in
+    the bands where its light is missing)."""
+    return float(np.nansum([v for key, v in row.items()
+                            if key.startswith("flux_") and "err" not in key]))
+
+
 def _twin(rows: list[dict], group: _Group, row: dict, size_factor: float | None) -> dict | None:
     """The group's kept galaxy of which ``row`` is a piece, if any: the first one centred on the
     same hole (:func:`_holes`: the pieces of a saturated core, whose ring of light the peel
@@ -999,16 +1027,13 @@ def _twin(rows: list[dict], group: _Group, row: dict, size_factor: float | None)
                 return rows[index]
     if size_factor is None:
         return None
-    brightness = sum(v for key, v in row.items() if key.startswith("flux_") and "err" not in key)
+    brightness = _brightness(row)
     best, best_distance = None, np.inf
     for index in group.rows:
         other = rows[index]
         distance = float(np.hypot(other["x"] - row["x"], other["y"] - row["y"]))
         reach = DUPLICATE_RADIUS
-        other_brightness = sum(
-            v for key, v in other.items() if key.startswith("flux_") and "err" not in key
-        )
-        if other_brightness > brightness:
+        if _brightness(other) > brightness:
             size = np.sqrt(max(0.0, (other["mu20"] + other["mu02"]) / 2))
             reach = max(reach, size_factor * size)
         if distance < reach and distance < best_distance:
