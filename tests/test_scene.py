@@ -77,6 +77,30 @@ def test_fill_missing_bridges_a_bad_column():
     np.testing.assert_array_equal(filled[~missing], stamp[~missing])
 
 
+def test_a_saturated_core_is_filled_whole_and_detected_once():
+    """A bright galaxy whose core is missing in every band (saturated): the stamps' fill
+    bridges the whole hole (before, only 4 px in: the networks saw a ring) and the detection
+    finds one object (before, sep split the ring around the hole into several)."""
+    from tfdeblend.scene import FILL_REACH, detect, diffusion_fill
+
+    yy, xx = np.mgrid[:64, :64]
+    galaxy = 5e4 * np.exp(-np.hypot(xx - 30.3, yy - 33.6) / 3.0)
+    rng = np.random.default_rng(1)
+    image = (galaxy[None] + rng.normal(0, 10.0, (3, 64, 64))).astype("float32")
+    missing = np.broadcast_to(np.hypot(xx - 30.3, yy - 33.6) < 7.5, image.shape).copy()
+    filled, known = diffusion_fill(np.where(missing[0], 0.0, image[0]), ~missing[0])
+    assert known.all() and (filled[missing[0]] > 0.5 * galaxy[missing[0]].min()).all()
+    objects, _ = detect(np.where(missing, 0.0, image), np.where(missing, 0.0, 10.0), missing,
+                        SceneConfig())
+    assert len(objects) == 1
+    assert np.hypot(objects["x"][0] - 30.3, objects["y"][0] - 33.6) < 1.5
+    # a hole that reaches the border (an edge, a chip gap) is filled FILL_REACH pixels in only
+    edge = np.zeros((64, 64), bool)
+    edge[:, :20] = True
+    _, known = diffusion_fill(np.where(edge, 0.0, image[0]), ~edge)
+    assert known[:, 20 - FILL_REACH:].all() and not known[:, : 20 - FILL_REACH].any()
+
+
 def test_tiles_cover_the_image_once():
     tiles = plan_tiles((1000, 700), 256, 32)
     owned = np.zeros((1000, 700), int)

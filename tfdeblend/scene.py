@@ -953,22 +953,24 @@ class _Holes:
 
 
 def _holes(missing: np.ndarray) -> _Holes:
-    """The compact holes of a tile: the missing pixels of any band that form a region enclosed
-    by data of at most :data:`MAX_HOLE_AREA` pixels (a saturated core, a masked cosmic ray; not
-    a bad column or an edge). Galaxies centred on the same hole are one (:func:`_twin`), placed
-    at a core's centre (its peak is missing; the peel's models of it peak at its rim)."""
-    hole = missing.any(axis=0)
+    """The compact holes of a tile: the missing pixels of any band, at least 3 px wide, that
+    form a blob of at most
+    :data:`MAX_HOLE_AREA` pixels whose bounding box is at most 4 times as long as it is wide
+    (a saturated core, also one cut by the image's edge, a masked cosmic ray; not a bad column
+    or a strip along an edge). Galaxies centred on the same hole are one (:func:`_twin`),
+    placed at a core's centre (its peak is missing; the peel's models of it peak at its rim)."""
+    # thin structures opened away: a bad column or a bleed trail through a core is not part of it
+    hole = ndimage.binary_opening(missing.any(axis=0), np.ones((3, 3), bool))
     labels, n = ndimage.label(hole)
     if n == 0:
         return _Holes(labels.astype(np.int32), np.full((1, 2), np.nan))
     index = np.arange(1, n + 1)
     area = np.bincount(labels.ravel(), minlength=n + 1)
-    compact = area <= MAX_HOLE_AREA
-    compact[0] = False
-    compact[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = False
     boxes = ndimage.find_objects(labels)
-    filled = np.array([area[i] / ((b[0].stop - b[0].start) * (b[1].stop - b[1].start))
-                       for i, b in zip(index, boxes)])
+    sides = np.array([sorted((b[0].stop - b[0].start, b[1].stop - b[1].start)) for b in boxes])
+    compact = np.zeros(n + 1, bool)
+    compact[1:] = (area[1:] <= MAX_HOLE_AREA) & (sides[:, 1] <= 4 * sides[:, 0])
+    filled = area[1:] / sides.prod(axis=1)
     core = compact[1:] & (area[1:] >= CORE_AREA) & (filled >= 0.5)
     centre = np.full((n + 1, 2), np.nan)
     centre[1:][core] = np.array(ndimage.center_of_mass(hole, labels, index))[core]
