@@ -11,7 +11,9 @@ each deblended on its own, in this process or on a Dask worker, with the same re
 1. *noise*: per pixel from the variance plane, else a robust sigma per band (:func:`noise_sigma`);
    with ``background`` > 0, the sky is first estimated and subtracted (sep's mesh background);
 2. *detection* on the variance-weighted coadd of the bands (unit noise per pixel) with sep
-   (``detect_threshold`` sigmas, matched Gaussian filter of about the PSF's size);
+   (``detect_threshold`` sigmas, ``detect_fwhm`` Gaussian filter), each band's missing pixels
+   first filled from their neighbours (:func:`diffusion_fill`; a saturated core whole, which
+   would otherwise be a ring of detections);
 3. *groups*: the detected footprints, grown by ``group_grow`` pixels, that touch form one blend;
    a tile deblends every group with a detection in its core and catalogues (and models) only
    the galaxies whose position lies in its core (:attr:`Tile.owns`), so that a group that
@@ -25,23 +27,27 @@ each deblended on its own, in this process or on a Dask worker, with the same re
    noise (so a stamp holds the few galaxies the networks were trained on, not a crowd of
    which the peel models only the brightest). Windows move inward at the image's edge. In a
    stamp, other groups' pixels are replaced by noise, missing pixels (NaN, masked) are filled
-   from their surroundings plus noise, and pixels outside the image are noise
-   (:func:`fill_missing`);
+   from their surroundings plus noise (a saturated core whole), and pixels outside the image
+   are noise (:func:`fill_missing`);
 5. *peel* of all stamps of a round in batches; a window whose first count is the classifier's
    largest (it cannot count more) is peeled again on its residual, up to ``max_rounds`` times;
 6. *keep*: a component is kept when its centroid (near its model's peak,
    :func:`tfdeblend.measure.peak_moments`) lies in its group's footprint, less the segments
    other windows own (or just outside it: a galaxy the detection missed), its model-matched
-   S/N is at least ``min_snr``, and it is not a piece of a brighter galaxy of the group (within ``duplicate_size`` times that galaxy's
-   size, or :data:`DUPLICATE_RADIUS`: then its flux is added to that galaxy). A kept galaxy is
+   S/N is at least ``min_snr``, and it is not a piece of a brighter galaxy of the group (within
+   ``duplicate_size`` times that galaxy's size, or :data:`DUPLICATE_RADIUS`, or on the same
+   saturated core, :func:`_holes`: then its flux is added to that galaxy). A kept galaxy is
    added to the model image, subtracted from what the next window sees, and measured on its
    flux-conserving component: flux and flux error per band (:func:`flux_errors`), moments;
 7. *recovery*: each detection that no kept galaxy explains gets one more RDN pass on a small disc
-   of the residual around it (:func:`_recover_detections`);
+   of the residual around it (:func:`_recover_detections`); at the detection limit, where the
+   RDN's model lies below the noise everywhere, its shape is fitted to the data
+   (:func:`_fit_faint`);
 8. *residual detection* (``residual_detection``): the residual is searched once more, the models'
-   own error counted as noise, and each new detection gets the recovery pass (a galaxy found
-   within :data:`RESIDUAL_PIECE_SIZE` sizes of a brighter one is a piece of it). In crowded
-   fields the first detection merges galaxies into the segments of brighter ones.
+   own error counted as noise and the pixels next to missing ones left out, and each new
+   detection gets the recovery pass (a galaxy found within :data:`RESIDUAL_PIECE_SIZE` sizes
+   of a brighter one is a piece of it). In crowded fields the first detection merges galaxies
+   into the segments of brighter ones.
 
 **Catalog** columns (one row per galaxy; :func:`catalog_columns`): ``id, x, y`` (0-based pixels
 of the full image, measured near the model's peak), ``ra, dec`` (degrees, with a WCS),
@@ -121,12 +127,17 @@ RESIDUAL_PIECE_SIZE: float = 3.0
 #: ...and it leaves out the pixels this close to missing ones (a saturated core's rim, where
 #: the models are unchecked and the residual is their error, not galaxies).
 RESIDUAL_HOLE_MARGIN: int = 3
-#: Galaxies centred within this many pixels of the same compact hole (a saturated core) are one
+#: Galaxies centred within this many pixels of the same masked core (a saturated one) are one
 #: galaxy (:func:`_holes`): the peel models the ring of light around a missing core as several.
 HOLE_REACH: int = 2
-#: A compact hole of at least this many pixels that fills half its bounding box is a core
-#: (saturated): a galaxy on it is placed at its centre.
+#: A hole of at least this many pixels that fills half its bounding box is a core (saturated,
+#: :func:`_holes`): the galaxies on it are one, placed at its centre.
 CORE_AREA: int = 16
+#: A galaxy whose RDN model lies below the noise everywhere is fitted to the data
+#: (:func:`_fit_faint`) only up to this S/N: the networks model real galaxies far fainter
+#: (on the validation fields every kept fit has S/N 5-20 and matches a galaxy); brighter light
+#: they return nothing for is a piece of a neighbour's halo (the real HSC cut-out: S/N 89).
+FAINT_MAX_SNR: float = 30.0
 #: Pixels added around a footprint's bounding box.
 FOOTPRINT_PAD: int = 2
 #: A galaxy's light "touches" a pixel where its model is above this many noise sigmas.
@@ -658,7 +669,7 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
             footprint = galaxy > measure.FOOTPRINT_SIGMA * cut["sig"]
         conserved = galaxy + np.where(footprint, cut["stamp"] - galaxy, 0.0)
         snr = _model_snr(galaxy, conserved, cut["var"])
-        if snr < config.min_snr:
+        if snr < config.min_snr or (faint and snr > FAINT_MAX_SNR):
             continue
         cy, cx = int(round(oy)), int(round(ox))
         flux = conserved.sum(axis=(1, 2))
@@ -944,21 +955,20 @@ def _footprint(model: np.ndarray, light: np.ndarray, y0: int, x0: int):
 
 @dataclasses.dataclass
 class _Holes:
-    """A tile's compact holes (:func:`_holes`): ``labels`` ``(H, W)`` (0: none), grown by
-    :data:`HOLE_REACH` pixels, and per label its ``centre`` ``(y, x)`` (tile pixels) when it is
-    a core (a blob of at least :data:`CORE_AREA` pixels), else NaN."""
+    """A tile's masked cores (:func:`_holes`): ``labels`` ``(H, W)`` (0: none), grown by
+    :data:`HOLE_REACH` pixels, and per label its ``centre`` ``(y, x)`` (tile pixels)."""
 
     labels: np.ndarray
     centre: np.ndarray
 
 
 def _holes(missing: np.ndarray) -> _Holes:
-    """The compact holes of a tile: the missing pixels of any band, at least 3 px wide, that
-    form a blob of at most
-    :data:`MAX_HOLE_AREA` pixels whose bounding box is at most 4 times as long as it is wide
-    (a saturated core, also one cut by the image's edge, a masked cosmic ray; not a bad column
-    or a strip along an edge). Galaxies centred on the same hole are one (:func:`_twin`),
-    placed at a core's centre (its peak is missing; the peel's models of it peak at its rim)."""
+    """The masked cores of a tile (saturated ones): the missing pixels of any band, at least
+    3 px wide, that form a blob of :data:`CORE_AREA` to :data:`MAX_HOLE_AREA` pixels filling
+    half of a bounding box at most 4 times as long as it is wide (also a core cut by the
+    image's edge; not a bad column, a cosmic ray's track or a strip along an edge). Galaxies
+    centred on the same core are one (:func:`_twin`), placed at its centre (its peak is
+    missing; the peel's models of it peak at its rim)."""
     # thin structures opened away: a bad column or a bleed trail through a core is not part of it
     hole = ndimage.binary_opening(missing.any(axis=0), np.ones((3, 3), bool))
     labels, n = ndimage.label(hole)
@@ -968,19 +978,18 @@ def _holes(missing: np.ndarray) -> _Holes:
     area = np.bincount(labels.ravel(), minlength=n + 1)
     boxes = ndimage.find_objects(labels)
     sides = np.array([sorted((b[0].stop - b[0].start, b[1].stop - b[1].start)) for b in boxes])
-    compact = np.zeros(n + 1, bool)
-    compact[1:] = (area[1:] <= MAX_HOLE_AREA) & (sides[:, 1] <= 4 * sides[:, 0])
     filled = area[1:] / sides.prod(axis=1)
-    core = compact[1:] & (area[1:] >= CORE_AREA) & (filled >= 0.5)
+    core = ((area[1:] >= CORE_AREA) & (area[1:] <= MAX_HOLE_AREA) & (filled >= 0.5)
+            & (sides[:, 1] <= 4 * sides[:, 0]))
     centre = np.full((n + 1, 2), np.nan)
     centre[1:][core] = np.array(ndimage.center_of_mass(hole, labels, index))[core]
-    labels = np.where(compact[labels], labels, 0)
+    labels = np.where(np.append(False, core)[labels], labels, 0)
     grown = ndimage.grey_dilation(labels, footprint=np.ones((2 * HOLE_REACH + 1,) * 2, bool))
     return _Holes(np.where(labels > 0, labels, grown).astype(np.int32), centre)
 
 
 def _on_hole(holes: _Holes, row: dict, tile: Tile) -> None:
-    """Set ``row["_hole"]``, the compact hole its position lies on (0: none), and move a galaxy
+    """Set ``row["_hole"]``, the masked core its position lies on (0: none), and move a galaxy
     on a core to the core's centre."""
     iy, ix = int(round(row["y"])) - tile.ext[0], int(round(row["x"])) - tile.ext[2]
     inside = 0 <= iy < holes.labels.shape[0] and 0 <= ix < holes.labels.shape[1]
@@ -992,10 +1001,11 @@ def _on_hole(holes: _Holes, row: dict, tile: Tile) -> None:
 
 def _absorb(twin: dict, piece: dict, bands) -> None:
     """Add a piece's flux (errors in quadrature), flags and footprint to the galaxy it is of."""
-    for band in bands:
-        twin[f"flux_{band}"] += piece[f"flux_{band}"]
-        twin[f"flux_err_{band}"] = float(np.hypot(twin[f"flux_err_{band}"],
-                                                  piece[f"flux_err_{band}"]))
+    for band in bands:  # a band with no data under the piece (NaN) adds nothing
+        if np.isfinite(piece[f"flux_{band}"]):
+            twin[f"flux_{band}"] = float(np.nansum([twin[f"flux_{band}"], piece[f"flux_{band}"]]))
+            twin[f"flux_err_{band}"] = float(np.hypot(np.nan_to_num(twin[f"flux_err_{band}"]),
+                                                      piece[f"flux_err_{band}"]))
     for flag in ("edge", "masked", "outliers"):
         twin[flag] = twin[flag] or piece[flag]
     if "footprint" in twin and "footprint" in piece:
