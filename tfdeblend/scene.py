@@ -674,6 +674,8 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
         cy, cx = int(round(oy)), int(round(ox))
         flux = conserved.sum(axis=(1, 2))
         error = flux_errors(galaxy[None], flux[None], cut["var"])[0]
+        if faint:  # its flux is a fit to noisy data: add the fit's own noise
+            error = np.hypot(error, _fit_noise(galaxy, cut["var"]))
         row = _kept_galaxy(
             galaxy, {key: float(value) for key, value in moments.items()}, snr, flux, error,
             cut, (cy - size // 2 + y0, cx - size // 2 + x0), cy, cx, working, bands,
@@ -699,6 +701,17 @@ def _fit_faint(galaxy: np.ndarray, data: np.ndarray, variance: np.ndarray) -> np
     amplitude = np.where(norm > 0, (template * data * inverse).sum(axis=(1, 2))
                          / np.where(norm > 0, norm, 1.0), 0.0)
     return (template * np.clip(amplitude, 0.0, None)[:, None, None]).astype(np.float32)
+
+
+def _fit_noise(galaxy: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Per band ``(C,)``: the noise of the flux of a model ``(C, S, S)`` fitted to the data by
+    least squares (:func:`_fit_faint`), ``sum(m) / sqrt(sum(m^2 / v))`` over the pixels with
+    data (``v > 0``)."""
+    good = variance > 0
+    inverse = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
+    template = np.clip(galaxy, 0.0, None).astype(np.float64)
+    norm = np.sqrt((np.square(template) * inverse).sum(axis=(1, 2)))
+    return np.where(norm > 0, template.sum(axis=(1, 2)) / np.where(norm > 0, norm, 1.0), 0.0)
 
 
 def _settle(row, twin, galaxy, cy, cx, group, rows, model, tile, bands) -> int:
