@@ -156,9 +156,10 @@ class SceneConfig(YamlConfig):
             depth and on HSC, 1.5 (the default before 2026-12-07) missed a sixth of the
             galaxies brighter than i = 25.3 that sep finds.
         detect_min_area: fewest pixels above the threshold for a detection (4, DES Y6's).
-        detect_fwhm: FWHM (pixels) of the Gaussian detection filter (3, DES Y6's; 5 and 3.5
-            before 2026-12-07: with the faint-galaxy fit of the recovery pass, 3 and 4 find
-            more galaxies at the detection limit at the same purity on the validation fields).
+        detect_fwhm: FWHM (pixels) of the Gaussian detection filter (3, DES Y6's). Before
+            2026-12-07 3.5, and ``detect_min_area`` 5: with the faint-galaxy fit of the
+            recovery pass, 3 and 4 find more galaxies at the detection limit at the same purity
+            on the validation fields (a filter of the PSF's size finds fewer).
         deblend_cont: sep's deblending contrast for the detections that place windows in wide
             groups and that the recovery pass tries once more (the peel, not sep, decides what
             is a galaxy). DES Y6's 0.001 (0.005 before 2026-12-07: on the validation fields,
@@ -300,11 +301,13 @@ def fill_missing(stamp: np.ndarray, missing: np.ndarray, sigma: np.ndarray,
 def diffusion_fill(image: np.ndarray, known: np.ndarray,
                    outside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(image, filled)``: an ``(H, W)`` image with its unknown pixels (``known`` False) filled
-    by diffusion, and where it now has values. Ring after ring inward, each pixel the mean of its filled or known neighbours. Holes enclosed by
-    known pixels (touching neither the array's border nor ``outside``) and at most
+    by diffusion, and where it now has values.
+
+    Ring after ring inward, each pixel takes the mean of its filled or known neighbours. Holes
+    enclosed by known pixels (touching neither the array's border nor ``outside``) of at most
     :data:`MAX_HOLE_AREA` pixels are filled whole (a saturated core, a masked cosmic ray); other
-    unknown pixels within :data:`FILL_REACH` of data (a bad column, a chip edge), and the rest
-    hold 0. ``outside`` pixels are never filled."""
+    unknown pixels within :data:`FILL_REACH` of data are filled (a bad column, a chip edge), the
+    rest hold 0. ``outside`` pixels are never filled."""
     outside = np.zeros(image.shape, bool) if outside is None else outside
     hole = ~known & ~outside
     if not hole.any() or not known.any():
@@ -627,7 +630,8 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
     quality medium) when it lies at the detection and passes the ``min_snr`` test; with
     ``piece_size`` > 0, one closer to a brighter galaxy of its group than ``piece_size`` times
     that galaxy's size is a piece of it and is added to it, and in any case one on the same
-    hole as a kept galaxy (:func:`_twin`). Returns the number of stamps run.
+    masked core as a kept galaxy (:func:`_twin`); so is a faint fit (:func:`_fit_faint`) within
+    :data:`RESIDUAL_PIECE_SIZE` sizes of a brighter galaxy. Returns the number of stamps run.
     """
     by_label = {g.label: g for g in groups}
     done = np.array([[r["y"] - tile.ext[0], r["x"] - tile.ext[2]] for r in rows]).reshape(-1, 2)
@@ -690,13 +694,19 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
     return len(stamps)
 
 
+def _template(model: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(template, inverse variance)`` of a model ``(C, S, S)`` as a matched filter: the model
+    clipped at 0, and ``1 / v`` where there are data (``v > 0``), else 0."""
+    good = variance > 0
+    inverse = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
+    return np.clip(model, 0.0, None).astype(np.float64), inverse
+
+
 def _fit_faint(galaxy: np.ndarray, data: np.ndarray, variance: np.ndarray) -> np.ndarray:
     """The RDN's model ``(C, S, S)`` of a galaxy at the detection limit, which lies below the
     noise everywhere (the networks dim what they are unsure of), scaled in each band to the
     data by least squares (its shape as a matched filter; a negative amplitude is 0)."""
-    good = variance > 0
-    inverse = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
-    template = np.clip(galaxy, 0.0, None).astype(np.float64)
+    template, inverse = _template(galaxy, variance)
     norm = (np.square(template) * inverse).sum(axis=(1, 2))
     amplitude = np.where(norm > 0, (template * data * inverse).sum(axis=(1, 2))
                          / np.where(norm > 0, norm, 1.0), 0.0)
@@ -707,9 +717,7 @@ def _fit_noise(galaxy: np.ndarray, variance: np.ndarray) -> np.ndarray:
     """Per band ``(C,)``: the noise of the flux of a model ``(C, S, S)`` fitted to the data by
     least squares (:func:`_fit_faint`), ``sum(m) / sqrt(sum(m^2 / v))`` over the pixels with
     data (``v > 0``)."""
-    good = variance > 0
-    inverse = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
-    template = np.clip(galaxy, 0.0, None).astype(np.float64)
+    template, inverse = _template(galaxy, variance)
     norm = np.sqrt((np.square(template) * inverse).sum(axis=(1, 2)))
     return np.where(norm > 0, template.sum(axis=(1, 2)) / np.where(norm > 0, norm, 1.0), 0.0)
 
@@ -947,9 +955,7 @@ def combine_flux_errors(terms: dict[str, np.ndarray], fluxes: np.ndarray,
 def _model_snr(model: np.ndarray, data: np.ndarray, variance: np.ndarray) -> float:
     """Matched-filter S/N of a galaxy over all bands, its model as the template:
     ``sum(m d / v) / sqrt(sum(m^2 / v))`` over the pixels with data (``v > 0``)."""
-    good = variance > 0
-    inverse = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
-    template = np.clip(model, 0.0, None)
+    template, inverse = _template(model, variance)
     norm = float(np.sqrt((np.square(template) * inverse).sum()))
     return float((template * data * inverse).sum() / norm) if norm > 0 else 0.0
 
