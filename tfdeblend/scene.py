@@ -599,7 +599,7 @@ def deblend_tile(
             near = missing if RESIDUAL_HOLE_MARGIN < 1 else ndimage.binary_dilation(
                 missing, np.ones((1, 3, 3), bool), iterations=RESIDUAL_HOLE_MARGIN)
             noise = np.where(near, 0.0, np.hypot(sigma_map, RESIDUAL_MODEL_ERROR * subtracted))
-            extra, _ = detect(np.where(near, 0.0, working), noise, near, config, fill=False)
+            extra, _ = detect(working, noise, near, config, fill=False)
             if len(extra):
                 stamps_done += _recover_detections(
                     extra, labels[extra["ypeak"], extra["xpeak"]], groups, labels, working,
