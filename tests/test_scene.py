@@ -101,6 +101,44 @@ def test_a_saturated_core_is_filled_whole_and_detected_once():
     assert known[:, 20 - FILL_REACH:].all() and not known[:, : 20 - FILL_REACH].any()
 
 
+def test_detection_weights_the_bands_for_the_images_own_galaxies():
+    """Red galaxies in an image whose darkest sky is in g (as LSST's and DES's): weighted by
+    inverse variance alone, the coadd is mostly g, where the galaxies are faintest. The colour
+    measured on the image's own detections weights the bands for them and finds far more of
+    the faint ones, with no more detections of noise."""
+    from tfdeblend.scene import detect, detect_galaxies
+
+    rng = np.random.default_rng(2)
+    size, colour, sigma = 256, np.array([0.1, 0.4, 0.5]), np.array([1.0, 3.0, 4.0])
+    yy, xx = np.mgrid[:size, :size]
+    spots = rng.uniform(12, size - 12, (80, 2))
+    apart = [0]
+    for k in range(1, len(spots)):
+        if np.hypot(*(spots[apart] - spots[k]).T).min() > 14:
+            apart.append(k)
+    spots = spots[apart][:60]
+    flux = np.where(np.arange(len(spots)) < 20, 3000.0, 120.0)  # 20 bright, the rest faint
+    image = rng.normal(0, 1, (3, size, size)) * sigma[:, None, None]
+    for (x, y), f in zip(spots, flux):
+        profile = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5**2))
+        image += f * colour[:, None, None] * (profile / profile.sum())[None]
+    image = image.astype("float32")
+    noise = np.broadcast_to(sigma[:, None, None], image.shape).astype("float32")
+    missing = np.zeros(image.shape, bool)
+
+    flat, _ = detect(image, noise, missing, SceneConfig())
+    weighted, _, measured = detect_galaxies(image, noise, missing, SceneConfig())
+    np.testing.assert_allclose(measured, colour, atol=0.01)
+
+    def found(objects):
+        d = np.hypot(spots[:, 0, None] - objects["x"][None], spots[:, 1, None] - objects["y"][None])
+        return int((d[20:] < 3).any(axis=1).sum()), int((d.min(axis=0) > 5).sum())
+
+    (faint_flat, noise_flat), (faint_weighted, noise_weighted) = found(flat), found(weighted)
+    assert faint_weighted >= faint_flat + 5, (faint_flat, faint_weighted)
+    assert noise_weighted <= noise_flat + 1
+
+
 def test_tiles_cover_the_image_once():
     tiles = plan_tiles((1000, 700), 256, 32)
     owned = np.zeros((1000, 700), int)
