@@ -337,10 +337,11 @@ def test_at_lsst_year_1_depth_the_scene_finds_the_galaxies_sep_finds(tmp_path):
     assert ours["k"] >= sep["k"] - 2 and ours["k"] >= 0.75 * ours["n"], (ours, sep)
     # the lower threshold adds no detection of noise: the false ones are pieces of the field's
     # i = 16.8 galaxy, saturated and cut by the image's edge: none next to it (before
-    # 2026-12-07, 4: the ring around its masked core), two 44 and 55 px out, where its wings
-    # leave the 80 px stamp its model is confined to
+    # 2026-12-07, 4: the ring around its masked core), four (S/N 5-12) 35-47 px out, where its
+    # wings leave the 80 px stamp its model is confined to (two before the detection weighted
+    # for the galaxies' colour, which finds more of the wings' bumps)
     false = methods["tfdeblend"]["false_detections"]
-    assert false["near_true"] == 0 and false["isolated"] <= 2, false
+    assert false["near_true"] == 0 and false["isolated"] <= 4, false
 
 
 @pytest.mark.parametrize("name, survey, exposure, seed", [
@@ -352,8 +353,10 @@ def test_at_the_detection_limit_the_scene_keeps_what_sep_finds(name, survey, exp
     """Shallower than any training data, most i < 25.3 galaxies are at the detection limit,
     where the RDN's model of a galaxy lies below the noise everywhere: the recovery pass fits
     its shape to the data instead of dropping it (before 2026-12-07: 23 of 34 on the DES
-    field, sep 28). No false detection either: the pieces of saturated galaxies' rings and
-    wings are added to them (before: 1 and 2 false detections here)."""
+    field, sep 28). The pieces of saturated galaxies' rings and wings are added to them; at
+    most two faint fits (S/N 5-11) of a galaxy's outskirts stay, each within 10 px of a galaxy
+    (none before the detection weighted for the galaxies' colour, which finds more of the
+    galaxies at the limit: 29 of 34 here, and 17 of 22 at exposure x0.03)."""
     from tfdeblend.field import FieldConfig, simulate_field
 
     field = simulate_field(FieldConfig(size=192, seed=seed, survey=survey,
@@ -364,7 +367,7 @@ def test_at_the_detection_limit_the_scene_keeps_what_sep_finds(name, survey, exp
     ours, sep = methods["tfdeblend"]["completeness"], methods["sep"]["completeness"]
     assert ours["n"] == sep["n"] >= 20
     assert ours["k"] >= sep["k"], (ours, sep)
-    assert methods["tfdeblend"]["false_detections"]["n"] == 0, methods["tfdeblend"]
+    assert methods["tfdeblend"]["false_detections"]["n"] <= 2, methods["tfdeblend"]
 
 
 def _crowded_catalog(seed: int, size: int, density: float = 4.0):
