@@ -106,7 +106,7 @@ def test_detection_weights_the_bands_for_the_images_own_galaxies():
     inverse variance alone, the coadd is mostly g, where the galaxies are faintest. The colour
     measured on the image's own detections weights the bands for them and finds far more of
     the faint ones, with no more detections of noise."""
-    from tfdeblend.scene import detect, detect_galaxies
+    from tfdeblend.scene import detect, detect_galaxies, galaxy_colour
 
     rng = np.random.default_rng(2)
     size, colour, sigma = 256, np.array([0.1, 0.4, 0.5]), np.array([1.0, 3.0, 4.0])
@@ -137,6 +137,16 @@ def test_detection_weights_the_bands_for_the_images_own_galaxies():
     (faint_flat, noise_flat), (faint_weighted, noise_weighted) = found(flat), found(weighted)
     assert faint_weighted >= faint_flat + 5, (faint_flat, faint_weighted)
     assert noise_weighted <= noise_flat + 1
+
+    # a band with no data in the tile (a chip gap) has no share; too few galaxies: no colour
+    gap = image.copy()
+    gap[0] = 0.0
+    missing_g = np.zeros(image.shape, bool)
+    missing_g[0] = True
+    _, _, without_g = detect_galaxies(gap, np.where(missing_g, 0.0, noise), missing_g,
+                                      SceneConfig())
+    np.testing.assert_allclose(without_g, [0.0, 0.4 / 0.9, 0.5 / 0.9], atol=0.01)
+    assert galaxy_colour(image, weighted[:5]) is None
 
 
 def test_tiles_cover_the_image_once():

@@ -450,15 +450,17 @@ def galaxy_colour(image: np.ndarray, objects) -> np.ndarray | None:
     zero points and a field's galaxies need no configuration."""
     import sep
 
-    if len(objects) < COLOUR_MIN_OBJECTS or len(image) < 2:
+    present = np.array([bool(np.any(band)) for band in image])  # a band with no data: 0
+    if len(objects) < COLOUR_MIN_OBJECTS or present.sum() < 2:
         return None
     flux = np.array([sep.sum_circle(np.ascontiguousarray(band, dtype=np.float64),
                                     objects["x"], objects["y"], COLOUR_RADIUS)[0]
-                     for band in image])
+                     for band in image[present]])
     usable = (flux > 0).all(axis=0)
     if usable.sum() < COLOUR_MIN_OBJECTS:
         return None
-    share = np.median(flux[:, usable] / flux[:, usable].sum(axis=0), axis=1)
+    share = np.zeros(len(image))
+    share[present] = np.median(flux[:, usable] / flux[:, usable].sum(axis=0), axis=1)
     return share / share.sum()
 
 
