@@ -481,7 +481,8 @@ def write_image_results(
         model: float32 ``(C, H, W)``, the sum of the galaxies.
         catalog: an astropy Table (see :mod:`tfdeblend.scene`).
         header_info: ``model``, ``version``, ``peel`` (a PeelConfig), ``scene`` (a SceneConfig),
-            ``input``, ``n_objects``...
+            ``input``, ``detect_colour`` (per band, the typical galaxy's flux share that
+            weighted the detection: ``DETCOL_<B>`` cards), ``n_objects``...
         overwrite: replace an existing file.
     """
     from tfdeblend.utils import atomic_file, check_output_path
@@ -502,6 +503,11 @@ def write_image_results(
         primary["BKGMESH"] = (scene.background, "background mesh, px (0: sky subtracted)")
         primary["TILESIZE"] = (scene.tile_size, "tile core side, px")
         primary["SCNSEED"] = (scene.seed, "seed of the noise filling stamps")
+    colour = header_info.get("detect_colour")
+    if colour is not None:  # the detection's band weights: these shares over the variances
+        for band, share in zip(source.bands, colour):
+            primary[f"DETCOL_{band.upper()}"[:8]] = (round(float(share), 4),
+                                                     "typical galaxy flux share, detection")
     height, width = source.shape
     with atomic_file(path, overwrite=overwrite) as tmp:
         fits.PrimaryHDU(header=primary).writeto(tmp, overwrite=True)

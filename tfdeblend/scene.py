@@ -544,13 +544,15 @@ class TileResult:
             ``blend_id`` is unique within the tile: the caller makes it unique over tiles).
         ext: the region ``(y0, y1, x0, x1)`` the model covers.
         model: float32 ``(C, y1 - y0, x1 - x0)``, the sum of the tile's galaxies.
-        stats: ``groups``, ``stamps`` (windows peeled), ``detections``.
+        stats: ``groups``, ``stamps`` (windows peeled), ``detections``, ``colour`` (the
+            typical galaxy's share of its flux per band that weighted the detection,
+            :func:`galaxy_colour`; ``None``: inverse-variance weights).
     """
 
     rows: dict[str, np.ndarray]
     ext: tuple[int, int, int, int]
     model: np.ndarray
-    stats: dict[str, int]
+    stats: dict[str, Any]
 
 
 def deblend_tile(
@@ -686,7 +688,8 @@ def deblend_tile(
         table["n_in_blend"] = np.array([kept_per_group[b] for b in table["blend_id"]], np.int16)
         table["big_group"] = np.isin(table["blend_id"], list(big))
     return TileResult(table, tile.ext, model,
-                      {"groups": len(groups), "stamps": stamps_done, "detections": len(objects)})
+                      {"groups": len(groups), "stamps": stamps_done, "detections": len(objects),
+                       "colour": None if colour is None else [float(v) for v in colour]})
 
 
 def _recover_detections(objects, obj_label, groups, labels, working, missing, sigma_map,
