@@ -372,7 +372,7 @@ def run_image(
         image_model[:, y0:y1, x0:x1] += result.model
     from tfdeblend.image_io import write_image_results
 
-    colours = [r.stats["colour"] for r in results if r.stats.get("colour") is not None]
+    colours = [r.stats["colour"] for r in results if r.stats["colour"] is not None]
     info = {**model_info, "scene": scene, "input": ",".join(Path(p).name for p in inputs),
             "detect_colour": np.median(colours, axis=0) if colours else None}
     write_image_results(output_path, source, image_model, catalog, info, overwrite=overwrite,

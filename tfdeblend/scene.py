@@ -601,9 +601,11 @@ def deblend_tile(
         [np.median(s[~m]) if (~m).any() else 0.0 for s, m in zip(sigma_map, missing)], np.float32
     )
     objects, segmap, colour = detect_galaxies(image, sigma_map, missing, config)
+    shares = None if colour is None else [float(v) for v in colour]
     model = np.zeros_like(image)
     empty = TileResult(_empty_rows(bands), tile.ext, model, {"groups": 0, "stamps": 0,
-                                                              "detections": len(objects)})
+                                                              "detections": len(objects),
+                                                              "colour": shares})
     if len(objects) == 0:
         return empty
     grown = segmap > 0
@@ -689,7 +691,7 @@ def deblend_tile(
         table["big_group"] = np.isin(table["blend_id"], list(big))
     return TileResult(table, tile.ext, model,
                       {"groups": len(groups), "stamps": stamps_done, "detections": len(objects),
-                       "colour": None if colour is None else [float(v) for v in colour]})
+                       "colour": shares})
 
 
 def _recover_detections(objects, obj_label, groups, labels, working, missing, sigma_map,
