@@ -435,17 +435,21 @@ def test_a_crowded_field_cut_into_tiles_is_catalogued_once(tmp_path):
     size = 256
     field = simulate_field(FieldConfig(size=size, seed=13), tmp_path / "crowd", progress=False,
                            table=_crowded_catalog(78, size))
-    catalogs = {}
+    catalogs, colours = {}, {}
     for name, tile in (("whole", 1024), ("tiles", 96)):
         out = tmp_path / f"{name}.fits"
         summary = run_image(field / "field.fits", out, progress=False,
                             scene=SceneConfig(tile_size=tile, tile_overlap=32))
         catalogs[name] = Table.read(out, hdu="CATALOG")
+        colours[name] = [fits.getheader(out)[f"DETCOL_{b}"] for b in "GRI"]
         image = fits.getdata(field / "field.fits")
         total = fits.getdata(out, "MODEL") + fits.getdata(out, "RESIDUAL")
         ok = np.isfinite(total)
         np.testing.assert_allclose(total[ok], image[ok], atol=1e-2)
     assert summary["n_tiles"] == 9
+    # every tile detects with the whole image's colour (measured over all of them), most 96 px
+    # tiles having too few galaxies of their own to measure one
+    np.testing.assert_allclose(colours["tiles"], colours["whole"], atol=0.01)
     whole, tiles = catalogs["whole"], catalogs["tiles"]
     assert len(whole) >= 100
     assert abs(len(tiles) - len(whole)) <= 0.05 * len(whole), (len(tiles), len(whole))

@@ -101,14 +101,10 @@ def test_a_saturated_core_is_filled_whole_and_detected_once():
     assert known[:, 20 - FILL_REACH:].all() and not known[:, : 20 - FILL_REACH].any()
 
 
-def test_detection_weights_the_bands_for_the_images_own_galaxies():
-    """Red galaxies in an image whose darkest sky is in g (as LSST's and DES's): weighted by
-    inverse variance alone, the coadd is mostly g, where the galaxies are faintest. The colour
-    measured on the image's own detections weights the bands for them and finds far more of
-    the faint ones, with no more detections of noise."""
-    from tfdeblend.scene import detect, detect_galaxies, galaxy_colour
-
-    rng = np.random.default_rng(2)
+def _red_galaxies(seed=2):
+    """A 256 x 256 g,r,i image of 20 bright and 40 faint red galaxies (flux shares 0.1, 0.4,
+    0.5) under a sky darkest in g: ``(image, noise, missing, colour, spots)``."""
+    rng = np.random.default_rng(seed)
     size, colour, sigma = 256, np.array([0.1, 0.4, 0.5]), np.array([1.0, 3.0, 4.0])
     yy, xx = np.mgrid[:size, :size]
     spots = rng.uniform(12, size - 12, (80, 2))
@@ -125,7 +121,17 @@ def test_detection_weights_the_bands_for_the_images_own_galaxies():
     image = image.astype("float32")
     noise = np.broadcast_to(sigma[:, None, None], image.shape).astype("float32")
     missing = np.zeros(image.shape, bool)
+    return image, noise, missing, colour, spots
 
+
+def test_detection_weights_the_bands_for_the_images_own_galaxies():
+    """Red galaxies in an image whose darkest sky is in g (as LSST's and DES's): weighted by
+    inverse variance alone, the coadd is mostly g, where the galaxies are faintest. The colour
+    measured on the image's own detections weights the bands for them and finds far more of
+    the faint ones, with no more detections of noise."""
+    from tfdeblend.scene import detect, detect_galaxies, galaxy_colour
+
+    image, noise, missing, colour, spots = _red_galaxies()
     flat, _ = detect(image, noise, missing, SceneConfig())
     weighted, _, measured = detect_galaxies(image, noise, missing, SceneConfig())
     np.testing.assert_allclose(measured, colour, atol=0.01)
@@ -147,6 +153,41 @@ def test_detection_weights_the_bands_for_the_images_own_galaxies():
                                       SceneConfig())
     np.testing.assert_allclose(without_g, [0.0, 0.4 / 0.9, 0.5 / 0.9], atol=0.01)
     assert galaxy_colour(image, weighted[:5]) is None
+
+
+def test_tiles_detect_with_the_whole_images_colour():
+    """The colour is measured over all tiles' own galaxies (each tile's core, the overlaps
+    counted once): the whole image's, which a tile with too few galaxies of its own uses too;
+    galaxies where g has no data do not pull g's share to 0."""
+    from tfdeblend.scene import colour_shares, detect_galaxies, image_colour
+
+    image, noise, missing, colour, _ = _red_galaxies()
+    config = SceneConfig()
+    _, _, whole = detect_galaxies(image, noise, missing, config)
+    n_whole = len(colour_shares(image, noise, missing, config))
+
+    def tiled(missing):
+        shares = []
+        for tile in plan_tiles(image.shape[1:], 128, 32):
+            (y0, y1, x0, x1), (ey0, ey1, ex0, ex1) = tile.core, tile.ext
+            cut = np.s_[:, ey0:ey1, ex0:ex1]
+            shares.append(colour_shares(np.where(missing, 0.0, image)[cut],
+                                        np.where(missing, 0.0, noise)[cut], missing[cut],
+                                        config, (y0 - ey0, y1 - ey0, x0 - ex0, x1 - ex0)))
+        return shares
+
+    shares = tiled(missing)
+    assert abs(sum(len(s) for s in shares) - n_whole) <= 3  # each galaxy once, not per tile
+    np.testing.assert_allclose(image_colour(shares), whole, atol=0.01)
+    np.testing.assert_allclose(image_colour(shares), colour, atol=0.015)
+    no_g = missing.copy()
+    no_g[0, :, 128:] = True  # the right half has no g: its galaxies give no colour
+    np.testing.assert_allclose(image_colour(tiled(no_g)), colour, atol=0.02)
+    # a corner with a few galaxies: too few for its own colour, the image's is used as given
+    corner = np.s_[:, :60, :60]
+    _, _, own = detect_galaxies(image[corner], noise[corner], missing[corner], config)
+    _, _, given = detect_galaxies(image[corner], noise[corner], missing[corner], config, whole)
+    assert own is None and given is whole
 
 
 def test_tiles_cover_the_image_once():

@@ -31,7 +31,7 @@ def _worker_model(model_dir: str):
     return _MODELS[model_dir]
 
 
-def _deblend_tile_task(source, tile, model_dir, scene, batch_size, psf_fwhm=None):
+def _deblend_tile_task(source, tile, model_dir, scene, batch_size, psf_fwhm=None, colour=None):
     """One tile, on a worker: read it, deblend it (:func:`tfdeblend.scene.deblend_tile`)."""
     from tfdeblend.outliers import stamp_functions
     from tfdeblend.scene import deblend_tile
@@ -41,7 +41,7 @@ def _deblend_tile_task(source, tile, model_dir, scene, batch_size, psf_fwhm=None
     deblend, deblend_one = stamp_functions(model, batch_size, psf_fwhm)
     result = deblend_tile(
         image, variance, missing, deblend, tile, scene, model.stamp_size, source.bands,
-        batch_size=batch_size, deblend_one=deblend_one,
+        batch_size=batch_size, deblend_one=deblend_one, colour=colour,
     )
     info = {"model": model.name, "version": model.version, "peel": model.peel_config}
     return result, info
@@ -49,7 +49,7 @@ def _deblend_tile_task(source, tile, model_dir, scene, batch_size, psf_fwhm=None
 
 def deblend_tiles_dask(source, tiles, model_dir, scene, batch_size: int = 32,
                        workers: int | None = None, scheduler: str | None = None,
-                       progress: bool = True, psf_fwhm=None):
+                       progress: bool = True, psf_fwhm=None, colour=None):
     """Deblend ``tiles`` on a Dask cluster; ``(results in tile order, model info)``.
 
     Raises:
@@ -80,7 +80,8 @@ def deblend_tiles_dask(source, tiles, model_dir, scene, batch_size: int = 32,
         with client:
             futures = {
                 client.submit(_deblend_tile_task, source, tile, model_dir, scene, batch_size,
-                              psf_fwhm, pure=False, key=f"tfdeblend-tile-{tile.index}-{os.getpid()}"): tile
+                              psf_fwhm, colour, pure=False,
+                              key=f"tfdeblend-tile-{tile.index}-{os.getpid()}"): tile
                 for tile in tiles
             }
             results = {}

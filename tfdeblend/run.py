@@ -348,20 +348,22 @@ def run_image(
 
     psf_fwhm = _psf_pixels(psf, bands, sky_to_pixel_scale(source) if psf else None)
     tiles = plan_tiles(source.shape, scene.tile_size, scene.tile_overlap)
+    colour = measure_colour(source, tiles, scene, progress)
     if workers is not None or scheduler is not None:
         from tfdeblend.cluster import deblend_tiles_dask
 
         model_dir = model.path if hasattr(model, "path") else model
         results, model_info = deblend_tiles_dask(
             source, tiles, model_dir, scene, batch_size, workers=workers, scheduler=scheduler,
-            progress=progress, psf_fwhm=psf_fwhm,
+            progress=progress, psf_fwhm=psf_fwhm, colour=colour,
         )
     else:
         from tfdeblend.export import DeblendModel, load_model
 
         if not isinstance(model, DeblendModel):
             model = load_model(model)
-        results = deblend_tiles(source, tiles, model, scene, batch_size, progress, psf_fwhm)
+        results = deblend_tiles(source, tiles, model, scene, batch_size, progress, psf_fwhm,
+                                colour)
         model_info = {"model": model.name, "version": model.version, "peel": model.peel_config}
     columns = merge_tiles(results, source.bands)
     catalog = _catalog_table(columns, source)
@@ -406,10 +408,33 @@ def run_image(
 CATALOG_FORMATS: tuple[str, ...] = ("fits", "parquet", "csv")
 
 
+def measure_colour(source, tiles, scene, progress: bool = True):
+    """The whole image's typical galaxy colour (:func:`tfdeblend.scene.image_colour`), from
+    the first detection of each of its ``tiles``, which then all detect with the same band
+    weights; ``None`` for an image of one tile (the tile measures it itself, the same) or one
+    with too few galaxies."""
+    if len(tiles) < 2:
+        return None
+    from tqdm.auto import tqdm
+
+    from tfdeblend.scene import colour_shares, image_colour, tile_planes
+
+    shares = []
+    for tile in tqdm(tiles, desc="measuring the galaxies' colour", unit=" tiles",
+                     disable=not progress):
+        image, variance, missing = source.read(*tile.ext)
+        image, sigma = tile_planes(image, variance, missing, scene)
+        (y0, y1, x0, x1), (ey, _, ex, _) = tile.core, tile.ext
+        shares.append(colour_shares(image, sigma, missing, scene,
+                                    (y0 - ey, y1 - ey, x0 - ex, x1 - ex)))
+    return image_colour(shares)
+
+
 def deblend_tiles(source, tiles, model, scene, batch_size: int = 32, progress: bool = True,
-                  psf_fwhm=None):
+                  psf_fwhm=None, colour=None):
     """Deblend every tile of ``source`` in this process; the tiles' results in tile order
-    (``psf_fwhm``: per band, pixels, for a conditioned model)."""
+    (``psf_fwhm``: per band, pixels, for a conditioned model; ``colour``: the image's
+    typical galaxy colour, :func:`measure_colour`)."""
     from tqdm.auto import tqdm
 
     from tfdeblend.scene import deblend_tile
@@ -428,6 +453,7 @@ def deblend_tiles(source, tiles, model, scene, batch_size: int = 32, progress: b
             results.append(deblend_tile(
                 image, variance, missing, deblend, tile, scene, stamp_size, source.bands,
                 batch_size=batch_size, progress=bar.update, deblend_one=deblend_one,
+                colour=colour,
             ))
     return results
 

@@ -382,10 +382,11 @@ def detect(image: np.ndarray, sigma: np.ndarray, missing: np.ndarray, config: Sc
 
 
 def detect_galaxies(image: np.ndarray, sigma: np.ndarray, missing: np.ndarray,
-                    config: SceneConfig):
+                    config: SceneConfig, colour: np.ndarray | None = None):
     """:func:`detect` with the bands weighted for the image's own typical galaxy: a first
     detection on the inverse-variance coadd measures its colour (:func:`galaxy_colour`), a
-    second finds the galaxies. Returns ``(objects, segmentation map, colour or None)``.
+    second finds the galaxies. Returns ``(objects, segmentation map, colour or None)``. A
+    ``colour`` given (the whole image's, :func:`image_colour`) is used as it is.
 
     The inverse-variance weights alone favour the band with the darkest sky (LSST's and DES's
     g, 68-76 % of the weight), where galaxies are faintest (12-16 % of their flux). Chosen on
@@ -394,9 +395,38 @@ def detect_galaxies(image: np.ndarray, sigma: np.ndarray, missing: np.ndarray,
     than i = 25.3 against 1,568, with 20 detections of noise against 18; the scene's catalog
     then holds 10 more of them, 15 more at DES depth and a third of year 1's exposure.
     """
+    unfilled = missing
     image, sigma, missing = _filled(image, sigma, missing)
-    colour = galaxy_colour(image, _extract(image, sigma, missing, config, None)[0])
+    if colour is None:
+        colour = galaxy_colour(image, _extract(image, sigma, missing, config, None)[0], unfilled)
     return (*_extract(image, sigma, missing, config, colour), colour)
+
+
+def colour_shares(image: np.ndarray, sigma: np.ndarray, missing: np.ndarray,
+                  config: SceneConfig, core: tuple[int, int, int, int] | None = None
+                  ) -> np.ndarray:
+    """The flux shares ``(N, C)`` that :func:`galaxy_colour` takes the median of: one row per
+    first detection (inverse-variance coadd) with flux in every band that has data; with
+    ``core`` ``(y0, y1, x0, x1)`` (array pixels), only those centred in it (so that tiles,
+    whose regions overlap, each give their own galaxies: :func:`image_colour`)."""
+    unfilled = missing
+    image, sigma, missing = _filled(image, sigma, missing)
+    objects = _extract(image, sigma, missing, config, None)[0]
+    if core is not None:
+        y0, y1, x0, x1 = core
+        objects = objects[(objects["y"] >= y0) & (objects["y"] < y1)
+                          & (objects["x"] >= x0) & (objects["x"] < x1)]
+    return _shares(image, objects, unfilled)
+
+
+def image_colour(shares: list[np.ndarray]) -> np.ndarray | None:
+    """The typical galaxy's colour of a whole image from its tiles' :func:`colour_shares`: the
+    median share per band over all their galaxies (``None`` with fewer than
+    :data:`COLOUR_MIN_OBJECTS`). Every tile then detects with the same weights, so the catalog
+    does not depend on how the image is cut into tiles, and a tile with few galaxies of its
+    own still weights the bands for the image's (:func:`deblend_tile`'s ``colour``)."""
+    shares = [s for s in shares if len(s)]
+    return _median_colour(np.concatenate(shares) if shares else np.zeros((0, 0)))
 
 
 def _filled(image, sigma, missing):
@@ -441,27 +471,54 @@ def _extract(image, sigma, missing, config: SceneConfig, colour):
     return objects, segmap.astype(np.int32)
 
 
-def galaxy_colour(image: np.ndarray, objects) -> np.ndarray | None:
+def galaxy_colour(image: np.ndarray, objects, missing: np.ndarray | None = None
+                  ) -> np.ndarray | None:
     """The typical galaxy's share of its flux in each band ``(C,)``, in the image's units: the
     median over ``objects`` (first detections, :func:`detect`) of each band's flux within
     :data:`COLOUR_RADIUS` pixels over their sum; ``None`` with fewer than
     :data:`COLOUR_MIN_OBJECTS` objects with flux in every band (then :func:`detect` weights the
-    bands by their inverse variance alone). Measured per tile on its own data, so a survey's
-    zero points and a field's galaxies need no configuration."""
+    bands by their inverse variance alone). Measured on the image's own data, so a survey's
+    zero points and a field's galaxies need no configuration. With ``missing`` ``(C, H, W)``
+    (before any fill), objects centred on a missing pixel are left out."""
+    return _median_colour(_shares(image, objects, missing))
+
+
+def _shares(image: np.ndarray, objects, missing: np.ndarray | None = None) -> np.ndarray:
+    """Per object, its flux within :data:`COLOUR_RADIUS` per band over their sum, ``(N, C)``:
+    the objects with data (``missing`` False at their centre) and flux in every band that has
+    data in ``image``; NaN in a band with none (a chip gap), which then gets no share
+    (:func:`_median_colour`)."""
     import sep
 
-    present = np.array([bool(np.any(band)) for band in image])  # a band with no data: 0
-    if len(objects) < COLOUR_MIN_OBJECTS or present.sum() < 2:
-        return None
+    if missing is None:
+        missing = np.zeros(image.shape, bool)
+    present = np.array([bool(np.any(band)) for band in image]) & (~missing).any(axis=(1, 2))
+    if len(objects) == 0 or present.sum() < 2:
+        return np.zeros((0, len(image)))
+    iy = np.clip(np.round(objects["y"]).astype(int), 0, image.shape[1] - 1)
+    ix = np.clip(np.round(objects["x"]).astype(int), 0, image.shape[2] - 1)
     flux = np.array([sep.sum_circle(np.ascontiguousarray(band, dtype=np.float64),
                                     objects["x"], objects["y"], COLOUR_RADIUS)[0]
                      for band in image[present]])
-    usable = (flux > 0).all(axis=0)
-    if usable.sum() < COLOUR_MIN_OBJECTS:
+    usable = (flux > 0).all(axis=0) & ~missing[present][:, iy, ix].any(axis=0)
+    share = np.full((int(usable.sum()), len(image)), np.nan)
+    share[:, present] = (flux[:, usable] / flux[:, usable].sum(axis=0)).T
+    return share
+
+
+def _median_colour(shares: np.ndarray) -> np.ndarray | None:
+    """The median per band of ``shares`` ``(N, C)``, normalised; ``None`` below
+    :data:`COLOUR_MIN_OBJECTS` rows. Rows with a NaN (from a tile without that band) are left
+    out when enough complete rows remain; else a band NaN in every row gets no share."""
+    complete = np.isfinite(shares).all(axis=1)
+    if complete.sum() >= COLOUR_MIN_OBJECTS:
+        shares = shares[complete]
+    if len(shares) < COLOUR_MIN_OBJECTS:
         return None
-    share = np.zeros(len(image))
-    share[present] = np.median(flux[:, usable] / flux[:, usable].sum(axis=0), axis=1)
-    return share / share.sum()
+    seen = np.isfinite(shares).any(axis=0)
+    colour = np.zeros(shares.shape[1])
+    colour[seen] = np.nanmedian(shares[:, seen], axis=0)
+    return colour / colour.sum()
 
 
 @dataclasses.dataclass
@@ -555,6 +612,24 @@ class TileResult:
     stats: dict[str, Any]
 
 
+def tile_planes(image: np.ndarray, variance: np.ndarray | None, missing: np.ndarray,
+                config: SceneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A tile's image (a float32 copy, the sky subtracted when ``config.background`` > 0) and
+    its noise sigma per pixel ``(C, h, w)``: from ``variance``, else a robust sigma per band
+    (:func:`noise_sigma`); 0 where ``missing``."""
+    image = np.array(image, dtype=np.float32, copy=True)
+    if config.background > 0:
+        image = _subtract_background(image, missing, config.background)
+    if variance is not None:
+        sigma_map = np.sqrt(np.where(missing, 0.0, variance)).astype(np.float32)
+    else:
+        sigma_map = np.broadcast_to(
+            noise_sigma(image, missing)[:, None, None], image.shape
+        ).astype(np.float32)
+        sigma_map = np.where(missing, 0.0, sigma_map)
+    return image, sigma_map
+
+
 def deblend_tile(
     image: np.ndarray,
     variance: np.ndarray | None,
@@ -567,6 +642,7 @@ def deblend_tile(
     batch_size: int = 32,
     progress: Callable[[int], Any] | None = None,
     deblend_one: Callable[[np.ndarray], np.ndarray] | None = None,
+    colour: np.ndarray | None = None,
 ) -> TileResult:
     """Deblend the groups a tile owns (see the module docstring).
 
@@ -585,22 +661,15 @@ def deblend_tile(
         deblend_one: the RDN alone on a batch of stamps ``(B, S, S, C) -> (B, S, S, C)`` (the
             brightest galaxy of each, input units); with it, detections that no kept galaxy
             explains are tried once more (:func:`_recover_detections`).
+        colour: ``(C,)`` the whole image's typical galaxy colour (:func:`image_colour`), which
+            weights the bands for detection; ``None``: measured on the tile.
     """
     y0, y1, x0, x1 = tile.ext
-    image = np.array(image, dtype=np.float32, copy=True)
-    if config.background > 0:
-        image = _subtract_background(image, missing, config.background)
-    if variance is not None:
-        sigma_map = np.sqrt(np.where(missing, 0.0, variance)).astype(np.float32)
-    else:
-        sigma_map = np.broadcast_to(
-            noise_sigma(image, missing)[:, None, None], image.shape
-        ).astype(np.float32)
-        sigma_map = np.where(missing, 0.0, sigma_map)
+    image, sigma_map = tile_planes(image, variance, missing, config)
     band_sigma = np.array(
         [np.median(s[~m]) if (~m).any() else 0.0 for s, m in zip(sigma_map, missing)], np.float32
     )
-    objects, segmap, colour = detect_galaxies(image, sigma_map, missing, config)
+    objects, segmap, colour = detect_galaxies(image, sigma_map, missing, config, colour)
     shares = None if colour is None else [float(v) for v in colour]
     model = np.zeros_like(image)
     empty = TileResult(_empty_rows(bands), tile.ext, model, {"groups": 0, "stamps": 0,
