@@ -273,11 +273,21 @@ def test_psf_option_reads_numbers_cubes_and_files(tmp_path):
     assert 2.5 < cube.min() and cube.max() < 5.0  # HSC: 0.5-0.75" at 0.168"/px
     for values, message in (
         (["0.7,0.7"], "gives 2 FWHMs"),
-        (["-1"], "positive"),
+        (["-1"], "between 0 and 10"),
+        (["1e9"], r"between 0 and 10 \(got 1e9\)"),  # pixels, or a typo: not a seeing
         (["nope.fits"], "no such file"),
     ):
         with pytest.raises(TfdeblendError, match=message):
             psf_fwhm_pixels(values, bands, 0.2)
+    # a PSF image with a NaN, or with no positive peak: refused, the file named
+    broken = hsc["psfs"][0].copy()
+    broken[20, 20] = np.nan
+    fits.PrimaryHDU(broken).writeto(tmp_path / "psf_nan.fits")
+    fits.PrimaryHDU(np.zeros((21, 21))).writeto(tmp_path / "psf_zero.fits")
+    for name, message in (("psf_nan.fits", "psf_nan.fits has 1 pixel"),
+                          ("psf_zero.fits", "psf_zero.fits: a PSF image must be 2-d")):
+        with pytest.raises(TfdeblendError, match=message):
+            psf_fwhm_pixels([str(tmp_path / name)], bands, None)
     with pytest.raises(TfdeblendError, match="pixel scale"):
         psf_fwhm_pixels(["0.7"], bands, None)
 

@@ -25,6 +25,11 @@ from tfdeblend.errors import TfdeblendError
 KOLMOGOROV_SIGMA_PER_FWHM: float = 0.449
 
 
+#: The largest ``--psf`` FWHM taken, arcsec (ground-based seeing is 0.4-2"; a larger number is
+#: most likely in pixels, or a typo).
+MAX_FWHM_ARCSEC: float = 10.0
+
+
 def measure_fwhm(psf: np.ndarray) -> float:
     """The PSF's size as the FWHM, in pixels, of the Kolmogorov profile of the same size.
 
@@ -99,8 +104,11 @@ def psf_fwhm_pixels(
                 f"--psf gives {len(numbers)} FWHMs; give one for all bands or one per band "
                 f"({','.join(bands)})"
             )
-        if not all(np.isfinite(v) and v > 0 for v in numbers):
-            raise TfdeblendError("--psf FWHMs must be positive numbers of arcsec")
+        if not all(np.isfinite(v) and 0 < v <= MAX_FWHM_ARCSEC for v in numbers):
+            raise TfdeblendError(
+                f"--psf FWHMs must be numbers of arcsec between 0 and {MAX_FWHM_ARCSEC:g} "
+                f"(got {','.join(items)})"
+            )
         if pixel_scale is None or not pixel_scale > 0:
             raise TfdeblendError(
                 "--psf in arcsec needs the image's pixel scale (a WCS or PIXSCALE keyword); "
@@ -133,5 +141,14 @@ def psf_fwhm_pixels(
         raise TfdeblendError(
             f"--psf gives {len(paths)} files; give one cube or one file per band ({','.join(bands)})"
         )
-    fwhm = [measure_fwhm(plane) for plane in planes]
+    names = [p.name for p in paths] if len(paths) > 1 else [paths[0].name] * len(planes)
+    fwhm = []
+    for name, plane in zip(names, planes):
+        bad = int((~np.isfinite(plane)).sum())
+        if bad:
+            raise TfdeblendError(f"PSF file {name} has {bad} pixel(s) that are NaN or infinite")
+        try:
+            fwhm.append(measure_fwhm(plane))
+        except TfdeblendError as err:
+            raise TfdeblendError(f"PSF file {name}: {err}") from None
     return np.broadcast_to(np.asarray(fwhm, np.float32), (len(bands),)).copy()
