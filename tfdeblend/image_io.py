@@ -191,8 +191,9 @@ class ImageSource:
         Returns:
             ``image`` float32 ``(C, h, w)`` with missing pixels set to 0, ``variance`` float32
             ``(C, h, w)`` (``None`` without a variance plane; missing pixels hold 0), and
-            ``missing`` bool ``(C, h, w)``: NaN/inf, masked, or (with a variance) a non-finite
-            or non-positive variance.
+            ``missing`` bool ``(C, h, w)``: NaN/inf, masked, (with a variance) a non-finite
+            or non-positive variance, or every pixel of a band in the region when all its
+            pixels are exactly 0 (a plane of zeros holds no data: real data have noise).
         """
         height, width = self.shape
         y1 = height if y1 is None else y1
@@ -211,6 +212,8 @@ class ImageSource:
         """One band of :meth:`read`: ``(image (h, w), variance (h, w) or None, missing)``."""
         x1 = self.shape[1] if x1 is None else x1
         image, variance, bad = self._pixels(c, y0, y1, x0, x1)
+        if image.size and not image[~bad].any():  # exactly 0 throughout: a filler, no data
+            bad[:] = True
         if variance is not None:
             bad |= ~(np.isfinite(variance) & (variance > 0))
             variance[bad] = 0.0
@@ -304,7 +307,8 @@ def _describe(opened, bands, given, mask_bits) -> ImageSource:
             file_bands = given
         elif "BANDS" in header:
             try:
-                file_bands = parse_bands(str(header["BANDS"]))
+                file_bands = parse_bands([_band_of(b) or b.strip() for b in
+                                          str(header["BANDS"]).split(",") if b.strip()])
             except TfdeblendError as err:
                 raise DataError(f"{first_path}: bad BANDS header {header['BANDS']!r}: {err}") from err
         else:
@@ -360,6 +364,11 @@ def _describe(opened, bands, given, mask_bits) -> ImageSource:
                     if value is None and source_header.get(keyword) is not None:
                         value = source_header[keyword]
             band = _band_of(value) if value is not None else None
+            if band is None and value is not None and "," in str(value):
+                raise DataError(
+                    f"{path}: a 2-d image holds one band, but its {value!r} names several; give "
+                    "a cube (C, H, W) or one file per band"
+                )
             if band is None:
                 raise DataError(
                     f"{path}: no FILTER, BAND or BANDS keyword naming its band"
