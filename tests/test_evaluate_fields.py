@@ -344,6 +344,32 @@ def test_at_lsst_year_1_depth_the_scene_finds_the_galaxies_sep_finds(tmp_path):
     assert false["near_true"] == 0 and false["isolated"] <= 4, false
 
 
+def test_a_galaxy_too_faint_for_its_model_in_one_band_is_measured_there(tmp_path):
+    """A red galaxy whose g model lies below half the noise everywhere (true g = 27.8) sits on
+    good g data: its g flux is its model's shape fitted to the data, within its error of the
+    truth (a NaN before, as in a band with no data), and every galaxy on data has a flux and
+    an error in every band."""
+    from astropy.table import Table
+
+    from tfdeblend.field import FieldConfig, simulate_field
+    from tfdeblend.run import run_image
+
+    field = simulate_field(FieldConfig(size=256, seed=9), tmp_path / "f", progress=False)
+    run_image(field / "field.fits", tmp_path / "out.fits", progress=False)
+    catalog = Table.read(tmp_path / "out.fits", hdu="CATALOG")
+    on_data = ~np.asarray(catalog["masked"], bool)
+    for band in BANDS:
+        flux, error = (np.asarray(catalog[f"{name}_{band}"], float)[on_data]
+                       for name in ("flux", "flux_err"))
+        assert np.isfinite(flux).all() and (error > 0).all(), band
+    truth = Table.read(field / "truth.fits")
+    t = truth[np.argmin(np.hypot(truth["x"] - 187.1, truth["y"] - 14.2))]
+    row = catalog[np.argmin(np.hypot(catalog["x"] - t["x"], catalog["y"] - t["y"]))]
+    assert t["g_ab"] > 27.5 and np.hypot(row["x"] - t["x"], row["y"] - t["y"]) < 1.5
+    assert abs(row["flux_g"] - t["flux_g"]) < 3 * row["flux_err_g"], (row["flux_g"], t["flux_g"])
+    assert row["flux_err_g"] < 0.5 * t["flux_g"]
+
+
 @pytest.mark.parametrize("name, survey, exposure, seed", [
     ("des", "DES", 1.0, 12),         # DES's pixels, PSF and depth: no training stamp has them
     ("shallow", "LSST", 0.03, 13),   # a third of LSST year 1's exposure

@@ -362,6 +362,27 @@ def test_dask_workers_give_the_in_process_catalog(mosaic, tmp_path):
                                fits.getdata(tmp_path / "dask.fits", "MODEL"), atol=1e-2)
 
 
+def test_an_image_whose_sky_was_left_in_gets_a_note(mosaic, tmp_path):
+    """The sky left in (50 sigma): the run says so and names --background, which then gives
+    the usual catalog without the note; a sky-subtracted image gets no note."""
+    path, _, image = mosaic
+    with fits.open(path) as hdul:
+        hdul[0].data = image + 50 * NOISE[:, None, None]
+        hdul.writeto(tmp_path / "sky.fits")
+    runner = CliRunner()
+    left = runner.invoke(cli, ["run", str(tmp_path / "sky.fits"), "-o", str(tmp_path / "a.fits"),
+                               "--quiet"])
+    assert left.exit_code == 0, left.output
+    assert left.output.startswith("Note: the image's median pixel in ") and \
+        "sigmas above 0: if its sky is not subtracted, give --background 64" in left.output
+    fixed = runner.invoke(cli, ["run", str(tmp_path / "sky.fits"), "-o",
+                                str(tmp_path / "b.fits"), "--quiet", "--background", "64"])
+    plain = runner.invoke(cli, ["run", str(path), "-o", str(tmp_path / "c.fits"), "--quiet"])
+    for result in (fixed, plain):
+        assert result.exit_code == 0 and "Note" not in result.output, result.output
+    assert len(Table.read(tmp_path / "b.fits", hdu="CATALOG")) >= 10
+
+
 def test_footprints_are_each_galaxy_s_model_cut_out(mosaic, tmp_path):
     path, _, _ = mosaic
     out = tmp_path / "out.fits"
@@ -381,6 +402,36 @@ def test_footprints_are_each_galaxy_s_model_cut_out(mosaic, tmp_path):
         assert np.hypot(x0 + peak[1] - galaxy["x"], y0 + peak[0] - galaxy["y"]) < 2.5
     # the cut-outs hold the galaxies' light: what they leave out is their faint outskirts
     assert np.abs(model - rebuilt).sum() < 0.1 * np.abs(model).sum()
+
+
+def test_band_names_are_read_as_per_band_files_read_them(tmp_path):
+    """A cube's BANDS may name its bands as a filter keyword does (``G, R, I``, ``HSC-G``);
+    a 2-d image whose keyword names several bands is told it holds one."""
+    image = np.random.default_rng(5).normal(0.0, 5.0, (3, 20, 24)).astype(np.float32)
+    for names in ("G, R, I", "HSC-G,HSC-R,HSC-I"):
+        cube = fits.PrimaryHDU(image, header=fits.Header([("BANDS", names)]))
+        cube.writeto(tmp_path / "cube.fits", overwrite=True)
+        assert open_image(tmp_path / "cube.fits", "g,r,i").bands == ("g", "r", "i")
+    fits.PrimaryHDU(image[0], header=fits.Header([("BANDS", "g,r,i")])).writeto(
+        tmp_path / "flat.fits")
+    with pytest.raises(DataError, match="a 2-d image holds one band, but its 'g,r,i' names"):
+        open_image([tmp_path / "flat.fits"] * 3, "g,r,i")
+
+
+def test_a_band_of_zeros_is_read_as_no_data(tmp_path):
+    """A plane of exact zeros (a filler for a band not observed) is missing data, with or
+    without a variance plane, as a NaN plane is; real data, even integer ones with many
+    zero pixels, are not."""
+    rng = np.random.default_rng(4)
+    image = rng.normal(0.0, 5.0, (3, 30, 40)).astype(np.float32)
+    image[1] = 0.0
+    image[2] = np.round(image[2] / 10.0)  # integer-like data: many exact zeros, still data
+    for variance in (None, np.ones_like(image)):
+        write_cube(tmp_path / "zeros.fits", image, "g,r,i", variance=variance, overwrite=True)
+        _, _, missing = open_image(tmp_path / "zeros.fits", "g,r,i").read()
+        assert missing[1].all() and not missing[0].any() and not missing[2].any()
+        _, _, corner = open_image(tmp_path / "zeros.fits", "g,r,i").read(0, 5, 0, 5)
+        assert corner[1].all() and not corner[2].all()
 
 
 def test_scaled_integer_images_and_float_masks_are_read(tmp_path):

@@ -399,9 +399,31 @@ def run_image(
         "output": str(output_path),
         "catalog": None if side is None else str(side),
         "preview": None if preview_path is None else str(preview_path),
-        "note": psf_note(model, psf),
+        "note": "\n".join(n for n in (psf_note(model, psf), sky_note(results, source.bands, scene))
+                          if n) or None,
         "seconds": time.perf_counter() - started,
     }
+
+
+#: A tile whose median pixel lies this many noise sigmas above 0 in some band (sky-subtracted
+#: images: 0-1.5, the real HSC cut-out's bright galaxies 1.3) gets :func:`sky_note`.
+SKY_NOTE_SIGMA: float = 5.0
+
+
+def sky_note(results, bands, scene) -> str | None:
+    """The line to print when the image's sky seems not subtracted (its median pixel
+    :data:`SKY_NOTE_SIGMA` noise sigmas or more above 0 in a band of some tile) and no
+    ``--background`` was asked for: the detection then takes the sky for one huge source. Only
+    a note (a cut-out filled by one bright galaxy can be that bright), not an error."""
+    if scene.background > 0:
+        return None
+    level = np.max([r.stats["sky"] for r in results], axis=0)
+    worst = int(np.argmax(level))
+    if level[worst] < SKY_NOTE_SIGMA:
+        return None
+    return (f"Note: the image's median pixel in {bands[worst]} is {level[worst]:.0f} noise "
+            "sigmas above 0: if its sky is not subtracted, give --background 64 (the catalog "
+            "takes the sky for a source)")
 
 
 #: Catalog file formats of :func:`run_image` (``fits``: only the ``CATALOG`` HDU).

@@ -603,7 +603,9 @@ class TileResult:
         model: float32 ``(C, y1 - y0, x1 - x0)``, the sum of the tile's galaxies.
         stats: ``groups``, ``stamps`` (windows peeled), ``detections``, ``colour`` (the
             typical galaxy's share of its flux per band that weighted the detection,
-            :func:`galaxy_colour`; ``None``: inverse-variance weights).
+            :func:`galaxy_colour`; ``None``: inverse-variance weights), ``sky`` (per band,
+            the median of the tile's pixels in noise sigmas: about 0-1.5 on a sky-subtracted
+            image, far more where the sky was left in).
     """
 
     rows: dict[str, np.ndarray]
@@ -671,10 +673,12 @@ def deblend_tile(
     )
     objects, segmap, colour = detect_galaxies(image, sigma_map, missing, config, colour)
     shares = None if colour is None else [float(v) for v in colour]
+    sky = [float(np.median(im[~m]) / sg) if sg > 0 and (~m).any() else 0.0
+           for im, m, sg in zip(image, missing, band_sigma)]
     model = np.zeros_like(image)
     empty = TileResult(_empty_rows(bands), tile.ext, model, {"groups": 0, "stamps": 0,
                                                               "detections": len(objects),
-                                                              "colour": shares})
+                                                              "colour": shares, "sky": sky})
     if len(objects) == 0:
         return empty
     grown = segmap > 0
@@ -760,7 +764,7 @@ def deblend_tile(
         table["big_group"] = np.isin(table["blend_id"], list(big))
     return TileResult(table, tile.ext, model,
                       {"groups": len(groups), "stamps": stamps_done, "detections": len(objects),
-                       "colour": shares})
+                       "colour": shares, "sky": sky})
 
 
 def _recover_detections(objects, obj_label, groups, labels, working, missing, sigma_map,
@@ -828,8 +832,8 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
         row = _kept_galaxy(
             galaxy, {key: float(value) for key, value in moments.items()}, snr, flux, error,
             cut, (cy - size // 2 + y0, cx - size // 2 + x0), cy, cx, working, bands,
-            config.footprints, blend_id=_blend_id(tile, group), quality=1, split=False,
-            recovered=True, outliers=False,
+            config.footprints, data=cut["stamp"], blend_id=_blend_id(tile, group), quality=1,
+            split=False, recovered=True, outliers=False,
         )
         _on_hole(holes, row, tile)
         # a faint fit next to a brighter galaxy is its model's error, not a galaxy
@@ -917,6 +921,7 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         return 0
     components = np.transpose(result["components"][k, :n], (0, 3, 1, 2))  # (n, C, S, S)
     conserved = np.transpose(result["conserved"][k, :n], (0, 3, 1, 2))
+    residual = np.transpose(result["residual"][k], (2, 0, 1))
     fluxes = conserved.sum(axis=(2, 3))
     errors = flux_errors(components, fluxes, cut["var"])  # (n, C)
     moments = measure.peak_moments(np.transpose(components, (0, 2, 3, 1)))
@@ -938,7 +943,7 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         row = _kept_galaxy(
             components[j], {key: float(value[j]) for key, value in moments.items()}, snr,
             fluxes[j], errors[j], cut, (sy0 + y0, sx0 + x0), cy, cx, working, bands,
-            config.footprints, blend_id=_blend_id(tile, group),
+            config.footprints, data=components[j] + residual, blend_id=_blend_id(tile, group),
             quality=int(result["quality"][k]), split=bool(result["split"][k]),
             recovered=bool(result["recovered"][k]),
             outliers=bool(result.get("outliers", np.zeros(k + 1))[k]),
@@ -1004,12 +1009,14 @@ def _in_batches(function, stamps: list, batch_size: int, progress, band_sigma=No
 
 
 def _kept_galaxy(galaxy, moments, snr, flux, error, cut, origin, cy, cx, working, bands,
-                 footprints, **fields) -> dict:
+                 footprints, data=None, **fields) -> dict:
     """Keep a galaxy ``(C, S, S)`` of the stamp at ``(cy, cx)`` (tile pixels) whose first pixel
     is full-image pixel ``origin`` ``(y, x)``: subtract it from what later windows see, and
     return its catalog row (position, moments, S/N, flux and error per band, NaN in a band with
     no data under it, ``edge``/``masked`` flags, footprint, and the given ``fields``). The
-    caller adds it to the tile's model (:func:`_settle`)."""
+    caller adds it to the tile's model (:func:`_settle`). ``data`` ``(C, S, S)``: the galaxy
+    plus the stamp's residual, for the bands where it is too faint for its own light to reach
+    the data (:func:`_faint_band_fluxes`)."""
     _add(working, galaxy, cy, cx, sign=-1.0)
     light = _light(galaxy, cut["sig"])
     row = {
@@ -1019,12 +1026,39 @@ def _kept_galaxy(galaxy, moments, snr, flux, error, cut, origin, cy, cx, working
         "masked": bool((light & cut["miss"]).any()), **fields,
     }
     seen = _has_data(light, cut["var"])
+    if data is not None:
+        flux, error, seen = _faint_band_fluxes(galaxy, data, light, cut["var"], flux, error,
+                                               seen)
     for c, band in enumerate(bands):
         row[f"flux_{band}"] = float(flux[c]) if seen[c] else np.nan
         row[f"flux_err_{band}"] = float(error[c]) if seen[c] else np.nan
     if footprints:
         row["footprint"] = _footprint(galaxy, light, origin[0], origin[1])
     return row
+
+
+def _faint_band_fluxes(galaxy, data, light, variance, flux, error, seen):
+    """``(flux, error, seen)`` per band ``(C,)`` with the bands where the galaxy's light
+    (:func:`_light`) touches no pixel with data, though its light in the other bands lies on
+    that band's data, measured: there its model is below half the noise everywhere (a red
+    galaxy in g), its conserved flux would be the networks' guess alone, so the model's shape
+    in that band (or, where it is 0, its shape over all bands) is fitted to ``data`` by least
+    squares, the flux free to be negative, its error the fit's noise (:func:`_fit_noise`)."""
+    under = light.any(axis=0)
+    faint = ~seen & ((variance > 0) & under[None]).any(axis=(1, 2))
+    if not faint.any():
+        return flux, error, seen
+    model = np.clip(galaxy, 0.0, None).astype(np.float64)
+    shape = model.sum(axis=0)
+    template = np.where(model.sum(axis=(1, 2))[:, None, None] > 0, model, shape[None])
+    template, inverse = _template(template, variance)
+    norm = (np.square(template) * inverse).sum(axis=(1, 2))
+    ok = faint & (norm > 0)
+    fitted = (template * data * inverse).sum(axis=(1, 2)) / np.where(ok, norm, 1.0)
+    flux, error = np.array(flux, np.float64, copy=True), np.array(error, np.float64, copy=True)
+    flux[ok] = (fitted * template.sum(axis=(1, 2)))[ok]
+    error[ok] = _fit_noise(template, variance)[ok]
+    return flux, error, seen | ok
 
 
 def _has_data(light: np.ndarray, variance: np.ndarray) -> np.ndarray:
