@@ -479,15 +479,15 @@ def galaxy_colour(image: np.ndarray, objects, missing: np.ndarray | None = None
     :data:`COLOUR_MIN_OBJECTS` objects with flux in every band (then :func:`detect` weights the
     bands by their inverse variance alone). Measured on the image's own data, so a survey's
     zero points and a field's galaxies need no configuration. With ``missing`` ``(C, H, W)``
-    (before any fill), objects centred on a missing pixel are left out."""
+    (before any fill), a band missing throughout gets no share."""
     return _median_colour(_shares(image, objects, missing))
 
 
 def _shares(image: np.ndarray, objects, missing: np.ndarray | None = None) -> np.ndarray:
     """Per object, its flux within :data:`COLOUR_RADIUS` per band over their sum, ``(N, C)``:
-    the objects with data (``missing`` False at their centre) and flux in every band that has
-    data in ``image``; NaN in a band with none (a chip gap), which then gets no share
-    (:func:`_median_colour`)."""
+    the objects with flux in every band that has data in ``image`` (``missing`` not True
+    throughout; the missing pixels diffusion-filled by the caller); NaN in a band with none
+    (a chip gap), which then gets no share (:func:`_median_colour`)."""
     import sep
 
     if missing is None:
@@ -495,12 +495,10 @@ def _shares(image: np.ndarray, objects, missing: np.ndarray | None = None) -> np
     present = np.array([bool(np.any(band)) for band in image]) & (~missing).any(axis=(1, 2))
     if len(objects) == 0 or present.sum() < 2:
         return np.zeros((0, len(image)))
-    iy = np.clip(np.round(objects["y"]).astype(int), 0, image.shape[1] - 1)
-    ix = np.clip(np.round(objects["x"]).astype(int), 0, image.shape[2] - 1)
     flux = np.array([sep.sum_circle(np.ascontiguousarray(band, dtype=np.float64),
                                     objects["x"], objects["y"], COLOUR_RADIUS)[0]
                      for band in image[present]])
-    usable = (flux > 0).all(axis=0) & ~missing[present][:, iy, ix].any(axis=0)
+    usable = (flux > 0).all(axis=0)
     share = np.full((int(usable.sum()), len(image)), np.nan)
     share[:, present] = (flux[:, usable] / flux[:, usable].sum(axis=0)).T
     return share
