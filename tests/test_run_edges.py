@@ -164,6 +164,38 @@ def test_os_errors_on_output_are_one_line(model_dir, images, tmp_path):
         assert "Traceback" not in result.output
 
 
+def test_a_stamp_without_one_band_is_deblended_from_the_others(images, tmp_path):
+    """A band with no data in a stamp (all NaN, or a plane of zeros): the shipped networks,
+    shown an empty band, returned no galaxy at all, flagged high. The band is now made from the
+    others for the networks: the same components as with the band, their fluxes in the other
+    bands close to those, NaN in the absent one."""
+    from astropy.table import Table
+
+    from tfdeblend.run import run_file
+
+    bad = images[:4].copy()
+    bad[1, ..., 0] = 0.0  # g a plane of zeros
+    bad[2, ..., 2] = np.nan  # no i
+    for name, stamps in (("ok", images[:4]), ("bad", bad)):
+        run_file(write_blends_fits(tmp_path / f"{name}.fits", stamps), tmp_path / f"{name}_o.fits",
+                 progress=False)
+    ok, out = (fits.open(tmp_path / f"{n}_o.fits") for n in ("ok", "bad"))
+    with ok, out:
+        assert (out["BLENDS"].data["n_components"] == ok["BLENDS"].data["n_components"]).all()
+        assert (ok["BLENDS"].data["n_components"][1:3] >= 1).all()
+        assert out["BLENDS"].data["missing"].tolist()[1:3] == [80 * 80, 80 * 80]
+        residual = out["RESIDUAL"].data
+        assert np.isnan(residual[1, 0]).all() and np.isnan(residual[2, 2]).all()
+        assert np.isfinite(residual[[1, 2]][:, 1]).all()
+    good, got = (Table.read(tmp_path / f"{n}_o.fits", hdu="CATALOG") for n in ("ok", "bad"))
+    for stamp, absent in ((1, "g"), (2, "i")):
+        rows = got["blend_id"] == stamp
+        assert np.isnan(np.asarray(got[f"flux_{absent}"][rows], float)).all()
+        for band in {"g", "r", "i"} - {absent}:
+            np.testing.assert_allclose(np.asarray(got[f"flux_{band}"][rows], float),
+                                       np.asarray(good[f"flux_{band}"][rows], float), rtol=0.15)
+
+
 def test_nan_pixels_in_stamps_are_missing_data_not_a_refusal(model_dir, images, tmp_path):
     """NaN/inf pixels are filled from their neighbours for the networks, counted in BLENDS,
     NaN in the residual; the other stamps come out as without them."""

@@ -536,11 +536,15 @@ class ResultWriter:
         self._conserved[self._written : self._written + n] = np.transpose(
             conserved, (0, 1, 4, 2, 3)
         )
-        self._catalogs.append(
-            component_catalog(
-                conserved, result["n_components"], result["quality"], self.bands, self._written
-            )
+        catalog = component_catalog(
+            conserved, result["n_components"], result["quality"], self.bands, self._written
         )
+        absent = result.get("absent")
+        if absent is not None and len(catalog):  # a band with no data: no flux to report
+            rows = np.asarray(absent)[np.asarray(catalog["blend_id"]) - self._written]
+            for b, band in enumerate(self.bands):
+                catalog[f"flux_{band}"][rows[:, b]] = np.nan
+        self._catalogs.append(catalog)
         self._blends.append(
             blends_table(
                 result["n_components"],

@@ -24,34 +24,58 @@ from tfdeblend.errors import TfdeblendError
 from tfdeblend.outliers import deblend_batch, stamp_functions
 from tfdeblend.peel_config import POST_PEEL_COUNTS
 
+#: A typical galaxy's share of its flux per band (LSST fields, electrons; ``docs/model_card.md``,
+#: "Detection weighted for the image's own galaxies"): the colour :func:`fill_stamps` gives a
+#: band a stamp has no data in. Other bands: the mean share.
+FILL_COLOUR: dict[str, float] = {"g": 0.12, "r": 0.41, "i": 0.47}
 
-def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0):
-    """Stamps with their NaN/inf pixels filled, and the number of such pixels per stamp.
+
+def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0,
+                bands: tuple[str, ...] | None = None):
+    """Stamps with their NaN/inf pixels filled, the number of such pixels per stamp, and the
+    bands each stamp has no data in at all ``(N, C)`` bool.
 
     Missing pixels are filled from their valid neighbours plus noise of the band's robust sigma
     (:func:`tfdeblend.scene.fill_missing`), with a random stream per stamp index, so a stamp's
-    result does not depend on the batch it is in.
+    result does not depend on the batch it is in. A band with no data in a stamp (every pixel
+    NaN/inf, or exactly 0: a filler plane) would show the networks a galaxy that is absent in
+    that band, and they return nothing (counts 0, flagged high): it is made from the other
+    bands instead, scaled by :data:`FILL_COLOUR` (the networks need all their bands; its
+    fluxes are reported NaN, :func:`_deblend_file`).
 
     Args:
         images: ``(N, H, W, C)`` channels last.
         first_index: index of ``images[0]`` in its file.
+        bands: the channels' bands (for :data:`FILL_COLOUR`).
     """
     missing = ~np.isfinite(images)
+    absent = (missing | (images == 0)).all(axis=(1, 2))
+    absent &= ~absent.all(axis=1, keepdims=True)  # an empty stamp stays empty
+    missing |= absent[:, None, None, :]
     counts = missing.sum(axis=(1, 2, 3)).astype(np.int32)
     if not counts.any():
-        return images, counts
+        return images, counts, absent
     from tfdeblend.outliers import robust_sigma
     from tfdeblend.scene import fill_missing
 
+    shares = np.array([FILL_COLOUR.get(b, np.nan) for b in bands] if bands else
+                      [np.nan] * images.shape[-1])
+    shares = np.where(np.isfinite(shares), shares, np.nanmean(shares) if np.isfinite(shares).any()
+                      else 1.0)
     out = np.array(images, dtype=np.float32, copy=True)
     sigma = robust_sigma(np.where(missing, np.nan, images))
     for i in np.flatnonzero(counts):
         rng = np.random.default_rng(np.random.SeedSequence([seed, first_index + int(i)]))
         stamp = np.transpose(np.where(missing[i], 0.0, images[i]), (2, 0, 1))
         sig = np.broadcast_to(sigma[i][:, None, None], stamp.shape)
-        out[i] = np.transpose(fill_missing(stamp, np.transpose(missing[i], (2, 0, 1)), sig, rng),
-                              (1, 2, 0))
-    return out, counts
+        filled = fill_missing(stamp, np.transpose(missing[i], (2, 0, 1)), sig, rng)
+        if absent[i].any():
+            present = ~absent[i]
+            scaled = filled[present] / shares[present][:, None, None]  # total-flux units
+            for c in np.flatnonzero(absent[i]):
+                filled[c] = shares[c] * scaled.mean(axis=0)
+        out[i] = np.transpose(filled, (1, 2, 0))
+    return out, counts, absent
 
 
 def _model_info(model) -> tuple[tuple[str, ...], int]:
@@ -209,11 +233,13 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
     ):
         for start in range(0, blends.n, batch_size):
             chunk = blends.read(start, start + batch_size, channels_last=True)
-            filled, n_missing = fill_stamps(chunk, start)
+            filled, n_missing, absent = fill_stamps(chunk, start, bands=model.bands)
             result = deblend_batch(model, filled, batch_size=batch_size, psf_fwhm=psf_fwhm)
             result["missing"] = n_missing
+            result["absent"] = absent
             if n_missing.any():  # the residual is the input's: NaN where it is missing
-                result["residual"] = np.where(np.isfinite(chunk), result["residual"], np.nan)
+                seen = np.isfinite(chunk) & ~absent[:, None, None, :]
+                result["residual"] = np.where(seen, result["residual"], np.nan)
             writer.write_batch(result)
             for q in result["quality"]:
                 quality_total[QUALITY_NAMES[int(q)]] += 1
@@ -246,9 +272,10 @@ def summary_line(summary: dict) -> str:
     )
     if summary.get("n_missing_blends"):
         line += (
-            f"\nNote: {summary['n_missing_blends']} blend(s) held {summary['n_missing']} NaN/inf "
-            "pixel(s); they were filled from their neighbours for the networks, are NaN in the "
-            "residual, and are counted in BLENDS.missing"
+            f"\nNote: {summary['n_missing_blends']} blend(s) held {summary['n_missing']} missing "
+            "pixel(s) (NaN/inf, or a band of zeros); they were filled from their neighbours (a "
+            "whole band from the other bands) for the networks, are NaN in the residual (a "
+            "band with no data: NaN fluxes), and are counted in BLENDS.missing"
         )
     if summary.get("n_outlier_blends"):
         line += (
