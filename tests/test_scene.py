@@ -362,6 +362,32 @@ def test_dask_workers_give_the_in_process_catalog(mosaic, tmp_path):
                                fits.getdata(tmp_path / "dask.fits", "MODEL"), atol=1e-2)
 
 
+def test_an_image_without_one_band_is_deblended_from_the_others(mosaic, tmp_path):
+    """No data at all in i: the stamps' i is made from g and r for the networks (which, shown
+    an empty band, counted no galaxy: only the recovery pass found them, at 1.7 times their
+    flux). The galaxies come out as with i, their g and r fluxes close to those, i NaN."""
+    from tfdeblend.run import run_image
+
+    path, truth, image = mosaic
+    with fits.open(path) as hdul:
+        data = np.array(hdul[0].data, np.float32)
+        data[2] = np.nan
+        hdul[0].data = data
+        hdul.writeto(tmp_path / "no_i.fits")
+    run_image(path, tmp_path / "all.fits", progress=False)
+    summary = run_image(tmp_path / "no_i.fits", tmp_path / "no_i_out.fits", progress=False)
+    full = Table.read(tmp_path / "all.fits", hdu="CATALOG")
+    cat = Table.read(tmp_path / "no_i_out.fits", hdu="CATALOG")
+    assert abs(len(cat) - len(full)) <= 1 and summary["quality"]["high"] >= len(cat) // 2
+    assert np.isnan(np.asarray(cat["flux_i"], float)).all()
+    d = np.hypot(full["x"][:, None] - cat["x"][None], full["y"][:, None] - cat["y"][None])
+    pairs = [(a, int(np.argmin(d[a]))) for a in range(len(full)) if d[a].min() < 2]
+    assert len(pairs) >= len(full) - 1
+    for band in "gr":
+        ratio = [cat[f"flux_{band}"][b] / full[f"flux_{band}"][a] for a, b in pairs]
+        assert abs(np.median(ratio) - 1) < 0.05, (band, np.median(ratio))
+
+
 def test_an_image_whose_sky_was_left_in_gets_a_note(mosaic, tmp_path):
     """The sky left in (50 sigma): the run says so and names --background, which then gives
     the usual catalog without the note; a sky-subtracted image gets no note."""

@@ -24,11 +24,6 @@ from tfdeblend.errors import TfdeblendError
 from tfdeblend.outliers import deblend_batch, stamp_functions
 from tfdeblend.peel_config import POST_PEEL_COUNTS
 
-#: A typical galaxy's share of its flux per band (LSST fields, electrons; ``docs/model_card.md``,
-#: "Detection weighted for the image's own galaxies"): the colour :func:`fill_stamps` gives a
-#: band a stamp has no data in. Other bands: the mean share.
-FILL_COLOUR: dict[str, float] = {"g": 0.12, "r": 0.41, "i": 0.47}
-
 
 def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0,
                 bands: tuple[str, ...] | None = None):
@@ -40,13 +35,13 @@ def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0,
     result does not depend on the batch it is in. A band with no data in a stamp (every pixel
     NaN/inf, or exactly 0: a filler plane) would show the networks a galaxy that is absent in
     that band, and they return nothing (counts 0, flagged high): it is made from the other
-    bands instead, scaled by :data:`FILL_COLOUR` (the networks need all their bands; its
-    fluxes are reported NaN, :func:`_deblend_file`).
+    bands instead (:func:`tfdeblend.scene.fill_absent_bands`; its fluxes are reported NaN,
+    :func:`_deblend_file`).
 
     Args:
         images: ``(N, H, W, C)`` channels last.
         first_index: index of ``images[0]`` in its file.
-        bands: the channels' bands (for :data:`FILL_COLOUR`).
+        bands: the channels' bands (for :func:`tfdeblend.scene.band_shares`).
     """
     missing = ~np.isfinite(images)
     absent = (missing | (images == 0)).all(axis=(1, 2))
@@ -56,12 +51,9 @@ def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0,
     if not counts.any():
         return images, counts, absent
     from tfdeblend.outliers import robust_sigma
-    from tfdeblend.scene import fill_missing
+    from tfdeblend.scene import band_shares, fill_absent_bands, fill_missing
 
-    shares = np.array([FILL_COLOUR.get(b, np.nan) for b in bands] if bands else
-                      [np.nan] * images.shape[-1])
-    shares = np.where(np.isfinite(shares), shares, np.nanmean(shares) if np.isfinite(shares).any()
-                      else 1.0)
+    shares = band_shares(bands if bands else [""] * images.shape[-1])
     out = np.array(images, dtype=np.float32, copy=True)
     sigma = robust_sigma(np.where(missing, np.nan, images))
     for i in np.flatnonzero(counts):
@@ -69,11 +61,7 @@ def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0,
         stamp = np.transpose(np.where(missing[i], 0.0, images[i]), (2, 0, 1))
         sig = np.broadcast_to(sigma[i][:, None, None], stamp.shape)
         filled = fill_missing(stamp, np.transpose(missing[i], (2, 0, 1)), sig, rng)
-        if absent[i].any():
-            present = ~absent[i]
-            scaled = filled[present] / shares[present][:, None, None]  # total-flux units
-            for c in np.flatnonzero(absent[i]):
-                filled[c] = shares[c] * scaled.mean(axis=0)
+        filled = fill_absent_bands(filled, absent[i], shares)
         out[i] = np.transpose(filled, (1, 2, 0))
     return out, counts, absent
 

@@ -30,7 +30,8 @@ each deblended on its own, in this process or on a Dask worker, with the same re
    which the peel models only the brightest). Windows move inward at the image's edge. In a
    stamp, other groups' pixels are replaced by noise, missing pixels (NaN, masked) are filled
    from their surroundings plus noise (a saturated core whole), and pixels outside the image
-   are noise (:func:`fill_missing`);
+   are noise (:func:`fill_missing`); a band with no data in the window is made from the
+   others (:func:`fill_absent_bands`; its fluxes are NaN);
 5. *peel* of all stamps of a round in batches; a window whose first count is the classifier's
    largest (it cannot count more) is peeled again on its residual, up to ``max_rounds`` times;
 6. *keep*: a component is kept when its centroid (near its model's peak,
@@ -152,6 +153,10 @@ FAINT_MAX_SNR: float = 30.0
 COLOUR_RADIUS: float = 3.0
 #: ...over at least this many detections (else the bands are weighted by inverse variance).
 COLOUR_MIN_OBJECTS: int = 10
+#: A typical galaxy's share of its flux per band (LSST fields, electrons; ``docs/model_card.md``,
+#: "Detection weighted for the image's own galaxies"): the colour :func:`fill_absent_bands`
+#: gives a band with no data. Other bands: the mean share.
+TYPICAL_COLOUR: dict[str, float] = {"g": 0.12, "r": 0.41, "i": 0.47}
 #: Pixels added around a footprint's bounding box.
 FOOTPRINT_PAD: int = 2
 #: A galaxy's light "touches" a pixel where its model is above this many noise sigmas.
@@ -309,6 +314,29 @@ def fill_missing(stamp: np.ndarray, missing: np.ndarray, sigma: np.ndarray,
             continue
         values, _ = diffusion_fill(out[c], ~hole, outside)
         out[c] = np.where(hole, values + rng.normal(0.0, 1.0, values.shape) * sigma[c], out[c])
+    return out
+
+
+def band_shares(bands) -> np.ndarray:
+    """:data:`TYPICAL_COLOUR` for ``bands`` ``(C,)`` (a band it does not name: the mean)."""
+    shares = np.array([TYPICAL_COLOUR.get(b, np.nan) for b in bands], np.float64)
+    known = np.isfinite(shares)
+    return np.where(known, shares, shares[known].mean() if known.any() else 1.0)
+
+
+def fill_absent_bands(stamp: np.ndarray, absent: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """A ``(C, H, W)`` stamp with each ``absent`` band (``(C,)`` bool: no data at all) made
+    from the others, each divided by its share of a typical galaxy's flux (``shares``,
+    :func:`band_shares`), averaged, and scaled by the absent band's share. The networks need
+    all their bands: shown an empty one, the shipped networks count no galaxy at all. What is
+    made is never measured (a band with no data gets NaN fluxes)."""
+    present = ~np.asarray(absent, bool)
+    if present.all() or not present.any():
+        return stamp
+    out = np.array(stamp, dtype=np.float32, copy=True)
+    mean = (out[present] / shares[present][:, None, None]).mean(axis=0)
+    for c in np.flatnonzero(~present):
+        out[c] = shares[c] * mean
     return out
 
 
@@ -676,6 +704,11 @@ def deblend_tile(
     band_sigma = np.array(
         [np.median(s[~m]) if (~m).any() else 0.0 for s, m in zip(sigma_map, missing)], np.float32
     )
+    typical = band_shares(bands)
+    absent = band_sigma <= 0
+    if absent.any() and not absent.all():  # the noise of a band made from the others
+        band_sigma = np.where(absent, typical * np.mean(band_sigma[~absent] / typical[~absent]),
+                              band_sigma).astype(np.float32)
     objects, segmap, colour = detect_galaxies(image, sigma_map, missing, config, colour)
     shares = None if colour is None else [float(v) for v in colour]
     sky = [float(np.median(im[~m]) / sg) if sg > 0 and (~m).any() else 0.0
@@ -720,7 +753,8 @@ def deblend_tile(
             )
             stamp, cut = _group_stamp(working, labels, missing, sigma_map, band_sigma,
                                       group.label, cy, cx, stamp_size, rng,
-                                      _foreign(segmap, obj_label, group, cy, cx, stamp_size))
+                                      _foreign(segmap, obj_label, group, cy, cx, stamp_size),
+                                      shares=typical)
             stamps.append(np.transpose(stamp, (1, 2, 0)))
             cuts.append(cut)
         results = _in_batches(deblend, stamps, batch_size, progress, band_sigma)
@@ -805,7 +839,7 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
             np.random.SeedSequence([config.seed, tile.index, group.label, 10_000 + cy * 7919 + cx])
         )
         stamp, cut = _group_stamp(working, labels, missing, sigma_map, band_sigma, group.label,
-                                  cy, cx, size, rng)
+                                  cy, cx, size, rng, shares=band_shares(bands))
         dy, dx = oy - (cy - size // 2), ox - (cx - size // 2)
         disc = np.hypot(yy - dy, xx - dx) < RECOVER_WINDOW
         stamps.append(np.transpose(stamp * disc[None], (1, 2, 0)))
@@ -977,13 +1011,14 @@ def _foreign(segmap, obj_label, group: _Group, cy: int, cx: int, size: int):
 
 
 def _group_stamp(working, labels, missing, sigma_map, band_sigma, label, cy, cx, size, rng,
-                 foreign=None):
+                 foreign=None, shares=None):
     """The stamp ``(C, S, S)`` a group's window at ``(cy, cx)`` sees, and what it is made of.
 
     Cut from the tile's ``working`` residual; missing pixels filled and pixels outside the
     tile made noise (:func:`fill_missing`); other groups' pixels, and the ``foreign`` ones
     (``(S, S)`` bool: the segments of detections another window of the group owns), replaced by
-    noise. Returns ``(stamp, cut)`` with ``cut``: ``lab`` (group labels; foreign pixels 0),
+    noise; with ``shares``, a band with no data in the window made from the others
+    (:func:`fill_absent_bands`). Returns ``(stamp, cut)`` with ``cut``: ``lab`` (group labels; foreign pixels 0),
     ``miss`` (missing data), ``outside``, ``sig`` (noise sigma per pixel) and ``var`` (variance
     where the stamp holds the window's own data, 0 elsewhere).
     """
@@ -997,6 +1032,8 @@ def _group_stamp(working, labels, missing, sigma_map, band_sigma, label, cy, cx,
     other = (lab != label) & (lab != 0)
     stamp = fill_missing(stamp, miss, sig, rng, outside)
     stamp = np.where(other[None], rng.normal(0.0, 1.0, stamp.shape) * sig, stamp)
+    if shares is not None:  # a band with no data in the window: made from the others
+        stamp = fill_absent_bands(stamp, (miss | outside[None]).all(axis=(1, 2)), shares)
     unknown = miss | outside[None] | other[None]
     return stamp, {"lab": lab, "miss": miss, "outside": outside, "sig": sig,
                    "var": np.square(sig) * ~unknown}
