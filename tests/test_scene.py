@@ -442,6 +442,14 @@ def test_band_names_are_read_as_per_band_files_read_them(tmp_path):
         tmp_path / "flat.fits")
     with pytest.raises(DataError, match="a 2-d image holds one band, but its 'g,r,i' names"):
         open_image([tmp_path / "flat.fits"] * 3, "g,r,i")
+    # a file of stamps reads its BANDS the same way
+    from tfdeblend.fitsio import read_blends
+
+    stamps = fits.PrimaryHDU(np.zeros((2, 3, 80, 80), np.float32),
+                             header=fits.Header([("BANDS", "G, R, I")]))
+    stamps.writeto(tmp_path / "stamps.fits")
+    images, _, names = read_blends(tmp_path / "stamps.fits", bands=("g", "r", "i"))
+    assert images.shape == (2, 3, 80, 80) and names == ("g", "r", "i")
 
 
 def test_a_band_of_zeros_is_read_as_no_data(tmp_path):

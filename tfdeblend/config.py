@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -167,3 +168,17 @@ def parse_bands(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if len(set(bands)) != len(bands):
         raise TfdeblendError(f"repeated band in {','.join(bands)}")
     return bands
+
+
+def band_name(value) -> str | None:
+    """The band a ``FILTER``/``BAND`` keyword or a ``BANDS`` entry names: ``i``, ``I``,
+    ``HSC-I``, ``i_01``, ``HSC-R2``... (``None`` if none)."""
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(?:hsc-|lsst-|lsst_|des-)?([ugrizy])(?:\d*|[_.-].*)", text)
+    return match.group(1) if match else None
+
+
+def parse_band_keyword(text) -> tuple[str, ...]:
+    """A ``BANDS`` header keyword's bands, each entry read as a filter keyword is
+    (:func:`band_name`: ``'G, R, I'``, ``'HSC-G,HSC-R,HSC-I'``), then :func:`parse_bands`."""
+    return parse_bands([band_name(b) or b.strip() for b in str(text).split(",") if b.strip()])

@@ -56,7 +56,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 import tfdeblend
 from tfdeblend import measure
-from tfdeblend.config import QUALITY_NAMES, parse_bands
+from tfdeblend.config import QUALITY_NAMES, parse_band_keyword, parse_bands
 from tfdeblend.errors import DataError, TfdeblendError
 from tfdeblend.utils import atomic_file, check_output_path, scratch_prefix
 
@@ -248,7 +248,7 @@ def open_blends(
                 "(e.g. BANDS = 'g,r,i')"
             )
         try:
-            file_bands = parse_bands(str(header["BANDS"]))
+            file_bands = parse_band_keyword(header["BANDS"])
         except TfdeblendError as err:
             raise DataError(f"{path}: bad BANDS header {header['BANDS']!r}: {err}") from err
         if len(file_bands) != n_channels:

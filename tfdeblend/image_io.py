@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
-from tfdeblend.config import parse_bands
+from tfdeblend.config import band_name, parse_band_keyword, parse_bands
 from tfdeblend.errors import DataError, TfdeblendError
 from tfdeblend.fitsio import image_header, open_fits, physical, primary_header
 
@@ -99,13 +98,6 @@ def input_kind(paths: list[str | os.PathLike], stamp_size: int) -> str:
     }:
         return "stamps"
     return "image"
-
-
-def _band_of(value: str) -> str | None:
-    """The band a ``FILTER``/``BAND`` keyword names: ``i``, ``HSC-I``, ``i_01``, ``HSC-R2``..."""
-    text = str(value).strip().lower()
-    match = re.fullmatch(r"(?:hsc-|lsst-|lsst_|des-)?([ugrizy])(?:\d*|[_.-].*)", text)
-    return match.group(1) if match else None
 
 
 def _bad_bits(header, mask_bits) -> int | None:
@@ -307,8 +299,7 @@ def _describe(opened, bands, given, mask_bits) -> ImageSource:
             file_bands = given
         elif "BANDS" in header:
             try:
-                file_bands = parse_bands([_band_of(b) or b.strip() for b in
-                                          str(header["BANDS"]).split(",") if b.strip()])
+                file_bands = parse_band_keyword(header["BANDS"])
             except TfdeblendError as err:
                 raise DataError(f"{first_path}: bad BANDS header {header['BANDS']!r}: {err}") from err
         else:
@@ -363,7 +354,7 @@ def _describe(opened, bands, given, mask_bits) -> ImageSource:
                 for source_header in (header, hdul[0].header):
                     if value is None and source_header.get(keyword) is not None:
                         value = source_header[keyword]
-            band = _band_of(value) if value is not None else None
+            band = band_name(value) if value is not None else None
             if band is None and value is not None and "," in str(value):
                 raise DataError(
                     f"{path}: a 2-d image holds one band, but its {value!r} names several; give "

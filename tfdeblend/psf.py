@@ -119,7 +119,7 @@ def psf_fwhm_pixels(
     paths = [Path(os.path.expanduser(item)) for item in items]
     for path in paths:
         if not path.is_file():
-            raise TfdeblendError(f"--psf {path.name}: no such file (and not a number of arcsec)")
+            raise TfdeblendError(f"--psf {path}: no such file (and not a number of arcsec)")
     if len(paths) == 1:
         data, names = _read_psf_file(paths[0])
         planes = [data] if data.ndim == 2 else list(data.reshape(-1, *data.shape[-2:]))
