@@ -205,6 +205,13 @@ def test_nan_pixels_in_stamps_are_missing_data_not_a_refusal(model_dir, images, 
     bad = images.copy()
     bad[1, 30:33, 40, 1] = np.nan  # a short bad column across a galaxy, r band
     bad[2, 5, 5, 2] = np.inf
+    nothing = images[:2].copy()
+    nothing[1] = np.nan  # a stamp with no data at all: no component, flagged low, not high
+    run_file(write_blends_fits(tmp_path / "nothing.fits", nothing), tmp_path / "n.fits",
+             model=model_dir, progress=False)
+    with fits.open(tmp_path / "n.fits") as out:
+        assert out["BLENDS"].data["n_components"][1] == 0
+        assert out["BLENDS"].data["quality"][1] == 0 and out["BLENDS"].data["quality_name"][1] == "low"
     src = write_blends_fits(tmp_path / "nan.fits", bad)
     with pytest.raises(TfdeblendError, match="2 stamp"):
         read_blends(src, bands=("g", "r", "i"))  # the reader alone still says so

@@ -225,6 +225,10 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
             result = deblend_batch(model, filled, batch_size=batch_size, psf_fwhm=psf_fwhm)
             result["missing"] = n_missing
             result["absent"] = absent
+            # a stamp with no data at all: nothing was deblended, which is no "high" quality
+            empty = n_missing == np.prod(chunk.shape[1:])
+            if empty.any():
+                result["quality"] = np.where(empty, 0, result["quality"])
             if n_missing.any():  # the residual is the input's: NaN where it is missing
                 seen = np.isfinite(chunk) & ~absent[:, None, None, :]
                 result["residual"] = np.where(seen, result["residual"], np.nan)
