@@ -895,14 +895,22 @@ def _template(model: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, np.n
     return np.clip(model, 0.0, None).astype(np.float64), inverse
 
 
+def _amplitude(model: np.ndarray, data: np.ndarray, variance: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(template, amplitude (C,))``: the least-squares scale in each band of a model
+    ``(C, S, S)`` (:func:`_template`) to ``data``, 0 in a band without data under it."""
+    template, inverse = _template(model, variance)
+    norm = (np.square(template) * inverse).sum(axis=(1, 2))
+    amplitude = np.where(norm > 0, (template * data * inverse).sum(axis=(1, 2))
+                         / np.where(norm > 0, norm, 1.0), 0.0)
+    return template, amplitude
+
+
 def _fit_faint(galaxy: np.ndarray, data: np.ndarray, variance: np.ndarray) -> np.ndarray:
     """The RDN's model ``(C, S, S)`` of a galaxy at the detection limit, which lies below the
     noise everywhere (the networks dim what they are unsure of), scaled in each band to the
     data by least squares (its shape as a matched filter; a negative amplitude is 0)."""
-    template, inverse = _template(galaxy, variance)
-    norm = (np.square(template) * inverse).sum(axis=(1, 2))
-    amplitude = np.where(norm > 0, (template * data * inverse).sum(axis=(1, 2))
-                         / np.where(norm > 0, norm, 1.0), 0.0)
+    template, amplitude = _amplitude(galaxy, data, variance)
     return (template * np.clip(amplitude, 0.0, None)[:, None, None]).astype(np.float32)
 
 
@@ -1096,15 +1104,13 @@ def _faint_band_fluxes(galaxy, data, light, variance, flux, error, seen):
     if not faint.any():
         return flux, error, seen
     model = np.clip(galaxy, 0.0, None).astype(np.float64)
-    shape = model.sum(axis=0)
-    template = np.where(model.sum(axis=(1, 2))[:, None, None] > 0, model, shape[None])
-    template, inverse = _template(template, variance)
-    norm = (np.square(template) * inverse).sum(axis=(1, 2))
-    ok = faint & (norm > 0)
-    fitted = (template * data * inverse).sum(axis=(1, 2)) / np.where(ok, norm, 1.0)
+    model = np.where(model.sum(axis=(1, 2))[:, None, None] > 0, model, model.sum(axis=0)[None])
+    template, amplitude = _amplitude(model, data, variance)
+    noise = _fit_noise(template, variance)
+    ok = faint & (noise > 0)  # the template has data under it
     flux, error = np.array(flux, np.float64, copy=True), np.array(error, np.float64, copy=True)
-    flux[ok] = (fitted * template.sum(axis=(1, 2)))[ok]
-    error[ok] = _fit_noise(template, variance)[ok]
+    flux[ok] = (amplitude * template.sum(axis=(1, 2)))[ok]
+    error[ok] = noise[ok]
     return flux, error, seen | ok
 
 
