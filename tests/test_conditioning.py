@@ -273,8 +273,9 @@ def test_psf_option_reads_numbers_cubes_and_files(tmp_path):
     assert 2.5 < cube.min() and cube.max() < 5.0  # HSC: 0.5-0.75" at 0.168"/px
     for values, message in (
         (["0.7,0.7"], "gives 2 FWHMs"),
-        (["-1"], "between 0 and 10"),
-        (["1e9"], r"between 0 and 10 \(got 1e9\)"),  # pixels, or a typo: not a seeing
+        (["-1"], "between 0.01 and 10"),
+        (["1e9"], r"between 0.01 and 10 \(got 1e9\)"),  # pixels, or a typo: not a seeing
+        (["1e-9"], r"between 0.01 and 10 \(got 1e-9\)"),
         (["nope.fits"], "no such file"),
     ):
         with pytest.raises(TfdeblendError, match=message):

@@ -128,6 +128,8 @@ def test_sky_noise_std_recovers_known_sigma():
     noiseless = np.concatenate([noiseless, noiseless], axis=-1)
     noisy = noiseless + rng.normal(0, 1, noiseless.shape) * np.array([5.0, 20.0])
     assert metrics.sky_noise_std(noisy, noiseless) == pytest.approx([5.0, 20.0], rel=0.03)
+    noisy[3, 10, 10, 0] = np.nan  # a missing pixel is left out, not the whole band's noise
+    assert metrics.sky_noise_std(noisy, noiseless) == pytest.approx([5.0, 20.0], rel=0.03)
 
 
 def test_match_positions_hungarian_and_max_sep():

@@ -28,6 +28,9 @@ KOLMOGOROV_SIGMA_PER_FWHM: float = 0.449
 #: The largest ``--psf`` FWHM taken, arcsec (ground-based seeing is 0.4-2"; a larger number is
 #: most likely in pixels, or a typo).
 MAX_FWHM_ARCSEC: float = 10.0
+#: The smallest ``--psf`` FWHM taken, arcsec (the sharpest survey PSFs, HST's, are about 0.05";
+#: a smaller number is a typo or a unit slip).
+MIN_FWHM_ARCSEC: float = 0.01
 
 
 def measure_fwhm(psf: np.ndarray) -> float:
@@ -104,9 +107,10 @@ def psf_fwhm_pixels(
                 f"--psf gives {len(numbers)} FWHMs; give one for all bands or one per band "
                 f"({','.join(bands)})"
             )
-        if not all(np.isfinite(v) and 0 < v <= MAX_FWHM_ARCSEC for v in numbers):
+        if not all(np.isfinite(v) and MIN_FWHM_ARCSEC <= v <= MAX_FWHM_ARCSEC for v in numbers):
             raise TfdeblendError(
-                f"--psf FWHMs must be numbers of arcsec between 0 and {MAX_FWHM_ARCSEC:g} "
+                f"--psf FWHMs must be numbers of arcsec between {MIN_FWHM_ARCSEC:g} and "
+                f"{MAX_FWHM_ARCSEC:g} "
                 f"(got {','.join(items)})"
             )
         if pixel_scale is None or not pixel_scale > 0:

@@ -31,6 +31,8 @@ Definitions:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import stats
 from skimage.metrics import structural_similarity
@@ -277,7 +279,8 @@ def detection_stats(match: np.ndarray, n_true: np.ndarray, n_pred: np.ndarray) -
 def sky_noise_std(blend: np.ndarray, blend_noiseless: np.ndarray) -> np.ndarray:
     """Sky noise standard deviation per band, measured as ``1.4826 MAD(blend - noiseless)``.
 
-    The robust estimate ignores the few pixels where the source's Poisson noise dominates.
+    The robust estimate ignores the few pixels where the source's Poisson noise dominates;
+    missing (NaN) pixels are left out.
 
     Args:
         blend: ``(N, H, W, C)`` noisy blends.
@@ -288,8 +291,10 @@ def sky_noise_std(blend: np.ndarray, blend_noiseless: np.ndarray) -> np.ndarray:
     """
     noise = np.asarray(blend, dtype=np.float64) - np.asarray(blend_noiseless, dtype=np.float64)
     noise = noise.reshape(-1, noise.shape[-1])
-    med = np.median(noise, axis=0)
-    return MAD_TO_SIGMA * np.median(np.abs(noise - med), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a band with no finite pixel: NaN
+        med = np.nanmedian(noise, axis=0)
+        return MAD_TO_SIGMA * np.nanmedian(np.abs(noise - med), axis=0)
 
 
 def noise_limited_flux_error(
