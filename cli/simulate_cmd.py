@@ -28,6 +28,7 @@ FIELD_OPTIONS = {
     "saturate": "--saturate/--no-saturate",
     "per_band": "--per-band",
     "noiseless": "--noiseless",
+    "stars": "--stars",
 }
 
 
@@ -165,6 +166,11 @@ def _refuse_foreign(ctx: click.Context, kind: str) -> None:
     "--per-band", is_flag=True, help="Also write field_<band>.fits, LSST/HSC coadd layout (field)."
 )
 @click.option("--noiseless", is_flag=True, help="No noise: the noiseless sum of galaxies (field).")
+@click.option(
+    "--stars", type=float, default=0.0, show_default=True,
+    help="Stars per arcmin^2 brighter than the faintest magnitude drawn, i = 15 and fainter "
+    "(field; about 1-3 at high Galactic latitude).",
+)
 @click.pass_context
 def simulate(
     ctx: click.Context,
@@ -194,6 +200,7 @@ def simulate(
     saturate: bool,
     per_band: bool,
     noiseless: bool,
+    stars: float,
 ) -> None:
     """Simulate blends of KIND (deblender, classifier or test; LSST unless --survey or
     --conditions say otherwise) into --out, or a whole field (KIND field).
@@ -245,15 +252,17 @@ def simulate(
             noise=not noiseless,
             bad_columns=bad_columns,
             saturate=saturate,
+            stars=stars,
             per_band=per_band,
         )
         path = simulate_field(field_config, out, overwrite=overwrite, progress=not quiet)
         truth = fits.getheader(path / "truth.fits", "TRUTH")
+        star_note = f", {truth['NSTAR']} stars" if stars else ""
         click.echo(
             f"Wrote field {path}: {size}x{size} px, {field_config.survey} "
             f"{','.join(field_config.bands)} (PSF x{field_config.psf_scale:g}, exposure "
             f"x{field_config.exposure_scale:g}), {truth['NGAL']} galaxies ({truth['NINSIDE']} "
-            f"centred inside): field.fits, truth.fits{', field_<band>.fits' if per_band else ''}"
+            f"centred inside){star_note}: field.fits, truth.fits{', field_<band>.fits' if per_band else ''}"
         )
         return
 

@@ -91,6 +91,7 @@ def test_layout_hdus_columns_and_wcs(written):
         "inside",
         "frac_inside",
         "masked",
+        "star",
         "g_ab",
         "r_ab",
         "i_ab",
@@ -357,3 +358,43 @@ def test_catalog_file_window(catalog_table):
     assert set(cat["galtileid"]) != set(other["galtileid"])  # the seed places the window
     with pytest.raises(CatalogError, match="smaller than the"):
         field_catalog(FieldConfig(size=4096, catalog="given"), table=catalog_table)
+
+
+def test_stars_are_point_sources_added_to_the_same_galaxies(noiseless):
+    """``stars``: point sources (the PSF) on a stellar locus, added to the very galaxies the
+    field has without them (the star stream is a new child of the seed), flagged in the
+    truth."""
+    config, field = noiseless
+    starry = render_field(config.replace(stars=150.0))
+    truth = starry.truth
+    star = np.asarray(truth["star"], bool)
+    assert 30 <= star.sum() <= 70  # 150 per arcmin^2 over the (25.6" + 8")^2 window: 47 expected
+    assert (np.asarray(truth["catalog_id"])[star] < 0).all()
+    galaxies = truth[~star]
+    np.testing.assert_array_equal(galaxies["catalog_id"], field.truth["catalog_id"])
+    np.testing.assert_allclose(galaxies["x"], field.truth["x"])
+    # every star's light is the PSF's: the brightest star inside is the r PSF times its flux
+    import galsim
+
+    from tfdeblend.simulate import make_survey
+
+    stars = truth[star & np.asarray(truth["inside"], bool)]
+    brightest = stars[np.argmax(stars["flux_r"])]
+    alone = starry.model - field.model  # the stars only
+    x, y = int(round(brightest["x"])), int(round(brightest["y"]))
+    bounds = galsim.BoundsI(max(x - 3, 0) + 1, min(x + 4, SIZE), max(y - 3, 0) + 1,
+                            min(y + 4, SIZE))  # its core, where no other star's light counts
+    psf = galsim.ImageD(bounds, scale=0.2)
+    survey = make_survey(config.survey, config.bands)
+    for other in truth[star]:  # its neighbours' wings as well
+        psf += survey.get_filter("r").psf.withFlux(float(other["flux_r"])).drawImage(
+            image=psf.copy(), center=galsim.PositionD(other["x"] + 1.0, other["y"] + 1.0))
+    cut = alone[1, bounds.ymin - 1:bounds.ymax, bounds.xmin - 1:bounds.xmax]
+    np.testing.assert_allclose(cut, psf.array, atol=0.01 * psf.array.max())
+    # colours on the stellar locus: g - r within 0.2-1.5, r - i rising with it
+    g_r = np.asarray(stars["g_ab"] - stars["r_ab"])
+    r_i = np.asarray(stars["r_ab"] - stars["i_ab"])
+    assert ((g_r > 0.15) & (g_r < 1.55)).all()
+    assert np.corrcoef(g_r, r_i)[0, 1] > 0.7
+    with pytest.raises(TfdeblendError, match="stars must be between"):
+        FieldConfig(stars=-1)

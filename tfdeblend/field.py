@@ -22,6 +22,12 @@ What is drawn (see ``docs/simulate.md``, "Fields"):
   Exponential, fluxes from the magnitudes with the survey's zeropoint and full exposure time)
   convolved with the survey's PSF of each band (BTK's default PSF), drawn by GalSim exactly as
   BTK draws its stamps, with shapes oriented in pixel coordinates as in BTK's stamps.
+- **Stars** (``stars`` per arcmin^2, default none): point sources (CatSim rows whose only
+  component is the AGN one, so that BTK draws them as the PSF), spread uniformly over the
+  window, i-band magnitudes from :data:`STAR_BRIGHTEST` to ``max_mag`` with number counts
+  ``dN/dm ~ 10^(STAR_COUNT_SLOPE m)`` (high Galactic latitude), colours along a stellar locus
+  (:data:`STAR_LOCUS`). Their truth rows have ``star = True`` and ``catalog_id`` -1, -2, ...
+  A star brighter than the field's brightest galaxy saturates a larger core.
 - **Noise.** As in BTK: Poisson noise of the source and of the mean sky level (surveycodex's
   ``mean_sky_level``), sky subtracted: ``image = Poisson(sky + model) - sky``, drawn exactly
   (not a Gaussian approximation). The ``VARIANCE`` plane is the expected variance
@@ -33,8 +39,8 @@ What is drawn (see ``docs/simulate.md``, "Fields"):
   galaxy inside the field in that band, so that galaxy's core (and any other peak as high)
   saturates.
 
-Random numbers: ``SeedSequence(seed).spawn(4)`` gives the catalog, noise, defect and window
-streams, so every output is a pure function of the config (and catalog file): the same config
+Random numbers: ``SeedSequence(seed).spawn(5)`` gives the catalog, noise, defect, window and
+star streams, so every output is a pure function of the config (and catalog file): the same config
 gives byte-identical files.
 
 Output layout (written atomically into ``out_dir``) is documented in :func:`simulate_field`.
@@ -73,6 +79,8 @@ MAX_SIZE: int = 8192
 MIN_SIZE: int = 16
 #: Largest margin around the field whose galaxies are drawn, arcsec.
 MAX_MARGIN: float = 60.0
+#: Most stars per arcmin^2 (a crowded field near the Galactic plane).
+MAX_STARS: float = 200.0
 #: Value written into the pixels of a bad column.
 BAD_VALUE: float = 0.0
 #: Saturation level of a band, as a fraction of the brightest galaxy's noiseless peak.
@@ -92,6 +100,23 @@ MAX_HALF_STAMP: int = 160
 STAMP_HLR_DISK: float = 8.0
 STAMP_HLR_BULGE: float = 20.0
 STAMP_PSF_FWHM: float = 5.0
+#: Stars: the brightest i-band magnitude drawn (the faintest is the field's ``max_mag``).
+STAR_BRIGHTEST: float = 15.0
+#: Stars: slope of the number counts, dN/dm ~ 10^(slope m) (about 0.1 at high Galactic
+#: latitude for 16 < i < 25: a tenth of the stars brighter than i = 18).
+STAR_COUNT_SLOPE: float = 0.1
+#: Stars: the stellar locus, (g - r, r - i) points (SDSS-like main sequence, halo turn-off to
+#: M dwarfs); a star's r - i is interpolated at its g - r, plus :data:`STAR_LOCUS_SCATTER`.
+STAR_LOCUS: tuple[tuple[float, float], ...] = (
+    (0.2, 0.05), (0.4, 0.12), (0.6, 0.2), (0.8, 0.28), (1.0, 0.37), (1.2, 0.5), (1.35, 0.7),
+    (1.45, 1.0), (1.5, 1.5),
+)
+STAR_LOCUS_SCATTER: float = 0.03
+#: Stars: fraction on the halo turn-off (g - r about 0.45); the rest are M dwarfs.
+STAR_TURNOFF_FRACTION: float = 0.65
+#: Stars: half side of the postage stamp (pixels) of stars brighter than i = 19, whose PSF
+#: wings reach further than a galaxy's minimal stamp.
+STAR_HALF_STAMP: int = 96
 #: Columns of truth.fits besides the per-band ones, in order.
 TRUTH_COLUMNS: tuple[str, ...] = (
     "id",
@@ -103,6 +128,7 @@ TRUTH_COLUMNS: tuple[str, ...] = (
     "inside",
     "frac_inside",
     "masked",
+    "star",
 )
 
 
@@ -112,8 +138,9 @@ def catalog_seed(seed: int) -> int:
 
 
 def _streams(seed: int) -> list[np.random.SeedSequence]:
-    """Catalog, noise, defect and window random streams of a field."""
-    return np.random.SeedSequence(int(seed)).spawn(4)
+    """Catalog, noise, defect, window and star random streams of a field (the first four are
+    those of the fields drawn before stars existed: ``spawn`` numbers its children)."""
+    return np.random.SeedSequence(int(seed)).spawn(5)
 
 
 @dataclasses.dataclass
@@ -135,6 +162,8 @@ class FieldConfig(YamlConfig):
         noise: add noise (``False``: the image is the noiseless sum of the galaxies).
         bad_columns: one bad column per band (value :data:`BAD_VALUE`, mask bit ``BAD``).
         saturate: NaN and ``SAT`` where the image reaches the band's saturation level.
+        stars: stars per arcmin^2 brighter than ``max_mag`` (0: none; about 1-3 at high
+            Galactic latitude, tens near the plane).
         per_band: also write ``field_<band>.fits`` in the LSST/HSC coadd layout.
     """
 
@@ -152,6 +181,7 @@ class FieldConfig(YamlConfig):
     noise: bool = True
     bad_columns: bool = True
     saturate: bool = True
+    stars: float = 0.0
     per_band: bool = False
 
     def __post_init__(self) -> None:
@@ -177,7 +207,7 @@ class FieldConfig(YamlConfig):
             if isinstance(value, tuple):
                 raise TfdeblendError(f"{name}: a field is drawn under one condition, not a range")
             setattr(self, name, value)
-        for name in ("max_mag", "margin", "ra", "dec"):
+        for name in ("max_mag", "margin", "ra", "dec", "stars"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 raise TfdeblendError(f"{name} must be a number, got {value!r}")
@@ -189,6 +219,10 @@ class FieldConfig(YamlConfig):
             where = "the built-in catalog goes" if self.catalog is None else "fields go"
             raise TfdeblendError(
                 f"max_mag must be in (16, {top:g}] ({where} to i = {top:g}), got {self.max_mag}"
+            )
+        if not 0.0 <= self.stars <= MAX_STARS:
+            raise TfdeblendError(
+                f"stars must be between 0 and {MAX_STARS:g} per arcmin^2, got {self.stars:g}"
             )
         if not 0.0 <= self.margin <= MAX_MARGIN:
             raise TfdeblendError(
@@ -277,7 +311,45 @@ def field_catalog(config: FieldConfig, table: Any = None) -> Any:
     keep &= np.isfinite(i_mag) & (i_mag <= config.max_mag) & np.isfinite(mags).all(axis=0)
     out = Table(table[needed][keep], copy=True)
     out["xi"], out["eta"] = xi[keep], eta[keep]
+    if config.stars > 0:
+        from astropy.table import vstack
+
+        out = vstack([out, star_catalog(config, out)], join_type="exact")
     return out
+
+
+def star_catalog(config: FieldConfig, like: Any) -> Any:
+    """The field's stars as CatSim rows with the columns of ``like``: point sources (only the
+    AGN component, which BTK draws as the PSF), positions uniform over the window (``xi``,
+    ``eta``), magnitudes and colours as in the module docstring; ``galtileid`` -1, -2, ..."""
+    from astropy.table import Table
+
+    rng = np.random.default_rng(_streams(config.seed)[4])
+    side = config.window_arcsec
+    n = int(rng.poisson(config.stars * (side / 60.0) ** 2))
+    lo, hi = STAR_BRIGHTEST, max(config.max_mag, STAR_BRIGHTEST + 0.1)
+    k = STAR_COUNT_SLOPE * math.log(10.0)  # inverse CDF of dN/dm ~ exp(k m) on [lo, hi]
+    i_mag = np.log(np.exp(k * lo) + rng.uniform(size=n) * (np.exp(k * hi) - np.exp(k * lo))) / k
+    locus = np.asarray(STAR_LOCUS)
+    turnoff = rng.uniform(size=n) < STAR_TURNOFF_FRACTION
+    g_r = np.where(turnoff, rng.normal(0.45, 0.12, n), rng.uniform(1.2, 1.5, n))
+    g_r = np.clip(g_r, locus[0, 0], locus[-1, 0])
+    r_i = np.interp(g_r, locus[:, 0], locus[:, 1]) + rng.normal(0.0, STAR_LOCUS_SCATTER, n)
+    mags = {"i": i_mag, "r": i_mag + r_i, "g": i_mag + r_i + g_r}
+    mags["u"] = mags["g"] + 1.0 + 0.8 * g_r  # rough, below the locus' knee
+    mags["z"] = i_mag - 0.5 * r_i
+    mags["y"] = mags["z"] - 0.3 * r_i
+    columns: dict[str, Any] = {}
+    for name in like.colnames:
+        columns[name] = np.zeros(n, like[name].dtype)
+    columns["galtileid"] = -1 - np.arange(n, dtype=like["galtileid"].dtype)
+    columns["fluxnorm_agn"] = np.ones(n, like["fluxnorm_agn"].dtype)
+    for name in like.colnames:
+        if name.endswith("_ab"):
+            columns[name] = mags[name[:-3]].astype(like[name].dtype)
+    half = side / 2.0
+    columns["xi"], columns["eta"] = rng.uniform(-half, half, (2, n))
+    return Table(columns)
 
 
 def _tangent(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> tuple:
@@ -429,13 +501,14 @@ def render_field(config: FieldConfig, table: Any = None, progress: bool = False)
     fwhm = max(float(f.psf_fwhm.to_value("arcsec")) for f in filters)
     size, n_bands = config.size, len(config.bands)
     centre = (size - 1) / 2.0
-    _, noise_stream, defect_stream, _ = _streams(config.seed)
+    _, noise_stream, defect_stream, _, _ = _streams(config.seed)
 
     cat = field_catalog(config, table)
     n = len(cat)
     x = centre - np.asarray(cat["xi"], float) / scale  # east is left
     y = centre + np.asarray(cat["eta"], float) / scale
     inside = (x >= -0.5) & (x < size - 0.5) & (y >= -0.5) & (y < size - 0.5)
+    star = np.asarray(cat["galtileid"]) < 0 if n else np.zeros(0, bool)
 
     model = np.zeros((n_bands, size, size), np.float64)
     flux = np.zeros((n, n_bands))
@@ -446,6 +519,8 @@ def render_field(config: FieldConfig, table: Any = None, progress: bool = False)
     with tqdm(total=n, desc="drawing galaxies", unit="gal", disable=not progress) as bar:
         for k, entry in enumerate(cat):
             half = stamp_half_size(entry, fwhm, scale)
+            if star[k] and float(entry["i_ab"]) < 19.0:
+                half = STAR_HALF_STAMP
             footprint = None
             for b, (filt, psf) in enumerate(zip(filters, psfs)):
                 stamp = draw_galaxy(entry, filt, survey, psf, x[k], y[k], half)
@@ -483,8 +558,9 @@ def render_field(config: FieldConfig, table: Any = None, progress: bool = False)
     mask = np.zeros((n_bands, size, size), np.int32)
     header: dict[str, tuple[Any, str]] = {}
     total = flux.sum(axis=1)
-    if config.saturate and inside.any():
-        brightest = int(np.flatnonzero(inside)[np.argmax(total[inside])])
+    galaxy_inside = inside & ~star  # the level is the galaxies' (a bright star saturates more)
+    if config.saturate and galaxy_inside.any():
+        brightest = int(np.flatnonzero(galaxy_inside)[np.argmax(total[galaxy_inside])])
         for b, band in enumerate(config.bands):
             level = SAT_FRACTION * peak[brightest, b]
             if level <= 0:
@@ -507,11 +583,11 @@ def render_field(config: FieldConfig, table: Any = None, progress: bool = False)
 
     wcs = make_wcs(config)
     ra, dec = wcs.pixel_to_world_values(x, y) if n else (np.zeros(0), np.zeros(0))
-    truth = _truth_table(config, cat, x, y, ra, dec, flux, flux_in, inside, masked)
+    truth = _truth_table(config, cat, x, y, ra, dec, flux, flux_in, inside, masked, star)
     return Field(image, variance, mask, model, truth, wcs, header)
 
 
-def _truth_table(config, cat, x, y, ra, dec, flux, flux_in, inside, masked) -> Any:
+def _truth_table(config, cat, x, y, ra, dec, flux, flux_in, inside, masked, star) -> Any:
     from astropy.table import Table
 
     total = flux.sum(axis=1)
@@ -528,6 +604,7 @@ def _truth_table(config, cat, x, y, ra, dec, flux, flux_in, inside, masked) -> A
         "inside": inside[order],
         "frac_inside": frac[order],
         "masked": masked[order],
+        "star": np.asarray(star, bool)[order],
     }
     for band in config.bands:
         columns[f"{band}_ab"] = np.asarray(cat[f"{band}_ab"], np.float64)[order]
@@ -545,7 +622,7 @@ def _truth_table(config, cat, x, y, ra, dec, flux, flux_in, inside, masked) -> A
 # ------------------------------------------------------------------------------------ writing
 
 
-def _common_header(config: FieldConfig, n_gal: int, n_inside: int) -> list[tuple]:
+def _common_header(config: FieldConfig, n_gal: int, n_inside: int, n_star: int) -> list[tuple]:
     return [
         ("SURVEY", config.survey, "BTK/surveycodex survey"),
         ("PIXSCALE", config.pixel_scale, "arcsec per pixel"),
@@ -564,6 +641,8 @@ def _common_header(config: FieldConfig, n_gal: int, n_inside: int) -> list[tuple
         ("NOISE", config.noise, "Poisson noise of source and sky added"),
         ("NGAL", n_gal, "galaxies drawn (field and margin)"),
         ("NINSIDE", n_inside, "galaxies centred inside the field"),
+        ("STARS", config.stars, "stars per arcmin^2 drawn"),
+        ("NSTAR", n_star, "stars drawn (field and margin)"),
     ]
 
 
@@ -579,7 +658,9 @@ def write_field(field: Field, config: FieldConfig, folder: str | os.PathLike) ->
 
     folder = Path(folder)
     truth = field.truth
-    common = _common_header(config, len(truth), int(np.sum(truth["inside"])))
+    star = np.asarray(truth["star"], bool)
+    common = _common_header(config, int((~star).sum()), int(np.sum(truth["inside"] & ~star)),
+                            int(star.sum()))
     wcs_header = field.wcs.to_header()
 
     primary = fits.PrimaryHDU(field.image)
@@ -647,7 +728,7 @@ def simulate_field(
 
     - ``field.fits``: primary HDU the image ``(C, H, W)`` float32 (header ``BANDS``,
       ``BUNIT = 'electron'``, ``PIXSCALE``, ``SURVEY``, ``SEED``, ``CATSEED``, ``MAXMAG``,
-      ``MARGIN``, ``NOISE``, ``NGAL``, ``NINSIDE``, ``BADVAL``, ``SATLEV_<B>`` and
+      ``MARGIN``, ``NOISE``, ``NGAL``, ``NINSIDE``, ``STARS``, ``NSTAR``, ``BADVAL``, ``SATLEV_<B>`` and
       ``BADCOL_<B>`` per band when used, and the TAN WCS); ``VARIANCE`` ``(C, H, W)`` float32;
       ``MASK`` ``(C, H, W)`` int32 with ``MP_BAD = 0``, ``MP_SAT = 1``, ``MP_NO_DATA = 8``.
     - ``truth.fits``: table HDU ``TRUTH``, one row per drawn galaxy, brightest (summed flux)
@@ -655,7 +736,8 @@ def simulate_field(
       the centre, as :mod:`tfdeblend.measure`), ``ra``, ``dec`` (deg, from the WCS),
       ``inside`` (centre in the field), ``frac_inside`` (fraction of its noiseless flux, summed
       over bands, that falls in the field), ``masked`` (a pixel where its noiseless light is
-      above 1 sky sigma in some band is flagged in some band's mask), ``<band>_ab``,
+      above 1 sky sigma in some band is flagged in some band's mask), ``star`` (a star, not
+      a galaxy: ``catalog_id`` -1, -2, ...), ``<band>_ab``,
       ``flux_<band>`` (electrons: the sum of its noiseless stamp, inside the field or not).
       Header: ``SIZE`` (side, pixels), ``FLUXUNIT = 'electron'``, ``BANDS``, ``PIXSCALE`` and the keys above.
     - ``config.yaml``: the :class:`FieldConfig`.

@@ -57,7 +57,9 @@ of the full image, measured near the model's peak), ``ra, dec`` (degrees, with a
 ``flux_<band>``, ``flux_err_<band>`` (input units), ``snr`` (matched-filter S/N over all bands,
 the model as template), ``mu20, mu02, mu11`` (pixels^2), ``blend_id, n_in_blend, quality``
 (2 high, 1 medium, 0 low: the peel's of its window), and flags ``edge`` (its light reaches
-pixels past the image, or past the tile it was deblended in), ``masked`` (missing pixels under its light), ``big_group`` (its group needed several
+pixels past the image, or past the tile it was deblended in), ``masked`` (missing pixels under its light), ``masked_core``
+(it lies on a blob of missing pixels, a saturated core: its peak was not measured and its flux
+is a lower limit), ``big_group`` (its group needed several
 windows or peels, or had more detections than the classifier counts), ``split``,
 ``recovered`` (the peel split a merged component / found one in the residual in the galaxy's
 window: set on every galaxy of that window; or the galaxy was found at a detection nothing
@@ -82,7 +84,8 @@ from tfdeblend.config import DETECT_THRESHOLD, MAD_TO_SIGMA, MAX_COUNT, YamlConf
 from tfdeblend.errors import TfdeblendError
 
 #: Flags of the catalog, in column order.
-FLAGS: tuple[str, ...] = ("edge", "masked", "big_group", "split", "recovered", "outliers")
+FLAGS: tuple[str, ...] = ("edge", "masked", "masked_core", "big_group", "split", "recovered",
+                          "outliers")
 #: A window covers the detections within this many pixels of its centre along x and y: the
 #: networks were trained on galaxies at most 12 px (2.4") from the stamp's centre, and a few
 #: pixels more still deblend well (a detection's centre is itself off by a pixel or two).
@@ -1240,11 +1243,12 @@ def _holes(missing: np.ndarray) -> _Holes:
 
 
 def _on_hole(holes: _Holes, row: dict, tile: Tile) -> None:
-    """Set ``row["_hole"]``, the masked core its position lies on (0: none), and move a galaxy
-    on a core to the core's centre."""
+    """Set ``row["_hole"]``, the masked core its position lies on (0: none), and the flag
+    ``masked_core``, and move a galaxy on a core to the core's centre."""
     iy, ix = int(round(row["y"])) - tile.ext[0], int(round(row["x"])) - tile.ext[2]
     inside = 0 <= iy < holes.labels.shape[0] and 0 <= ix < holes.labels.shape[1]
     row["_hole"] = int(holes.labels[iy, ix]) if inside else 0
+    row["masked_core"] = bool(row["_hole"])
     if row["_hole"] and np.isfinite(holes.centre[row["_hole"]]).all():
         row["y"] = float(holes.centre[row["_hole"], 0]) + tile.ext[0]
         row["x"] = float(holes.centre[row["_hole"], 1]) + tile.ext[2]
@@ -1257,7 +1261,7 @@ def _absorb(twin: dict, piece: dict, bands) -> None:
             twin[f"flux_{band}"] = float(np.nansum([twin[f"flux_{band}"], piece[f"flux_{band}"]]))
             twin[f"flux_err_{band}"] = float(np.hypot(np.nan_to_num(twin[f"flux_err_{band}"]),
                                                       piece[f"flux_err_{band}"]))
-    for flag in ("edge", "masked", "outliers"):
+    for flag in ("edge", "masked", "masked_core", "outliers"):
         twin[flag] = twin[flag] or piece[flag]
     if "footprint" in twin and "footprint" in piece:
         (ax, ay, a), (bx, by, b) = twin["footprint"], piece["footprint"]

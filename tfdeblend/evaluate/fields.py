@@ -188,18 +188,23 @@ def _column(truth: Mapping[str, Any], name: str) -> np.ndarray:
 
 
 def truth_masks(truth: Mapping[str, Any], pixel_scale: float) -> dict[str, np.ndarray]:
-    """Per true galaxy: ``mag`` (i band), ``inside``, ``gold`` (inside and i < 25.3),
-    ``neighbour`` (gold with another i < 25.3 galaxy, in the field or its margin, closer than
-    2 arcsec), and the matching ``order`` (brightest i first)."""
+    """Per true source: ``mag`` (i band), ``inside``, ``star`` (the truth's ``star`` column;
+    all false without one), ``gold`` (a galaxy inside with i < 25.3), ``neighbour`` (gold with
+    another i < 25.3 source, galaxy or star, in the field or its margin, closer than 2 arcsec),
+    ``star_gold`` (a star inside with i < 25.3), and the matching ``order`` (brightest i
+    first). Stars are matched like galaxies (a detection of a star is not false) but scored
+    apart."""
     mag = _column(truth, f"{REFERENCE_BAND}_ab").astype(np.float64)
     x, y = _column(truth, "x").astype(np.float64), _column(truth, "y").astype(np.float64)
     inside = _column(truth, "inside").astype(bool)
+    star = (np.asarray(truth["star"], bool) if "star" in truth.keys()
+            else np.zeros(len(mag), bool))
     bright = mag < GOLD_MAG
-    gold = inside & bright
+    gold = inside & bright & ~star
     neighbour = gold & has_neighbour(x, y, bright, NEIGHBOUR_RADIUS / pixel_scale)
     order = np.argsort(np.where(np.isfinite(mag), mag, np.inf), kind="stable")
-    return {"mag": mag, "x": x, "y": y, "inside": inside, "gold": gold, "neighbour": neighbour,
-            "order": order}
+    return {"mag": mag, "x": x, "y": y, "inside": inside, "star": star, "gold": gold,
+            "neighbour": neighbour, "star_gold": inside & bright & star, "order": order}
 
 
 def analyze_field_catalog(
@@ -264,8 +269,12 @@ def analyze_field_catalog(
         "missed": {"n": int((gold & ~matched).sum()), "merged": int(merged.sum())},
         "flux": {b: robust_with_errors(rel[scored, c], seed=seed) for c, b in enumerate(bands)},
         "pull": {b: robust_with_errors(pull[scored, c], seed=seed) for c, b in enumerate(bands)},
-        "completeness_by_mag": completeness_by_mag(masks["mag"], masks["inside"], matched),
+        "completeness_by_mag": completeness_by_mag(masks["mag"], masks["inside"] & ~masks["star"],
+                                                   matched),
     }
+    if masks["star"].any():
+        summary["stars"] = binomial(int((masks["star_gold"] & matched).sum()),
+                                    int(masks["star_gold"].sum()))
     arrays = {
         "match": match, "matched": matched, "gold": gold, "neighbour": neighbour,
         "inside": masks["inside"], "mag": masks["mag"], "true_flux": true_flux,
@@ -308,10 +317,11 @@ def field_summary(truth: Mapping[str, Any], pixel_scale: float, shape: Sequence[
     return {
         "shape": [int(s) for s in shape],
         "pixel_scale": float(pixel_scale),
-        "n_true": int(len(masks["mag"])),
-        "n_inside": int(masks["inside"].sum()),
+        "n_true": int((~masks["star"]).sum()),
+        "n_inside": int((masks["inside"] & ~masks["star"]).sum()),
         "n_gold": int(masks["gold"].sum()),
         "n_gold_neighbour": int(masks["neighbour"].sum()),
+        "n_stars": int(masks["star_gold"].sum()),
     }
 
 

@@ -387,7 +387,9 @@ def render_fields_markdown(results: dict[str, Any],
             + (f", {entry['header']}" if entry.get("header") else "")
             + f"; {f['n_true']} galaxies drawn, {f['n_inside']} centred in the field, "
             f"{f['n_gold']} of them with i < 25.3 ({f['n_gold_neighbour']} with a neighbour "
-            'within 2").',
+            'within 2")'
+            + (f"; {f['n_stars']} stars with i < 25.3 in the field (matched, not scored as "
+               "galaxies)" if f.get("n_stars") else "") + ".",
             "",
             f"tfdeblend: {run['n_objects']} galaxies in {run['n_blends']} blends "
             f"({run['n_stamps']} stamps), quality "
@@ -420,6 +422,8 @@ def render_fields_markdown(results: dict[str, Any],
         row(TARGETS["completeness"][0], lambda s: _fraction(s["completeness"]), "completeness")
         row(TARGETS["completeness_neighbour"][0],
             lambda s: _fraction(s["completeness_neighbour"]), "completeness_neighbour")
+        if any("stars" in methods[n] for n in names):
+            row("stars found (i < 25.3)", lambda s: _fraction(s["stars"]))
         row("purity", lambda s: _fraction(s["purity"]), "purity")
         row('false detections (within 2" of a true galaxy / farther)',
             lambda s: f"{s['false_detections']['n']} ({s['false_detections']['near_true']} / "
