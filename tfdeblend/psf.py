@@ -156,3 +156,40 @@ def psf_fwhm_pixels(
         except TfdeblendError as err:
             raise TfdeblendError(f"PSF file {name}: {err}") from None
     return np.broadcast_to(np.asarray(fwhm, np.float32), (len(bands),)).copy()
+
+
+#: Stamp side (pixels) on which :func:`psf_moment_size` draws the PSF (the shipped models').
+MOMENT_STAMP: int = 80
+
+
+def psf_moment_size(fwhm: float) -> float:
+    """``mu20 + mu02`` (pixels^2) of a Kolmogorov PSF of ``fwhm`` pixels, measured as the
+    catalog measures a model (:func:`tfdeblend.measure.peak_moments`): a point source's
+    model has this size."""
+    import galsim
+
+    from tfdeblend.measure import peak_moments
+
+    image = galsim.Kolmogorov(fwhm=float(fwhm)).drawImage(
+        nx=MOMENT_STAMP, ny=MOMENT_STAMP, scale=1.0).array
+    moments = peak_moments(image[..., None])
+    return float(moments["mu20"] + moments["mu02"])
+
+
+def extendedness(mu20, mu02, fluxes, fwhm) -> np.ndarray:
+    """How much larger than the PSF each model is: ``(mu20 + mu02) / T_psf - 1``, with
+    ``T_psf`` the PSF's :func:`psf_moment_size` averaged over the bands with the object's own
+    fluxes as weights (the models' moments are taken on their band sum). About 0 for a star,
+    above 0 for a galaxy.
+
+    Args:
+        mu20, mu02: ``(N,)`` the catalog's second moments, pixels^2.
+        fluxes: ``(N, C)`` fluxes per band (negative or NaN: weight 0).
+        fwhm: ``(C,)`` PSF FWHM per band, pixels.
+    """
+    sizes = np.array([psf_moment_size(f) for f in np.asarray(fwhm, np.float64)])
+    weights = np.clip(np.nan_to_num(np.asarray(fluxes, np.float64)), 0.0, None)
+    total = weights.sum(axis=1, keepdims=True)
+    weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / len(sizes))
+    psf_size = weights @ sizes
+    return (np.asarray(mu20, np.float64) + np.asarray(mu02, np.float64)) / psf_size - 1.0

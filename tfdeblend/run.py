@@ -68,12 +68,35 @@ def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0,
 
 def _model_info(model) -> tuple[tuple[str, ...], int]:
     """``(bands, stamp_size)`` of a model, read from its metadata without loading it."""
+    metadata = _metadata(model)
+    return tuple(metadata["bands"]), int(metadata["stamp_size"])
+
+
+def _metadata(model) -> dict:
+    """A model's metadata (``bands``, ``stamp_size``, ``conditions``...), without loading it."""
     from tfdeblend.export import DeblendModel, read_model_metadata
 
     if isinstance(model, DeblendModel):
-        return model.bands, model.stamp_size
-    _, metadata = read_model_metadata(model)
-    return tuple(metadata["bands"]), int(metadata["stamp_size"])
+        return {"bands": model.bands, "stamp_size": model.stamp_size,
+                "conditions": model.conditions}
+    return read_model_metadata(model)[1]
+
+
+def _extendedness(catalog, bands, psf_fwhm, model) -> np.ndarray:
+    """The catalog's ``extendedness`` (:func:`tfdeblend.psf.extendedness`) with the PSF of
+    ``--psf`` (``psf_fwhm``, pixels), else the model's nominal one; NaN without either, and
+    for objects on a masked core (their model's shape is the filled core's)."""
+    from tfdeblend.psf import extendedness
+
+    if psf_fwhm is None:
+        conditions = _metadata(model).get("conditions") or {}
+        psf_fwhm = conditions.get("psf_fwhm")
+    if psf_fwhm is None or len(catalog) == 0:
+        return np.full(len(catalog), np.nan, np.float32)
+    fluxes = np.stack([np.asarray(catalog[f"flux_{b}"], np.float64) for b in bands], axis=1)
+    value = extendedness(catalog["mu20"], catalog["mu02"], fluxes,
+                         np.broadcast_to(np.asarray(psf_fwhm, np.float64), (len(bands),)))
+    return np.where(np.asarray(catalog["masked_core"], bool), np.nan, value).astype(np.float32)
 
 
 def run_file(
@@ -295,7 +318,9 @@ def run_image(
     psf=None,
 ) -> dict:
     """Deblend a whole survey image (cube or one file per band): FITS out with ``MODEL``,
-    ``RESIDUAL`` and ``CATALOG`` (:mod:`tfdeblend.scene`, :mod:`tfdeblend.image_io`).
+    ``RESIDUAL`` and ``CATALOG`` (:mod:`tfdeblend.scene`, :mod:`tfdeblend.image_io`). The
+    catalog is the scene's plus ``extendedness`` (:func:`tfdeblend.psf.extendedness`, with the
+    PSF of ``psf`` or the model's nominal one).
 
     Args:
         inputs: one cube FITS file, or one file per band (LSST/HSC coadd layout).
@@ -386,6 +411,8 @@ def run_image(
         model_info = {"model": model.name, "version": model.version, "peel": model.peel_config}
     columns = merge_tiles(results, source.bands)
     catalog = _catalog_table(columns, source)
+    catalog.add_column(_extendedness(catalog, source.bands, psf_fwhm, model), name="extendedness",
+                       index=catalog.colnames.index("mu11") + 1)
     footprints = _footprint_table(columns) if scene.footprints else None
     image_model = np.zeros((len(source.bands), *source.shape), np.float32)
     for result in results:
