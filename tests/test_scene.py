@@ -275,6 +275,11 @@ def test_per_band_files_give_the_cube_s_catalog(hsc, tmp_path):
     # with DES Y6's detection (2026-12-07) also the faint sources 2 and 3 (version 13 finds 4
     # of the 7; with the old detection, 1.5 sigma and contrast 0.005, only the bright two)
     assert len(found) >= 3, found
+    # source 0, which scarlet's quick-start models as a point source, is as small as the PSF;
+    # source 1, which it models with two components, several times larger (the nominal LSST
+    # PSF here; with the cut-out's own PSFs 0.01 and 3.1)
+    ext = np.asarray(tables[0]["extendedness"])[np.argmin(dist, axis=0)[:2]]
+    assert abs(ext[0]) < 0.2 and ext[1] > 1.0, ext
 
 
 @pytest.mark.parametrize(
