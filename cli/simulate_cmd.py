@@ -257,7 +257,7 @@ def simulate(
         )
         path = simulate_field(field_config, out, overwrite=overwrite, progress=not quiet)
         truth = fits.getheader(path / "truth.fits", "TRUTH")
-        star_note = f", {truth['NSTAR']} stars" if stars else ""
+        star_note = f", {truth['NSTAR']} stars (field and margin)" if stars else ""
         click.echo(
             f"Wrote field {path}: {size}x{size} px, {field_config.survey} "
             f"{','.join(field_config.bands)} (PSF x{field_config.psf_scale:g}, exposure "

@@ -276,6 +276,7 @@ def test_psf_option_reads_numbers_cubes_and_files(tmp_path):
         (["-1"], "between 0.01 and 10"),
         (["1e9"], r"between 0.01 and 10 \(got 1e9\)"),  # pixels, or a typo: not a seeing
         (["1e-9"], r"between 0.01 and 10 \(got 1e-9\)"),
+        (["0.009"], r"between 0.01 and 10"),
         (["nope.fits"], "no such file"),
     ):
         with pytest.raises(TfdeblendError, match=message):

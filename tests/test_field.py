@@ -398,3 +398,28 @@ def test_stars_are_point_sources_added_to_the_same_galaxies(noiseless):
     assert np.corrcoef(g_r, r_i)[0, 1] > 0.7
     with pytest.raises(TfdeblendError, match="stars must be between"):
         FieldConfig(stars=-1)
+
+
+def test_cli_writes_a_field_with_stars_and_says_so(tmp_path):
+    """`simulate field --stars`: the headers count galaxies and stars apart, star magnitudes lie
+    between i = 15 and the faint limit, and without --stars no star is drawn."""
+    out = tmp_path / "f"
+    result = _run("field", "--size", 64, "--seed", 4, "--stars", 200, "--no-saturate",
+                  "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    header = fits.getheader(out / "truth.fits", "TRUTH")
+    truth = Table.read(out / "truth.fits", hdu="TRUTH")
+    star = np.asarray(truth["star"], bool)
+    assert header["NSTAR"] == star.sum() >= 10 and header["STARS"] == 200
+    assert header["NGAL"] == (~star).sum()
+    assert header["NINSIDE"] == (~star & np.asarray(truth["inside"], bool)).sum()
+    assert f"{header['NSTAR']} stars" in result.output
+    assert (np.asarray(truth["i_ab"])[star] >= 15).all()
+    assert (np.asarray(truth["i_ab"])[star] <= 26.5).all()
+    plain = tmp_path / "g"
+    assert _run("field", "--size", 64, "--seed", 4, "--out", plain, "--quiet").exit_code == 0
+    without = Table.read(plain / "truth.fits", hdu="TRUTH")
+    assert not np.asarray(without["star"]).any()
+    assert fits.getheader(plain / "truth.fits", "TRUTH")["NSTAR"] == 0
+    np.testing.assert_array_equal(np.sort(without["catalog_id"]),
+                                  np.sort(truth["catalog_id"][~star]))

@@ -130,6 +130,9 @@ def test_sky_noise_std_recovers_known_sigma():
     assert metrics.sky_noise_std(noisy, noiseless) == pytest.approx([5.0, 20.0], rel=0.03)
     noisy[3, 10, 10, 0] = np.nan  # a missing pixel is left out, not the whole band's noise
     assert metrics.sky_noise_std(noisy, noiseless) == pytest.approx([5.0, 20.0], rel=0.03)
+    noisy[..., 1] = np.nan  # a band with no data at all: NaN, the other band measured
+    got = metrics.sky_noise_std(noisy, noiseless)
+    assert got[0] == pytest.approx(5.0, rel=0.03) and np.isnan(got[1])
 
 
 def test_match_positions_hungarian_and_max_sep():

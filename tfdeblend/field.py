@@ -26,8 +26,9 @@ What is drawn (see ``docs/simulate.md``, "Fields"):
   component is the AGN one, so that BTK draws them as the PSF), spread uniformly over the
   window, i-band magnitudes from :data:`STAR_BRIGHTEST` to ``max_mag`` with number counts
   ``dN/dm ~ 10^(STAR_COUNT_SLOPE m)`` (high Galactic latitude), colours along a stellar locus
-  (:data:`STAR_LOCUS`). Their truth rows have ``star = True`` and ``catalog_id`` -1, -2, ...
-  A star brighter than the field's brightest galaxy saturates a larger core.
+  (:data:`STAR_LOCUS`; :data:`STAR_POPULATIONS`). Their truth rows have ``star = True`` and
+  ``catalog_id`` -1, -2, ... A star brighter than the field's brightest galaxy saturates a
+  larger core.
 - **Noise.** As in BTK: Poisson noise of the source and of the mean sky level (surveycodex's
   ``mean_sky_level``), sky subtracted: ``image = Poisson(sky + model) - sky``, drawn exactly
   (not a Gaussian approximation). The ``VARIANCE`` plane is the expected variance
@@ -112,8 +113,9 @@ STAR_LOCUS: tuple[tuple[float, float], ...] = (
     (1.45, 1.0), (1.5, 1.5),
 )
 STAR_LOCUS_SCATTER: float = 0.03
-#: Stars: fraction on the halo turn-off (g - r about 0.45); the rest are M dwarfs.
-STAR_TURNOFF_FRACTION: float = 0.65
+#: Stars: fractions of halo turn-off stars (g - r about 0.35), K dwarfs (g - r 0.6-1.2) and
+#: M dwarfs (g - r 1.2-1.5).
+STAR_POPULATIONS: tuple[float, float, float] = (0.55, 0.2, 0.25)
 #: Stars: half side of the postage stamp (pixels) of stars brighter than i = 19, whose PSF
 #: wings reach further than a galaxy's minimal stamp.
 STAR_HALF_STAMP: int = 96
@@ -159,7 +161,8 @@ class FieldConfig(YamlConfig):
         max_mag: faintest i-band AB magnitude drawn (at most 26.5 with the built-in catalog).
         margin: galaxies centred up to this many arcsec outside the field are drawn too.
         ra, dec: sky position of the field's centre, deg (the WCS's ``CRVAL``).
-        noise: add noise (``False``: the image is the noiseless sum of the galaxies).
+        noise: add noise (``False``: the image is the noiseless sum of the galaxies and
+            stars).
         bad_columns: one bad column per band (value :data:`BAD_VALUE`, mask bit ``BAD``).
         saturate: NaN and ``SAT`` where the image reaches the band's saturation level.
         stars: stars per arcmin^2 brighter than ``max_mag`` (0: none; about 1-3 at high
@@ -310,7 +313,9 @@ def field_catalog(config: FieldConfig, table: Any = None) -> Any:
     i_mag = np.asarray(table["i_ab"], float)
     keep &= np.isfinite(i_mag) & (i_mag <= config.max_mag) & np.isfinite(mags).all(axis=0)
     out = Table(table[needed][keep], copy=True)
+    out["galtileid"] = np.asarray(out["galtileid"]).astype(np.int64)
     out["xi"], out["eta"] = xi[keep], eta[keep]
+    out["star"] = np.zeros(len(out), bool)
     if config.stars > 0:
         from astropy.table import vstack
 
@@ -321,28 +326,32 @@ def field_catalog(config: FieldConfig, table: Any = None) -> Any:
 def star_catalog(config: FieldConfig, like: Any) -> Any:
     """The field's stars as CatSim rows with the columns of ``like``: point sources (only the
     AGN component, which BTK draws as the PSF), positions uniform over the window (``xi``,
-    ``eta``), magnitudes and colours as in the module docstring; ``galtileid`` -1, -2, ..."""
+    ``eta``), magnitudes and colours as in the module docstring; ``galtileid`` -1, -2, ...
+    and ``star`` true."""
     from astropy.table import Table
 
     rng = np.random.default_rng(_streams(config.seed)[4])
     side = config.window_arcsec
     n = int(rng.poisson(config.stars * (side / 60.0) ** 2))
-    lo, hi = STAR_BRIGHTEST, max(config.max_mag, STAR_BRIGHTEST + 0.1)
+    lo, hi = STAR_BRIGHTEST, config.max_mag  # max_mag > 16 (FieldConfig)
     k = STAR_COUNT_SLOPE * math.log(10.0)  # inverse CDF of dN/dm ~ exp(k m) on [lo, hi]
     i_mag = np.log(np.exp(k * lo) + rng.uniform(size=n) * (np.exp(k * hi) - np.exp(k * lo))) / k
     locus = np.asarray(STAR_LOCUS)
-    turnoff = rng.uniform(size=n) < STAR_TURNOFF_FRACTION
-    g_r = np.where(turnoff, rng.normal(0.45, 0.12, n), rng.uniform(1.2, 1.5, n))
+    population = np.searchsorted(np.cumsum(STAR_POPULATIONS), rng.uniform(size=n))
+    g_r = np.select([population == 0, population == 1],
+                    [rng.normal(0.35, 0.08, n), rng.uniform(0.6, 1.2, n)],
+                    rng.uniform(1.2, 1.5, n))
     g_r = np.clip(g_r, locus[0, 0], locus[-1, 0])
     r_i = np.interp(g_r, locus[:, 0], locus[:, 1]) + rng.normal(0.0, STAR_LOCUS_SCATTER, n)
     mags = {"i": i_mag, "r": i_mag + r_i, "g": i_mag + r_i + g_r}
-    mags["u"] = mags["g"] + 1.0 + 0.8 * g_r  # rough, below the locus' knee
+    mags["u"] = mags["g"] + 0.6 + 1.35 * g_r  # u - g along the locus: ~1 at the turn-off
     mags["z"] = i_mag - 0.5 * r_i
     mags["y"] = mags["z"] - 0.3 * r_i
     columns: dict[str, Any] = {}
     for name in like.colnames:
         columns[name] = np.zeros(n, like[name].dtype)
-    columns["galtileid"] = -1 - np.arange(n, dtype=like["galtileid"].dtype)
+    columns["galtileid"] = -1 - np.arange(n, dtype=np.int64)
+    columns["star"] = np.ones(n, bool)
     columns["fluxnorm_agn"] = np.ones(n, like["fluxnorm_agn"].dtype)
     for name in like.colnames:
         if name.endswith("_ab"):
@@ -460,7 +469,7 @@ class Field:
         image: (C, H, W) float32, electrons, sky subtracted, NaN where saturated.
         variance: (C, H, W) float32, ``sky + model``.
         mask: (C, H, W) int32 bit mask (:data:`MASK_PLANES`).
-        model: (C, H, W) float64, the noiseless sum of the galaxies.
+        model: (C, H, W) float64, the noiseless sum of the galaxies (and stars).
         truth: astropy Table, one row per drawn galaxy (see :func:`simulate_field`).
         wcs: astropy WCS of the field.
         header: extra header keywords (name -> (value, comment)).
@@ -508,7 +517,7 @@ def render_field(config: FieldConfig, table: Any = None, progress: bool = False)
     x = centre - np.asarray(cat["xi"], float) / scale  # east is left
     y = centre + np.asarray(cat["eta"], float) / scale
     inside = (x >= -0.5) & (x < size - 0.5) & (y >= -0.5) & (y < size - 0.5)
-    star = np.asarray(cat["galtileid"]) < 0 if n else np.zeros(0, bool)
+    star = np.asarray(cat["star"], bool)
 
     model = np.zeros((n_bands, size, size), np.float64)
     flux = np.zeros((n, n_bands))
@@ -516,7 +525,8 @@ def render_field(config: FieldConfig, table: Any = None, progress: bool = False)
     peak = np.zeros((n, n_bands))
     footprints: list[tuple[slice, slice, np.ndarray] | None] = [None] * n
     field_bounds = galsim.BoundsI(1, size, 1, size)
-    with tqdm(total=n, desc="drawing galaxies", unit="gal", disable=not progress) as bar:
+    with tqdm(total=n, desc="drawing galaxies" + (" and stars" if star.any() else ""),
+              unit="obj", disable=not progress) as bar:
         for k, entry in enumerate(cat):
             half = stamp_half_size(entry, fwhm, scale)
             if star[k] and float(entry["i_ab"]) < 19.0:

@@ -58,8 +58,8 @@ of the full image, measured near the model's peak), ``ra, dec`` (degrees, with a
 the model as template), ``mu20, mu02, mu11`` (pixels^2), ``blend_id, n_in_blend, quality``
 (2 high, 1 medium, 0 low: the peel's of its window), and flags ``edge`` (its light reaches
 pixels past the image, or past the tile it was deblended in), ``masked`` (missing pixels under its light), ``masked_core``
-(it lies on a blob of missing pixels, a saturated core: its peak was not measured and its flux
-is a lower limit), ``big_group`` (its group needed several
+(it lies within 2 px of a blob of 16-2,500 missing pixels, a saturated core: its peak was
+not measured and its flux is a lower limit; also ``masked``), ``big_group`` (its group needed several
 windows or peels, or had more detections than the classifier counts), ``split``,
 ``recovered`` (the peel split a merged component / found one in the residual in the galaxy's
 window: set on every galaxy of that window; or the galaxy was found at a detection nothing
@@ -1249,6 +1249,7 @@ def _on_hole(holes: _Holes, row: dict, tile: Tile) -> None:
     inside = 0 <= iy < holes.labels.shape[0] and 0 <= ix < holes.labels.shape[1]
     row["_hole"] = int(holes.labels[iy, ix]) if inside else 0
     row["masked_core"] = bool(row["_hole"])
+    row["masked"] = bool(row["masked"]) or row["masked_core"]
     if row["_hole"] and np.isfinite(holes.centre[row["_hole"]]).all():
         row["y"] = float(holes.centre[row["_hole"], 0]) + tile.ext[0]
         row["x"] = float(holes.centre[row["_hole"], 1]) + tile.ext[2]

@@ -277,7 +277,7 @@ def analyze_field_catalog(
                                     int(masks["star_gold"].sum()))
     arrays = {
         "match": match, "matched": matched, "gold": gold, "neighbour": neighbour,
-        "inside": masks["inside"], "mag": masks["mag"], "true_flux": true_flux,
+        "inside": masks["inside"], "star": masks["star"], "mag": masks["mag"], "true_flux": true_flux,
         "meas_flux": meas, "flux_err": err, "rel": rel, "pull": pull,
         "det_x": det_x, "det_y": det_y, "det_matched": det_matched,
     }

@@ -414,7 +414,7 @@ def field_flux_errors(methods: dict[str, dict[str, Any]], bands: Sequence[str]):
     for c, (ax, band) in enumerate(zip(axes[0], bands)):
         for k, (method, result) in enumerate(methods.items()):
             a = result["arrays"]
-            sel = a["matched"] & a["inside"] & np.isfinite(a["rel"][:, c])
+            sel = a["matched"] & a["inside"] & ~a["star"] & np.isfinite(a["rel"][:, c])
             color, marker = _style(method, k)
             ax.scatter(a["mag"][sel], np.clip(a["rel"][sel, c], -1, 1), s=5, color=color,
                        marker=marker, alpha=0.5, label=method)
@@ -474,7 +474,8 @@ def field_cutout(
             and ``residual``), as written by the run (never recomputed here).
         sigma: ``(C, h, w)`` noise std (for the residual in sigmas of the band sum).
         window: ``(y0, y1, x0, x1)`` full-image pixels.
-        truth: ``x``, ``y``, ``gold`` (bool) of every true galaxy, full-image pixels.
+        truth: ``x``, ``y``, ``gold`` (bool) of every true galaxy, full-image pixels, and
+            ``star`` (bool; stars are marked apart).
         methods: method name -> :func:`fields.analyze_field_catalog`.
         bands: band names.
     """
@@ -493,10 +494,15 @@ def field_cutout(
     inside = ((truth["x"] >= x0 - 0.5) & (truth["x"] < x1 - 0.5)
               & (truth["y"] >= y0 - 0.5) & (truth["y"] < y1 - 0.5))
     for ax, title in zip(axes, ("image", "tfdeblend model", "residual")):
+        star = np.asarray(truth.get("star", np.zeros(len(truth["x"]), bool)), bool)
         for gold, ms in ((True, 12), (False, 6)):
-            sel = inside & (truth["gold"] == gold)
+            sel = inside & (truth["gold"] == gold) & ~star
             ax.plot(truth["x"][sel] - x0, truth["y"][sel] - y0, "w+" if ax is not axes[2]
                     else "k+", ms=ms, mew=1.2, label="true, i < 25.3" if gold else "true, fainter")
+        if (inside & star).any():
+            ax.plot(truth["x"][inside & star] - x0, truth["y"][inside & star] - y0,
+                    "*", mfc="none", mec="w" if ax is not axes[2] else "k", ms=10, mew=1.0,
+                    label="true star")
         for k, (method, result) in enumerate(methods.items()):
             if ax is not axes[0] and method != "tfdeblend":
                 continue

@@ -421,7 +421,9 @@ def _cutout(source, run_path: Path, truth, gold) -> dict[str, Any]:
         sigma = np.sqrt(variance)
     return {"image": np.where(missing, np.nan, image), "model": model, "residual": residual,
             "sigma": np.where(missing, np.nan, sigma), "window": window,
-            "truth": {"x": truth["x"], "y": truth["y"], "gold": gold}}
+            "truth": {"x": truth["x"], "y": truth["y"], "gold": gold,
+                      "star": (np.asarray(truth["star"], bool) if "star" in truth
+                               else np.zeros(len(gold), bool))}}
 
 
 def evaluate_fields(
