@@ -508,8 +508,8 @@ def test_a_field_with_stars_scores_them_apart_and_flags_their_saturated_cores(tm
 
     from tfdeblend.field import FieldConfig, simulate_field
 
-    field = simulate_field(FieldConfig(size=128, seed=11, stars=150.0), tmp_path / "stars",
-                           progress=False)
+    field = simulate_field(FieldConfig(size=128, seed=5, stars=150.0), tmp_path / "stars",
+                           progress=False)  # its brightest star, i = 15.2, saturates
     truth = Table.read(field / "truth.fits")
     results = pipeline.evaluate([field], None, tmp_path / "r", baselines=(), progress=False)
     entry = results["fields"]["stars"]
@@ -520,11 +520,11 @@ def test_a_field_with_stars_scores_them_apart_and_flags_their_saturated_cores(tm
     assert entry["field"]["n_stars"] == int((star & inside & bright).sum()) >= 8
     assert entry["field"]["n_gold"] == int((~star & inside & bright).sum())
     assert summary["stars"]["n"] == entry["field"]["n_stars"]
-    # 15 of 20 at 150 stars per arcmin^2 (a field in the Galactic plane): the others lie next
-    # to brighter, saturated stars
-    assert summary["stars"]["value"] >= 0.6, summary["stars"]
-    # 36 of 40 (the false ones: pieces around saturated stars)
-    assert summary["purity"]["value"] >= 0.85, summary["purity"]
+    # 12 of 12 at 150 stars per arcmin^2, a field in the Galactic plane (sep 9)
+    assert summary["stars"]["value"] >= 0.9, summary["stars"]
+    # 30 of 40 (sep 19 of 21): the false ones are pieces of bright stars' wings, which the
+    # networks (never trained on stars) leave unmodelled (docs/model_card.md, "Stars...")
+    assert summary["purity"]["value"] >= 0.7, summary["purity"]
     catalog = Table.read(tmp_path / "r" / "stars_tfdeblend.fits", hdu="CATALOG")
     brightest = truth[star & inside][0]  # truth is sorted brightest first
     d = np.hypot(catalog["x"] - brightest["x"], catalog["y"] - brightest["y"])
@@ -552,10 +552,10 @@ def test_a_field_with_stars_scores_them_apart_and_flags_their_saturated_cores(tm
     is_star = found & masks["star"] & (masks["mag"] < 24.5) & np.isfinite(ext)
     is_galaxy = found & ~masks["star"] & (masks["mag"] < 24.5) & np.isfinite(ext)
     assert is_star.sum() >= 3 and is_galaxy.sum() >= 3, (is_star.sum(), is_galaxy.sum())
-    # here 7 stars of i = 23.1-24.4 at 0.01-0.33 (median 0.23; most lie next to saturated
-    # ones, this small field saturating at half an i = 21.5 galaxy's peak) and 6 galaxies
-    # at 0.32-4.6 (median 1.0); on 512^2 fields (docs/model_card.md), brighter than i = 23.5,
-    # 20 of 26 unsaturated stars and none of 178 galaxies lie below 0.15
-    assert np.median(ext[is_star]) < 0.3 < np.median(ext[is_galaxy]), (ext[is_star],
+    # here the stars lie at -0.09-0.17 (median about 0.03) and the 6 galaxies of i < 24.5 at
+    # 0.04-5.8 (median 0.17: faint galaxies are compact); on 512^2 fields
+    # (docs/model_card.md), brighter than i = 23.5, 37 of 46 stars and 1 of 194 galaxies lie
+    # below 0.15
+    assert np.median(ext[is_star]) < 0.1 < np.median(ext[is_galaxy]), (ext[is_star],
                                                                        ext[is_galaxy])
     assert not np.asarray(catalog["masked_core"] & ~catalog["masked"]).any()

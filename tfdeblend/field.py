@@ -27,8 +27,7 @@ What is drawn (see ``docs/simulate.md``, "Fields"):
   window, i-band magnitudes from :data:`STAR_BRIGHTEST` to ``max_mag`` with number counts
   ``dN/dm ~ 10^(STAR_COUNT_SLOPE m)`` (high Galactic latitude), colours along a stellar locus
   (:data:`STAR_LOCUS`; :data:`STAR_POPULATIONS`). Their truth rows have ``star = True`` and
-  ``catalog_id`` -1, -2, ... A star brighter than the field's brightest galaxy saturates a
-  larger core.
+  ``catalog_id`` -1, -2, ... Stars brighter than about :data:`STAR_SATURATION_MAG` saturate.
 - **Noise.** As in BTK: Poisson noise of the source and of the mean sky level (surveycodex's
   ``mean_sky_level``), sky subtracted: ``image = Poisson(sky + model) - sky``, drawn exactly
   (not a Gaussian approximation). The ``VARIANCE`` plane is the expected variance
@@ -38,7 +37,8 @@ What is drawn (see ``docs/simulate.md``, "Fields"):
   bit. ``saturate``: in each band, pixels at or above the band's saturation level are NaN and
   have the ``SAT`` bit; the level is :data:`SAT_FRACTION` of the noiseless peak of the brightest
   galaxy inside the field in that band, so that galaxy's core (and any other peak as high)
-  saturates.
+  saturates; in a field with stars, at least the peak of a point source of
+  :data:`STAR_SATURATION_MAG` (:func:`_star_saturation`).
 
 Random numbers: ``SeedSequence(seed).spawn(5)`` gives the catalog, noise, defect, window and
 star streams, so every output is a pure function of the config (and catalog file): the same config
@@ -119,6 +119,11 @@ STAR_POPULATIONS: tuple[float, float, float] = (0.55, 0.2, 0.25)
 #: Stars: half side of the postage stamp (pixels) of stars brighter than i = 19, whose PSF
 #: wings reach further than a galaxy's minimal stamp.
 STAR_HALF_STAMP: int = 96
+#: Stars: in a field with stars the saturation level is at least the peak pixel of a point
+#: source of this magnitude in each band (LSST's 15-s visits saturate at r ~ 16; without this
+#: floor the level, half the brightest galaxy's peak, saturated every star brighter than
+#: i ~ 21 in some fields). Fields without stars keep the galaxy-based level.
+STAR_SATURATION_MAG: float = 17.0
 #: Columns of truth.fits besides the per-band ones, in order.
 TRUTH_COLUMNS: tuple[str, ...] = (
     "id",
@@ -571,8 +576,9 @@ def render_field(config: FieldConfig, table: Any = None, progress: bool = False)
     galaxy_inside = inside & ~star  # the level is the galaxies' (a bright star saturates more)
     if config.saturate and galaxy_inside.any():
         brightest = int(np.flatnonzero(galaxy_inside)[np.argmax(total[galaxy_inside])])
+        floor = _star_saturation(survey, filters, psfs) if star.any() else np.zeros(n_bands)
         for b, band in enumerate(config.bands):
-            level = SAT_FRACTION * peak[brightest, b]
+            level = max(SAT_FRACTION * peak[brightest, b], floor[b])
             if level <= 0:
                 continue
             saturated = image[b] >= level
@@ -595,6 +601,19 @@ def render_field(config: FieldConfig, table: Any = None, progress: bool = False)
     ra, dec = wcs.pixel_to_world_values(x, y) if n else (np.zeros(0), np.zeros(0))
     truth = _truth_table(config, cat, x, y, ra, dec, flux, flux_in, inside, masked, star)
     return Field(image, variance, mask, model, truth, wcs, header)
+
+
+def _star_saturation(survey: Any, filters: list, psfs: list) -> np.ndarray:
+    """Per band, the saturation level of a field with stars: the peak pixel of a point source
+    of i = :data:`STAR_SATURATION_MAG` in every band (electrons)."""
+    from surveycodex.utilities import mag2counts
+
+    scale = survey.pixel_scale.to_value("arcsec")
+    out = []
+    for filt, psf in zip(filters, psfs):
+        flux = mag2counts(STAR_SATURATION_MAG, survey, filt).to_value("electron")
+        out.append(flux * psf.drawImage(nx=15, ny=15, scale=scale).array.max())
+    return np.asarray(out, np.float64)
 
 
 def _truth_table(config, cat, x, y, ra, dec, flux, flux_in, inside, masked, star) -> Any:
