@@ -606,3 +606,31 @@ def test_flux_errors_count_shared_light_and_unchecked_model_flux():
     half = scene.flux_errors(models[1:], fluxes[1:], masked)[0]
     hidden = models[1][:, :, 24:].sum(axis=(1, 2))
     assert (half >= scene.WING_FLUX_ERROR * hidden).all() and (half > 2 * alone).all()
+
+
+def test_a_model_s_outskirts_hold_no_more_light_than_the_data():
+    """A bright star's model rose toward its stamp's border, 5-8 sigma above the data (a
+    square of over-subtraction in the residual): outskirts are bounded by the smoothed data
+    plus one sigma, the excess goes back to the residual, the sum is unchanged, the core and
+    the missing pixels are left alone."""
+    from tfdeblend.scene import bound_outskirts
+
+    rng = np.random.default_rng(0)
+    size, sigma = 40, 360.0
+    truth = np.zeros((1, size, size))
+    truth[0, 18:22, 18:22] = 1e6
+    components = np.repeat(truth[None], 2, axis=0) * np.array([1.0, 0.0])[:, None, None, None]
+    components[0, 0, :, 35:] = 3000.0  # the border artifact
+    components[1, 0, 5:8, 5:8] = 500.0  # a faint neighbour's model, on its own data
+    data = truth + rng.normal(0.0, sigma, truth.shape)
+    data[0, 5:8, 5:8] += 500.0
+    residual = data - components.sum(axis=0)
+    missing = np.zeros((1, size, size), bool)
+    missing[0, 0:3, 36:] = True  # no data: left as it is
+    bounded, res = bound_outskirts(components, residual, np.full((1, size, size), sigma), missing)
+    np.testing.assert_allclose(bounded.sum(axis=0) + res, components.sum(axis=0) + residual)
+    edge = bounded[0, 0, 10:30, 36:]
+    assert edge.max() < 3 * sigma, edge.max()  # was 3000: bounded near the data (0) + 1 sigma
+    assert (bounded[0, 0, 0:3, 36:] == 3000.0).all()  # missing pixels untouched
+    np.testing.assert_array_equal(bounded[0, 0, 18:22, 18:22], 1e6)  # the core untouched
+    np.testing.assert_array_equal(bounded[1], components[1])  # a model within its data

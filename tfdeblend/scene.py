@@ -140,6 +140,12 @@ RESIDUAL_PIECE_SIZE: float = 3.0
 #: ...and it leaves out the pixels this close to missing ones (a saturated core's rim, where
 #: the models are unchecked and the residual is their error, not galaxies).
 RESIDUAL_HOLE_MARGIN: int = 3
+#: :func:`bound_outskirts`: a component's outskirts (below this fraction of its peak)...
+OUTSKIRT_FRACTION: float = 0.01
+#: ...hold at most the data smoothed over this many pixels (Gaussian sigma)...
+OUTSKIRT_SMOOTH: float = 2.0
+#: ...plus this many noise sigmas.
+OUTSKIRT_SIGMA: float = 1.0
 #: Galaxies centred within this many pixels of the same masked core (a saturated one) are one
 #: galaxy (:func:`_holes`): the peel models the ring of light around a missing core as several.
 HOLE_REACH: int = 2
@@ -977,6 +983,7 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
     components = np.transpose(result["components"][k, :n], (0, 3, 1, 2))  # (n, C, S, S)
     conserved = np.transpose(result["conserved"][k, :n], (0, 3, 1, 2))
     residual = np.transpose(result["residual"][k], (2, 0, 1))
+    components, residual = bound_outskirts(components, residual, cut["sig"], cut["miss"])
     fluxes = conserved.sum(axis=(2, 3))
     errors = flux_errors(components, fluxes, cut["var"])  # (n, C)
     moments = measure.peak_moments(np.transpose(components, (0, 2, 3, 1)))
@@ -1007,6 +1014,26 @@ def _keep(result, k, group, cy, cx, cut, size, bands, working, model, tile, rows
         twin = _twin(rows, group, row, config.duplicate_size)
         kept += _settle(row, twin, components[j], cy, cx, group, rows, model, tile, bands)
     return kept
+
+
+def bound_outskirts(components: np.ndarray, residual: np.ndarray, sigma: np.ndarray,
+                    missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(components, residual)`` of a stamp with each component's outskirts bounded by the
+    data: where a component is below :data:`OUTSKIRT_FRACTION` of its peak (per band), it
+    holds at most the data smoothed over :data:`OUTSKIRT_SMOOTH` px plus
+    :data:`OUTSKIRT_SIGMA` noise sigmas (no galaxy holds more light than the image); the light
+    taken off goes back to the residual, so components + residual is unchanged. Missing pixels
+    are left alone (no data to bound them). The networks' model of a star 10^4-10^5 times
+    brighter than the sky rose toward its stamp's border, 5-8 sigma above the data."""
+    data = components.sum(axis=0) + residual  # (C, S, S)
+    smooth = np.stack([ndimage.gaussian_filter(d, OUTSKIRT_SMOOTH) for d in data])
+    bound = np.clip(smooth, 0.0, None) + OUTSKIRT_SIGMA * sigma
+    peak = components.max(axis=(2, 3), keepdims=True)
+    outskirt = (components < OUTSKIRT_FRACTION * peak) & ~missing[None]
+    bounded = np.where(outskirt, np.minimum(components, bound[None]), components)
+    if np.array_equal(bounded, components):
+        return components, residual
+    return bounded, residual + (components - bounded).sum(axis=0)
 
 
 def _foreign(segmap, obj_label, group: _Group, cy: int, cx: int, size: int):
