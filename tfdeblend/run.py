@@ -76,10 +76,7 @@ def _metadata(model) -> dict:
     """A model's metadata (``bands``, ``stamp_size``, ``conditions``...), without loading it."""
     from tfdeblend.export import DeblendModel, read_model_metadata
 
-    if isinstance(model, DeblendModel):
-        return {"bands": model.bands, "stamp_size": model.stamp_size,
-                "conditions": model.conditions}
-    return read_model_metadata(model)[1]
+    return model.metadata if isinstance(model, DeblendModel) else read_model_metadata(model)[1]
 
 
 def _extendedness(catalog, bands, psf_fwhm, model) -> np.ndarray:
@@ -187,11 +184,9 @@ def run_file(
 
 def psf_note(model, psf) -> str | None:
     """The line to print when ``--psf`` was given to a model whose networks take no conditions."""
-    from tfdeblend.export import DeblendModel, read_model_metadata
-
     if not psf:
         return None
-    metadata = model.metadata if isinstance(model, DeblendModel) else read_model_metadata(model)[1]
+    metadata = _metadata(model)
     if metadata.get("conditions"):
         return None
     return (f"Note: model {metadata.get('name')} version {metadata.get('version')} takes no "

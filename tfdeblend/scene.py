@@ -841,6 +841,7 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
     if not jobs:
         return 0
     yy, xx = np.mgrid[:size, :size]
+    shares = band_shares(bands)
     stamps, cuts = [], []
     for group, oy, ox in jobs:
         cy, cx = int(round(oy)), int(round(ox))
@@ -848,7 +849,7 @@ def _recover_detections(objects, obj_label, groups, labels, working, missing, si
             np.random.SeedSequence([config.seed, tile.index, group.label, 10_000 + cy * 7919 + cx])
         )
         stamp, cut = _group_stamp(working, labels, missing, sigma_map, band_sigma, group.label,
-                                  cy, cx, size, rng, shares=band_shares(bands))
+                                  cy, cx, size, rng, shares=shares)
         dy, dx = oy - (cy - size // 2), ox - (cx - size // 2)
         disc = np.hypot(yy - dy, xx - dx) < RECOVER_WINDOW
         stamps.append(np.transpose(stamp * disc[None], (1, 2, 0)))

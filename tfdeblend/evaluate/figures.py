@@ -474,8 +474,8 @@ def field_cutout(
             and ``residual``), as written by the run (never recomputed here).
         sigma: ``(C, h, w)`` noise std (for the residual in sigmas of the band sum).
         window: ``(y0, y1, x0, x1)`` full-image pixels.
-        truth: ``x``, ``y``, ``gold`` (bool) of every true galaxy, full-image pixels, and
-            ``star`` (bool; stars are marked apart).
+        truth: ``x``, ``y``, ``gold``, ``star`` (bool; stars are marked apart) of every true
+            source (:func:`fields.truth_masks`), full-image pixels.
         methods: method name -> :func:`fields.analyze_field_catalog`.
         bands: band names.
     """
@@ -493,8 +493,8 @@ def field_cutout(
     fig.colorbar(im, ax=axes[2], fraction=0.046, label="band-sum residual / sigma")
     inside = ((truth["x"] >= x0 - 0.5) & (truth["x"] < x1 - 0.5)
               & (truth["y"] >= y0 - 0.5) & (truth["y"] < y1 - 0.5))
+    star = truth["star"]
     for ax, title in zip(axes, ("image", "tfdeblend model", "residual")):
-        star = np.asarray(truth.get("star", np.zeros(len(truth["x"]), bool)), bool)
         for gold, ms in ((True, 12), (False, 6)):
             sel = inside & (truth["gold"] == gold) & ~star
             ax.plot(truth["x"][sel] - x0, truth["y"][sel] - y0, "w+" if ax is not axes[2]

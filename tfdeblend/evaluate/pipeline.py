@@ -402,11 +402,12 @@ def _read_catalog(path: Path) -> dict[str, np.ndarray]:
     return {name: np.asarray(table[name]) for name in table.colnames}
 
 
-def _cutout(source, run_path: Path, truth, gold) -> dict[str, Any]:
+def _cutout(source, run_path: Path, truth, masks) -> dict[str, Any]:
     """The arrays of the cut-out figure, read from the input and the run's output (no
     inference): the window of :data:`CUTOUT_SIZE` px holding the most gold galaxies."""
     from astropy.io import fits
 
+    gold = masks["gold"]  # fields.truth_masks
     window = fd.busiest_window(truth["x"][gold], truth["y"][gold], source.shape, CUTOUT_SIZE)
     y0, y1, x0, x1 = window
     image, variance, missing = source.read(y0, y1, x0, x1)
@@ -421,9 +422,7 @@ def _cutout(source, run_path: Path, truth, gold) -> dict[str, Any]:
         sigma = np.sqrt(variance)
     return {"image": np.where(missing, np.nan, image), "model": model, "residual": residual,
             "sigma": np.where(missing, np.nan, sigma), "window": window,
-            "truth": {"x": truth["x"], "y": truth["y"], "gold": gold,
-                      "star": (np.asarray(truth["star"], bool) if "star" in truth
-                               else np.zeros(len(gold), bool))}}
+            "truth": {"x": truth["x"], "y": truth["y"], "gold": gold, "star": masks["star"]}}
 
 
 def evaluate_fields(
@@ -535,8 +534,7 @@ def evaluate_fields(
                 "methods": summaries,
                 "targets": fd.field_targets(summaries, bands),
             }
-            gold = fd.truth_masks(truth, scale)["gold"]
-            cut = _cutout(source, tmp / run_name, truth, gold)
+            cut = _cutout(source, tmp / run_name, truth, fd.truth_masks(truth, scale))
             blocks = []
             for key, fig in figures.field_figures(methods, bands, cut):
                 suffix, caption = figures.FIELD_FIGURES[key]
