@@ -18,6 +18,7 @@ STAMP_OPTIONS = {
     "max_shift": "--max-shift",
     "bright_fraction": "--bright-fraction",
     "bright_mag": "--bright-mag",
+    "star_fraction": "--star-fraction",
     "num_shards": "--num-shards",
     "shard_index": "--shard-index",
     "jobs": "--jobs",
@@ -130,6 +131,13 @@ def _refuse_foreign(ctx: click.Context, kind: str) -> None:
     help="i-band magnitude limit of the galaxies --bright-fraction draws (default 20).",
 )
 @click.option(
+    "--star-fraction",
+    type=float,
+    default=None,
+    help="Share of the sources that are stars instead of galaxies (default 0): point sources "
+    "with i uniform from 15 to 25.3 and stellar colours.",
+)
+@click.option(
     "--catalog",
     "catalog_path",
     type=click.Path(),
@@ -188,6 +196,7 @@ def simulate(
     exposure_scale: str | None,
     bright_fraction: float | None,
     bright_mag: float | None,
+    star_fraction: float | None,
     catalog_path: str | None,
     num_shards: int | None,
     shard_index: int | None,
@@ -273,6 +282,7 @@ def simulate(
     given = {
         "bright_fraction": bright_fraction,
         "bright_mag": bright_mag,
+        "star_fraction": star_fraction,
         "max_shift": max_shift,
     }
     chosen.update({k: v for k, v in given.items() if v is not None})

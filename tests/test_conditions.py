@@ -47,6 +47,7 @@ def _sha256(path) -> str:
         ({"bright_fraction": 1.5}, "bright_fraction must be between 0 and 1"),
         ({"bright_fraction": True}, "bright_fraction must be a number"),
         ({"bright_mag": 26.0}, "bright_mag must be between 10 and max_mag"),
+        ({"star_fraction": -0.1}, "star_fraction must be between 0 and 1"),
     ],
 )
 def test_conditions_are_validated(kwargs, message):
@@ -208,6 +209,31 @@ def test_bright_fraction_draws_bright_galaxies(catalog_table):
     few = catalog_table[np.asarray(catalog_table["i_ab"]) > 21.0]
     with pytest.raises(CatalogError, match="bright_mag"):
         simulate(cfg, table=few)
+
+
+def test_star_fraction_draws_point_sources(catalog_table):
+    """A star replaces a galaxy: the same conditions and noise draws, a PSF-sized source whose
+    magnitude lies in 15..25.3; examples without a star keep their bytes."""
+    from surveycodex.utilities import mag2counts
+
+    plain = SimConfig(kind="deblender", count=6, seed=5)
+    starry = SimConfig(kind="deblender", count=6, seed=5, star_fraction=0.5)
+    a, b = simulate_arrays(plain, table=catalog_table), simulate_arrays(starry, table=catalog_table)
+    has_star = [starry.example_stars(k, 2) is not None for k in range(6)]
+    assert any(has_star) and not all(has_star)
+    for k in range(6):
+        assert np.array_equal(a["blend"][k], b["blend"][k]) == (not has_star[k])
+        np.testing.assert_array_equal(a["psf_fwhm"][k], b["psf_fwhm"][k])
+    k = has_star.index(True)
+    star = starry.example_stars(k, 2)
+    # the star is the source whose size is the PSF's: the smallest second moments of the pair
+    size = b["mu20"][k] + b["mu02"][k]
+    galaxy_sizes = a["mu20"][~np.asarray(has_star)] + a["mu02"][~np.asarray(has_star)]
+    assert size.min() < np.median(galaxy_sizes)
+    lo, hi = (mag2counts(m, "LSST", "i").to_value("electron") for m in (25.4, 14.9))
+    assert np.all((b["flux"][k, :, 2] > lo) & (b["flux"][k, :, 2] < hi))
+    assert star["star"].sum() == len(star["i"])
+    assert ", 0.5 of sources stars" in starry.describe_conditions()
 
 
 def test_cli_conditions_preset_and_flags(tmp_path, catalog_path):

@@ -265,9 +265,13 @@ def _prepare_directory(
             _write_manifest(out, manifest)
             return load_manifest(out)
         current = load_manifest(out)
-        same = all(current.get(k) == manifest[k] for k in ("config", "catalog_sha256")) and len(
-            current["shards"]
-        ) == len(manifest["shards"])
+        # a manifest written before a config option existed holds that option's default
+        config = {**manifest["config"], **current.get("config", {})}
+        same = (
+            config == manifest["config"]
+            and current.get("catalog_sha256") == manifest["catalog_sha256"]
+            and len(current["shards"]) == len(manifest["shards"])
+        )
         if not same:
             if not overwrite:
                 raise TfdeblendError(

@@ -24,9 +24,9 @@ What is drawn (see ``docs/simulate.md``, "Fields"):
   BTK draws its stamps, with shapes oriented in pixel coordinates as in BTK's stamps.
 - **Stars** (``stars`` per arcmin^2, default none): point sources (CatSim rows whose only
   component is the AGN one, so that BTK draws them as the PSF), spread uniformly over the
-  window, i-band magnitudes from :data:`STAR_BRIGHTEST` to ``max_mag`` with number counts
+  window, i-band magnitudes from ``STAR_BRIGHTEST`` to ``max_mag`` with number counts
   ``dN/dm ~ 10^(STAR_COUNT_SLOPE m)`` (high Galactic latitude), colours along a stellar locus
-  (:data:`STAR_LOCUS`; :data:`STAR_POPULATIONS`). Their truth rows have ``star = True`` and
+  (:mod:`tfdeblend.stars`). Their truth rows have ``star = True`` and
   ``catalog_id`` -1, -2, ... Stars brighter than about :data:`STAR_SATURATION_MAG` saturate.
 - **Noise.** As in BTK: Poisson noise of the source and of the mean sky level (surveycodex's
   ``mean_sky_level``), sky subtracted: ``image = Poisson(sky + model) - sky``, drawn exactly
@@ -65,6 +65,7 @@ import numpy as np
 from tfdeblend.catalog import FAINT_MAG
 from tfdeblend.config import DEFAULT_BANDS, YamlConfig, parse_bands
 from tfdeblend.errors import CatalogError, TfdeblendError
+from tfdeblend.stars import STAR_BRIGHTEST, STAR_COUNT_SLOPE, star_columns, star_magnitudes
 from tfdeblend.simulate import (
     EXPOSURE_SCALE_LIMITS,
     PSF_SCALE_LIMITS,
@@ -101,21 +102,6 @@ MAX_HALF_STAMP: int = 160
 STAMP_HLR_DISK: float = 8.0
 STAMP_HLR_BULGE: float = 20.0
 STAMP_PSF_FWHM: float = 5.0
-#: Stars: the brightest i-band magnitude drawn (the faintest is the field's ``max_mag``).
-STAR_BRIGHTEST: float = 15.0
-#: Stars: slope of the number counts, dN/dm ~ 10^(slope m) (about 0.1 at high Galactic
-#: latitude for 16 < i < 25: a tenth of the stars brighter than i = 18).
-STAR_COUNT_SLOPE: float = 0.1
-#: Stars: the stellar locus, (g - r, r - i) points (SDSS-like main sequence, halo turn-off to
-#: M dwarfs); a star's r - i is interpolated at its g - r, plus :data:`STAR_LOCUS_SCATTER`.
-STAR_LOCUS: tuple[tuple[float, float], ...] = (
-    (0.2, 0.05), (0.4, 0.12), (0.6, 0.2), (0.8, 0.28), (1.0, 0.37), (1.2, 0.5), (1.35, 0.7),
-    (1.45, 1.0), (1.5, 1.5),
-)
-STAR_LOCUS_SCATTER: float = 0.03
-#: Stars: fractions of halo turn-off stars (g - r about 0.35), K dwarfs (g - r 0.6-1.2) and
-#: M dwarfs (g - r 1.2-1.5).
-STAR_POPULATIONS: tuple[float, float, float] = (0.55, 0.2, 0.25)
 #: Stars: half side of the postage stamp (pixels) of stars brighter than i = 19, whose PSF
 #: wings reach further than a galaxy's minimal stamp.
 STAR_HALF_STAMP: int = 96
@@ -341,26 +327,9 @@ def star_catalog(config: FieldConfig, like: Any) -> Any:
     lo, hi = STAR_BRIGHTEST, config.max_mag  # max_mag > 16 (FieldConfig)
     k = STAR_COUNT_SLOPE * math.log(10.0)  # inverse CDF of dN/dm ~ exp(k m) on [lo, hi]
     i_mag = np.log(np.exp(k * lo) + rng.uniform(size=n) * (np.exp(k * hi) - np.exp(k * lo))) / k
-    locus = np.asarray(STAR_LOCUS)
-    population = np.searchsorted(np.cumsum(STAR_POPULATIONS), rng.uniform(size=n))
-    g_r = np.select([population == 0, population == 1],
-                    [rng.normal(0.35, 0.08, n), rng.uniform(0.6, 1.2, n)],
-                    rng.uniform(1.2, 1.5, n))
-    g_r = np.clip(g_r, locus[0, 0], locus[-1, 0])
-    r_i = np.interp(g_r, locus[:, 0], locus[:, 1]) + rng.normal(0.0, STAR_LOCUS_SCATTER, n)
-    mags = {"i": i_mag, "r": i_mag + r_i, "g": i_mag + r_i + g_r}
-    mags["u"] = mags["g"] + 0.6 + 1.35 * g_r  # u - g along the locus: ~1 at the turn-off
-    mags["z"] = i_mag - 0.5 * r_i
-    mags["y"] = mags["z"] - 0.3 * r_i
-    columns: dict[str, Any] = {}
-    for name in like.colnames:
-        columns[name] = np.zeros(n, like[name].dtype)
+    columns = star_columns(like, star_magnitudes(rng, i_mag))
     columns["galtileid"] = -1 - np.arange(n, dtype=np.int64)
     columns["star"] = np.ones(n, bool)
-    columns["fluxnorm_agn"] = np.ones(n, like["fluxnorm_agn"].dtype)
-    for name in like.colnames:
-        if name.endswith("_ab"):
-            columns[name] = mags[name[:-3]].astype(like[name].dtype)
     half = side / 2.0
     columns["xi"], columns["eta"] = rng.uniform(-half, half, (2, n))
     return Table(columns)

@@ -263,6 +263,11 @@ class SimConfig(YamlConfig):
         bright_fraction: share of the galaxies drawn from those with ``i <= bright_mag`` (each
             galaxy independently); 0 draws every galaxy from the whole ``i <= max_mag`` sample.
         bright_mag: i-band magnitude limit of the bright galaxies ``bright_fraction`` draws.
+        star_fraction: share of the sources that are stars instead of galaxies (each source
+            independently): point sources of i-band magnitude uniform from ``STAR_BRIGHTEST``
+            (15) to ``max_mag``, colours on the stellar locus (:mod:`tfdeblend.stars`). A star
+            counts as a source like a galaxy (the deblender's target when brightest, one in
+            the classifier's count). 0 (default) draws no star and the same bytes as before.
         catalog: path of the CatSim catalog, or ``None`` for the default catalog.
     """
 
@@ -282,6 +287,7 @@ class SimConfig(YamlConfig):
     exposure_scale: float | tuple[float, float] = 1.0
     bright_fraction: float = 0.0
     bright_mag: float = BRIGHT_MAG
+    star_fraction: float = 0.0
     catalog: str | None = None
 
     def __post_init__(self) -> None:
@@ -346,7 +352,7 @@ class SimConfig(YamlConfig):
         self.exposure_scale = checked_scale(
             "exposure_scale", self.exposure_scale, EXPOSURE_SCALE_LIMITS
         )
-        for name in ("bright_fraction", "bright_mag"):
+        for name in ("bright_fraction", "bright_mag", "star_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TfdeblendError(f"{name} must be a number, got {value!r}")
@@ -354,6 +360,10 @@ class SimConfig(YamlConfig):
         if not 0.0 <= self.bright_fraction <= 1.0:
             raise TfdeblendError(
                 f"bright_fraction must be between 0 and 1, got {self.bright_fraction}"
+            )
+        if not 0.0 <= self.star_fraction <= 1.0:
+            raise TfdeblendError(
+                f"star_fraction must be between 0 and 1, got {self.star_fraction}"
             )
         if not 10.0 <= self.bright_mag <= self.max_mag:
             raise TfdeblendError(
@@ -381,7 +391,28 @@ class SimConfig(YamlConfig):
         )
         if self.bright_fraction > 0:
             text += f", {self.bright_fraction:g} of galaxies with i <= {self.bright_mag:g}"
+        if self.star_fraction > 0:
+            text += f", {self.star_fraction:g} of sources stars"
         return text
+
+    def example_stars(self, index: int, n_sources: int) -> dict[str, np.ndarray] | None:
+        """Which sources of example ``index`` are stars, and their magnitudes: ``None`` when
+        none is, else ``{"star": (n_sources,) bool, "<band>": (n_stars,) AB magnitudes}``.
+
+        Drawn from the example's fourth random stream ``SeedSequence([seed, index]).spawn(4)[3]``
+        (the other three are unchanged, so a set with ``star_fraction`` holds the galaxies,
+        conditions and noise draws of the same set without, where no star replaces them).
+        """
+        if self.star_fraction <= 0 or n_sources == 0:
+            return None
+        from tfdeblend.stars import STAR_BRIGHTEST, star_magnitudes
+
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(index)]).spawn(4)[3])
+        star = rng.random(n_sources) < self.star_fraction
+        if not star.any():
+            return None
+        i_mag = rng.uniform(STAR_BRIGHTEST, self.max_mag, int(star.sum()))
+        return {"star": star, **star_magnitudes(rng, i_mag)}
 
     def example_scales(self, index: int) -> tuple[float, float, np.ndarray]:
         """``(psf_scale, exposure_scale, bright)`` of example ``index``.
@@ -604,6 +635,13 @@ class BlendRenderer:
         blend["ra"] = rng.uniform(-cfg.max_shift, cfg.max_shift, n_gal)
         blend["dec"] = rng.uniform(-cfg.max_shift, cfg.max_shift, n_gal)
         blend["btk_rotation"] = np.zeros(n_gal)
+        stars = cfg.example_stars(index, n_gal)
+        if stars is not None:
+            from tfdeblend.stars import star_columns
+
+            for name, values in star_columns(blend, stars).items():
+                if name not in ("ra", "dec", "btk_rotation"):
+                    blend[name][stars["star"]] = values
 
         n_bands = len(cfg.bands)
         size = cfg.stamp_size
