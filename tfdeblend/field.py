@@ -65,7 +65,6 @@ import numpy as np
 from tfdeblend.catalog import FAINT_MAG
 from tfdeblend.config import DEFAULT_BANDS, YamlConfig, parse_bands
 from tfdeblend.errors import CatalogError, TfdeblendError
-from tfdeblend.stars import STAR_BRIGHTEST, STAR_COUNT_SLOPE, star_columns, star_magnitudes
 from tfdeblend.simulate import (
     EXPOSURE_SCALE_LIMITS,
     PSF_SCALE_LIMITS,
@@ -73,6 +72,7 @@ from tfdeblend.simulate import (
     survey_info,
     survey_with_bands,
 )
+from tfdeblend.stars import STAR_BRIGHTEST, STAR_COUNT_SLOPE, star_columns, star_magnitudes
 from tfdeblend.utils import atomic_dir, check_output_path
 
 #: Largest field side, pixels (a 3-band 8192^2 field needs ~5 GB of memory while drawn).
