@@ -243,11 +243,13 @@ def test_cli_conditions_preset_and_flags(tmp_path, catalog_path):
     out = tmp_path / "y1"
     result = runner.invoke(cli, ["simulate", "test", "--count", "2", "--format", "fits",
                                  "--conditions", "year1", "--psf-scale", "1:1.5", "--out",
-                                 str(out), "--catalog", str(catalog_path), "--quiet"])
+                                 str(out), "--catalog", str(catalog_path), "--quiet",
+                                 "--star-fraction", "0.5"])
     assert result.exit_code == 0, result.output
-    assert "LSST, psf x1:1.5, exposure x0.1" in result.output
+    assert "LSST, psf x1:1.5, exposure x0.1, 0.5 of sources stars" in result.output
     cfg = SimConfig.from_yaml(out / "config.yaml")
     assert cfg.psf_scale == (1.0, 1.5) and cfg.exposure_scale == 0.1 and cfg.survey == "LSST"
+    assert cfg.star_fraction == 0.5
     bad = runner.invoke(cli, ["simulate", "test", "--count", "2", "--psf-scale", "1:x",
                               "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 1 and bad.output.startswith("Error: --psf-scale must be")
@@ -255,6 +257,9 @@ def test_cli_conditions_preset_and_flags(tmp_path, catalog_path):
     field = runner.invoke(cli, ["simulate", "field", "--exposure-scale", "0.1:1", "--out",
                                 str(tmp_path / "field")])
     assert field.exit_code == 1 and "a field is drawn under one condition" in field.output
+    stars = runner.invoke(cli, ["simulate", "field", "--star-fraction", "0.2", "--out",
+                                str(tmp_path / "field")])
+    assert stars.exit_code == 1 and "--star-fraction" in stars.output
     assert not (tmp_path / "bad").exists() and not (tmp_path / "field").exists()
 
 
