@@ -95,6 +95,44 @@ done
   "$DATA/vgg_lsst_mix" "$DATA/vgg_hsc_mix" "$DATA/vgg_nominal" "$DATA/vgg_year1" "$DATA/vgg_bright" "$DATA/vgg_nominal2" "${RES12[@]}" \
   --out "$RUNS/cond_vgg4" --config configs/conditioned_classifier_v12.yaml --init-from "$RUNS/cond_vgg3"
 
+# 8. version 14 (2026-12-07, sixth session): stars. Version 13's networks (BASE14, the shipped
+#    export) fine-tuned with stars among the sources (--star-fraction; tfdeblend/stars.py): the
+#    RDN on six smaller replay sets drawn as version 12's plus two star sets (seeds 101-108), then
+#    the classifier on five replay sets, a star set and the new RDN's peel residuals (seeds
+#    109-121). About 29 + 25 minutes of training, 15 of simulation and residuals on 2 cores.
+BASE14=${BASE14:-saved_models/tfdeblend_cpu/13}  # git checkout the commit the model card names
+sim s14_rdn_lsst deblender --count 3000 --seed 101 "${LSST_RANGE[@]}" --bright-fraction 0.15
+sim s14_rdn_hsc deblender --count 1500 --seed 102 "${HSC_RANGE[@]}" --bright-fraction 0.15
+sim s14_rdn_year1 deblender --count 1500 --seed 103 "${Y1_RANGE[@]}" --bright-fraction 0.15
+sim s14_rdn_bright deblender --count 1500 --seed 104 "${LSST_RANGE[@]}" --bright-fraction 0.5 --bright-mag 17.5
+sim s14_rdn_close deblender --count 1000 --seed 105 --max-shift 0.8 "${LSST_RANGE[@]}"
+sim s14_rdn_nominal deblender --count 1500 --seed 106
+sim s14_rdn_stars deblender --count 4000 --seed 107 "${LSST_RANGE[@]}" --bright-fraction 0.15 --star-fraction 0.5
+sim s14_rdn_stars_hsc deblender --count 1500 --seed 108 "${HSC_RANGE[@]}" --star-fraction 0.5
+[ -f "$RUNS/star_rdn/deblender.keras" ] || timed train_rdn14 tfdeblend train --phase 1 --net deblender \
+  "$DATA"/s14_rdn_{lsst,hsc,year1,bright,close,nominal,stars,stars_hsc} \
+  --out "$RUNS/star_rdn" --config configs/experiment_conditioned_deblender_stars.yaml --init-from "$BASE14"
+sim s14_vgg_stars classifier --count 4000 --seed 109 "${LSST_RANGE[@]}" --star-fraction 0.3
+sim s14_vgg_lsst classifier --count 3000 --seed 112 "${LSST_RANGE[@]}" --bright-fraction 0.15
+sim s14_vgg_hsc classifier --count 1500 --seed 113 "${HSC_RANGE[@]}" --bright-fraction 0.15
+sim s14_vgg_nominal classifier --count 3000 --seed 114
+sim s14_vgg_year1 classifier --count 1500 --seed 115 "${Y1_RANGE[@]}" --bright-fraction 0.15
+sim s14_vgg_bright classifier --count 1000 --seed 116 "${LSST_RANGE[@]}" --bright-fraction 0.4 --bright-mag 17.5
+sim s14_res2_mix_src deblender --count 2000 --seed 117 "${LSST_RANGE[@]}" --bright-fraction 0.1
+sim s14_res2_stars_src deblender --count 1500 --seed 118 "${LSST_RANGE[@]}" --star-fraction 0.5
+sim s14_res3_src test --n-gal 3 --count 1000 --seed 119 "${LSST_RANGE[@]}" --star-fraction 0.2
+sim s14_res2_y1_src deblender --count 1000 --seed 120 "${Y1_RANGE[@]}"
+sim s14_res2_hsc_src deblender --count 800 --seed 121 "${HSC_RANGE[@]}" --star-fraction 0.2
+RES14=()
+for src in s14_res2_mix_src:2 s14_res2_stars_src:2 s14_res3_src:3 s14_res2_y1_src:2 s14_res2_hsc_src:2; do
+  name=${src%%:*}; steps=${src##*:}; out=${name%_src}_res
+  complete "$DATA/$out" || timed "residuals_$out" tfdeblend residuals "$DATA/$name" --deblender "$RUNS/star_rdn" --out "$DATA/$out" --steps "$steps" --quiet
+  RES14+=("$DATA/$out")
+done
+[ -f "$RUNS/star_vgg/classifier.keras" ] || timed train_vgg14 tfdeblend train --phase 1 --net classifier \
+  "$DATA"/s14_vgg_{lsst,hsc,nominal,year1,bright,stars} "${RES14[@]}" \
+  --out "$RUNS/star_vgg" --config configs/experiment_conditioned_classifier_stars.yaml --init-from "$BASE14"
+
 # 7. export (version 10 of the shipped model was cond_rdn + cond_vgg2, version 11 cond_rdn +
 #    cond_vgg3; versions 12 and 13 are below: version 13 is the same networks exported with the
 #    peel's prior_three -1, the default since then, chosen on the validation sets with
