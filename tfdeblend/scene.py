@@ -1290,7 +1290,9 @@ def _absorb(twin: dict, piece: dict, bands) -> None:
             twin[f"flux_{band}"] = float(np.nansum([twin[f"flux_{band}"], piece[f"flux_{band}"]]))
             twin[f"flux_err_{band}"] = float(np.hypot(np.nan_to_num(twin[f"flux_err_{band}"]),
                                                       piece[f"flux_err_{band}"]))
-    for flag in ("edge", "masked", "masked_core", "outliers"):
+    # a piece's masked core is not the galaxy's: its own centre decides ``masked_core``
+    # (:func:`_on_hole`); the missing pixels under the piece still make it ``masked``
+    for flag in ("edge", "masked", "outliers"):
         twin[flag] = twin[flag] or piece[flag]
     if "footprint" in twin and "footprint" in piece:
         (ax, ay, a), (bx, by, b) = twin["footprint"], piece["footprint"]
