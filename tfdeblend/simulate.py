@@ -60,6 +60,7 @@ from tfdeblend.config import (
     parse_bands,
 )
 from tfdeblend.errors import CatalogError, TfdeblendError
+from tfdeblend.stars import STAR_BRIGHTEST, star_columns, star_magnitudes
 
 #: Dataset kinds: 2-galaxy blends, 0..3-galaxy classifier images, N-galaxy test blends.
 KINDS: tuple[str, ...] = ("deblender", "classifier", "test")
@@ -405,8 +406,6 @@ class SimConfig(YamlConfig):
         """
         if self.star_fraction <= 0 or n_sources == 0:
             return None
-        from tfdeblend.stars import STAR_BRIGHTEST, star_magnitudes
-
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(index)]).spawn(4)[3])
         star = rng.random(n_sources) < self.star_fraction
         if not star.any():
@@ -632,16 +631,13 @@ class BlendRenderer:
         rng = np.random.default_rng(sample_seq)
         rows = self._choose_rows(rng, n_gal, bright)
         blend = self.table[np.sort(rows)]
+        stars = cfg.example_stars(index, n_gal)
+        if stars is not None:  # before the positions, which every source gets alike
+            for name, values in star_columns(blend, stars).items():
+                blend[name][stars["star"]] = values
         blend["ra"] = rng.uniform(-cfg.max_shift, cfg.max_shift, n_gal)
         blend["dec"] = rng.uniform(-cfg.max_shift, cfg.max_shift, n_gal)
         blend["btk_rotation"] = np.zeros(n_gal)
-        stars = cfg.example_stars(index, n_gal)
-        if stars is not None:
-            from tfdeblend.stars import star_columns
-
-            for name, values in star_columns(blend, stars).items():
-                if name not in ("ra", "dec", "btk_rotation"):
-                    blend[name][stars["star"]] = values
 
         n_bands = len(cfg.bands)
         size = cfg.stamp_size
