@@ -10,7 +10,7 @@
 set -euo pipefail
 DATA=${DATA:-work_data}
 RUNS=${RUNS:-runs}
-BASE=${BASE:-saved_models/tfdeblend_cpu/9}  # version 9: git checkout the commit the model card names
+BASE=${BASE:-saved_models/tfdeblend_cpu/9}  # version 9: first `git checkout 5826f9a -- saved_models/tfdeblend_cpu/9`
 MODEL=${MODEL:-saved_models/tfdeblend_conditioned}
 LOG="$RUNS/conditioned_times.log"
 mkdir -p "$RUNS"
