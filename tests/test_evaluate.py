@@ -187,6 +187,8 @@ def test_truth_deblender_scores_perfectly(eval_dirs, tmp_path):
         assert sum(b["n"] for b in bins.values()) == ours[label]["n_true"]
         assert all(b["found_fraction"] == 1.0 for b in bins.values() if b["n"])
         assert ours[label]["isolated_snr"]["median"] > 10
+        by_snr = ours[label]["found_by_snr"]
+        assert sum(b["n"] for b in by_snr.values()) == ours[label]["n_true"]
     for row in entry["table2_image_metrics"]["3"]:
         assert row["psnr"]["n"] == N_STAMPS and row["psnr"]["median"] > 80
         assert row["ssim"]["median"] > 0.999
@@ -205,6 +207,22 @@ def test_nearest_separation_and_its_bins():
     assert bins["4-8"] == {"n": 2, "found_fraction": 0.5}
     assert bins[">=20"] == {"n": 1, "found_fraction": 1.0}
     assert bins["0-4"]["n"] == 0
+
+
+def test_found_by_snr_bins_each_galaxy_by_its_snr_alone():
+    # two bands: S/N alone = sqrt((f1/s1)^2 + (f2/s2)^2) = 3, 5, 13, 100
+    flux = np.array([[3.0, 0.0], [3.0, 4.0], [5.0, 12.0], [60.0, 80.0]])
+    sigma = np.ones_like(flux)
+    snr = analysis.isolated_snr(flux, sigma)
+    np.testing.assert_allclose(snr, [3.0, 5.0, 13.0, 100.0])
+    present = np.array([True, True, True, True])
+    found = np.array([False, True, False, True])
+    bins = analysis.found_by_snr(present, found, snr)
+    assert bins["0-5"] == {"n": 1, "found_fraction": 0.0}
+    assert bins["5-10"] == {"n": 1, "found_fraction": 1.0}  # 5 falls in [5, 10)
+    assert bins["10-20"] == {"n": 1, "found_fraction": 0.0}
+    assert bins[">=50"] == {"n": 1, "found_fraction": 1.0}
+    assert bins["20-50"]["n"] == 0 and np.isnan(bins["20-50"]["found_fraction"])
 
 
 def test_mismatched_bands_or_stamp_size_is_a_clear_error(eval_dirs, tmp_path):

@@ -156,6 +156,7 @@ def analyze_catalog(
                 present, found, nearest_separation(testset, j)
             ),
             "isolated_snr": _snr_summary(true_flux, sigma_f, present),
+            "found_by_snr": found_by_snr(present, found, isolated_snr(true_flux, sigma_f)),
         }
         summary[label] = gal
         arrays[label] = {
@@ -185,31 +186,57 @@ def nearest_separation(testset: dict[str, np.ndarray], j: int) -> np.ndarray:
     return np.where(n_gal > j, nearest, np.nan)
 
 
+def isolated_snr(true_flux: np.ndarray, sigma_f: np.ndarray) -> np.ndarray:
+    """``(N,)`` matched-filter S/N of each galaxy alone, bands in quadrature (its detectability
+    without blending); ``true_flux`` and ``sigma_f`` are ``(N, C)``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(np.nansum((true_flux / sigma_f) ** 2, axis=-1))
+
+
 def _snr_summary(true_flux: np.ndarray, sigma_f: np.ndarray, present: np.ndarray) -> dict:
     """Matched-filter S/N of each galaxy alone (bands in quadrature): median, share above 10."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr = np.sqrt(np.nansum((true_flux / sigma_f) ** 2, axis=-1))[present]
+    snr = isolated_snr(true_flux, sigma_f)[present]
     if not snr.size:
         return {"median": float("nan"), "above_10": float("nan")}
     return {"median": float(np.median(snr)), "above_10": float(np.mean(snr > 10))}
 
 
-def separation_bins() -> list[tuple[str, float, float]]:
-    """``(key, lo, hi)`` of each bin of :data:`SEPARATION_BINS` (keys ``"0-4"``, ..., ``">=20"``)."""
-    edges = SEPARATION_BINS
+#: edges of the bins of a galaxy's matched-filter S/N alone (:func:`isolated_snr`)
+SNR_BINS: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0, 50.0, np.inf)
+
+
+def _bins(edges: Sequence[float]) -> list[tuple[str, float, float]]:
     return [(f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}", lo, hi)
             for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def separation_bins() -> list[tuple[str, float, float]]:
+    """``(key, lo, hi)`` of each bin of :data:`SEPARATION_BINS` (keys ``"0-4"``, ..., ``">=20"``)."""
+    return _bins(SEPARATION_BINS)
+
+
+def _found_in_bins(present: np.ndarray, found: np.ndarray, values: np.ndarray,
+                   bins: list[tuple[str, float, float]]) -> dict:
+    out = {}
+    for key, lo, hi in bins:
+        sel = present & (values >= lo) & (values < hi)
+        n = int(sel.sum())
+        out[key] = {"n": n, "found_fraction": float(found[sel].mean()) if n else float("nan")}
+    return out
+
+
+def found_by_snr(present: np.ndarray, found: np.ndarray, snr: np.ndarray) -> dict:
+    """Found fraction per bin of :data:`SNR_BINS` of the galaxy's S/N alone:
+    ``{"lo-hi": {"n", "found_fraction"}}`` (how much of what a method misses could be found at
+    all: below S/N 5 a galaxy alone is at the detection limit)."""
+    return _found_in_bins(present, found, snr, _bins(SNR_BINS))
 
 
 def found_by_separation(present: np.ndarray, found: np.ndarray, sep: np.ndarray) -> dict:
     """Found fraction per bin of :data:`SEPARATION_BINS`: ``{"lo-hi": {"n", "found_fraction"}}``,
     plus ``"no neighbour"`` for galaxies alone in their stamp (when there are any)."""
-    out = {}
     alone = present & np.isinf(sep)
-    for key, lo, hi in separation_bins():
-        sel = present & ~alone & (sep >= lo) & (sep < hi)
-        n = int(sel.sum())
-        out[key] = {"n": n, "found_fraction": float(found[sel].mean()) if n else float("nan")}
+    out = _found_in_bins(present & ~alone, found, sep, separation_bins())
     if alone.any():
         out["no neighbour"] = {"n": int(alone.sum()), "found_fraction": float(found[alone].mean())}
     return out

@@ -277,6 +277,18 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
                     vals = [_pct(methods[m][label]["found_by_separation"][key]["found_fraction"])
                             for m in names]
                     lines.append(f"| {label} | {key} | {cell['n']} | " + " | ".join(vals) + " |")
+        labels = [lb for lb in GALAXIES if lb in first and "found_by_snr" in first[lb]]
+        if labels:
+            lines += ["", "### Found (%) by the galaxy's S/N alone", "",
+                      "The matched-filter S/N each galaxy would have without its neighbours "
+                      "(bands in quadrature): below 5 it is at the detection limit even alone.",
+                      "", "| galaxy | S/N alone | galaxies | " + " | ".join(names) + " |",
+                      "|---|---|---|" + "---|" * len(names)]
+            for label in labels:
+                for key, cell in first[label]["found_by_snr"].items():
+                    vals = [_pct(methods[m][label]["found_by_snr"][key]["found_fraction"])
+                            for m in names]
+                    lines.append(f"| {label} | {key} | {cell['n']} | " + " | ".join(vals) + " |")
         # the same galaxies
         same = ts.get("same_galaxies") or {}
         if any(same.values()):
