@@ -15,7 +15,8 @@ from tfdeblend.peel_config import PeelConfig
 
 #: The peel the tests start from.
 TEST_PEEL = PeelConfig(
-    max_iterations=6, count_views=8, prior_three=0.0, split=False, refine_steps=2, detect_snr=0.0,
+    max_iterations=6, count_views=8, prior_three=0.0, split=False, split_distance=0.0,
+    refine_steps=2, detect_snr=0.0,
     detect_window=0.0, merge_radius=0.0, keep_snr=0.0,
 )
 

@@ -482,6 +482,33 @@ def test_a_bright_model_is_not_split_into_its_own_error():
         assert n_components.numpy().tolist() == [1 + expected]
 
 
+def test_a_component_holding_two_separated_galaxies_is_cut_in_two():
+    # what the RDN sometimes returns for two galaxies 20 px and more apart: one component
+    yy, xx = np.mgrid[:80, :80].astype(np.float32)
+
+    def blob(x, y, flux, sx=2.5, sy=2.5):
+        return flux * np.exp(-0.5 * (((xx - x) / sx) ** 2 + ((yy - y) / sy) ** 2))
+
+    comps = np.zeros((3, 6, 80, 80, 3), np.float32)
+    comps[0, 0] = (blob(25, 30, 50.0) + blob(55, 50, 20.0))[..., None]  # two galaxies
+    comps[1, 0] = blob(40, 40, 50.0, sx=12.0, sy=3.0)[..., None]  # one long galaxy, one peak
+    comps[2, 0] = (blob(38, 40, 50.0) + blob(44, 40, 30.0))[..., None]  # a close pair: not this step's
+    peeler = Peeler(None, None, PeelConfig(split_distance=10.0))
+    out, n, split = peeler.split_separated(tf.constant(comps), tf.constant([1, 1, 1]),
+                                           sigma=tf.ones((3, 3)))
+    out = out.numpy()
+    assert split.numpy().tolist() == [1, 0, 0] and n.numpy().tolist() == [2, 1, 1]
+    np.testing.assert_allclose(out.sum(1), comps.sum(1), atol=1e-4)  # the residual is unchanged
+    first, second = (centroids(tf.constant(out[0, k])).numpy() for k in (0, 1))
+    np.testing.assert_allclose(first, [25, 30], atol=0.5)
+    np.testing.assert_allclose(second, [55, 50], atol=0.5)
+    # peaks 36 px apart are not "farther than 40 px"
+    _, _, split = Peeler(None, None, PeelConfig(split_distance=40.0)).split_separated(
+        tf.constant(comps), tf.constant([1, 1, 1]), sigma=tf.ones((3, 3)))
+    assert split.numpy().tolist() == [0, 0, 0]
+    assert PeelConfig.preset("paper").split_distance == 0.0
+
+
 def test_split_needs_a_free_slot():
     deblender, classifier, noisy = merging_models()
     images = blend([0.0, 64.0, 16.0])[None] + noisy

@@ -32,6 +32,10 @@ still *active*:
 - *split* (:meth:`Peeler.split_merged`): in a blend with a free slot that has one component, or
   fewer than its first count, the component the classifier counts as two or more galaxies is
   split into the RDN's brightest galaxy of it and the rest (close pairs the RDN returned as one);
+- *separated split* (:meth:`Peeler.split_separated`, ``split_distance``): a component whose
+  model holds a second peak farther than ``split_distance`` pixels from its brightest, with a
+  valley between them, is cut in two along the line halfway between the peaks (two
+  well-separated galaxies the RDN returned as one; the refinement then models each again);
 - *refinement* (:meth:`Peeler.refine`, ``refine_steps`` Jacobi sweeps): every component of a
   blend with two or more is estimated again from the blend minus all the *other* components;
 - *residual detection* (:meth:`Peeler.recover_missed`, ``detect_snr``): where the residual's
@@ -90,6 +94,14 @@ DETECT_MATCH_RADIUS: float = 4.0
 #: Split: the part split off must peak above this S/N, the noise being the sky's and the
 #: model's own error (``model_error``); a noiseless part needs no detection-level threshold.
 SPLIT_SNR: float = 5.0
+#: :meth:`Peeler.split_separated`: the second peak of a component must exceed this S/N (sky
+#: noise only: the component is a noiseless model).
+SEPARATED_SNR: float = 4.0
+#: :meth:`Peeler.split_separated`: along the line between the two peaks the component's S/N
+#: map must dip below this fraction of the lower peak (two sources, not one galaxy's knots).
+SEPARATED_VALLEY: float = 0.5
+#: :meth:`Peeler.split_separated`: points sampled along that line.
+_VALLEY_SAMPLES: int = 24
 #: :meth:`Peeler.keep_significant`: a weak component is dropped only where, at its own smoothed
 #: peak, it is at most this many times the other galaxies' models (it lies on them).
 ON_MODEL_RATIO: float = 1.5
@@ -581,6 +593,78 @@ class Peeler(tf.Module):
         split = tf.scatter_nd(blends[:, None], tf.ones_like(blends), [n])
         return components, n_components + split, split
 
+    def split_separated(
+        self, components: tf.Tensor, n_components: tf.Tensor, sigma: tf.Tensor | None = None,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Cut in two one component per blend that holds two well-separated sources.
+
+        The RDN sometimes returns two galaxies far apart (20 px and more) as one component; the
+        residual is then empty, the classifier counts 0 and neither galaxy is catalogued where
+        it is (the component's centroid lies between them). In the component's matched-filter S/N
+        map (:func:`residual_snr`, sky noise only) a second local maximum farther than
+        ``split_distance`` pixels from the brightest pixel, above :data:`SEPARATED_SNR`, with
+        the map dipping below :data:`SEPARATED_VALLEY` times the lower peak along the line
+        between them, marks a second source: the pixels closer to it than to the brightest
+        become a new component (the last one) and the rest stays. The sum of the components,
+        hence the residual, does not change; the refinement sweeps after this step model each
+        galaxy again from the blend minus the others.
+
+        Returns:
+            ``(components, n_components, split)``; ``split`` int32 ``(N,)`` is 1 where a
+            component was cut.
+        """
+        k = self.config.max_iterations
+        n = tf.shape(components)[0]
+        slots = tf.range(k)[None, :]
+        real = tf.logical_and(slots < n_components[:, None], (n_components < k)[:, None])
+        index = tf.cast(tf.where(real), tf.int32)  # (M, 2): blend, slot
+        sub = tf.gather_nd(components, index)  # (M, H, W, C)
+        snr = residual_snr(sub, sigma=_take(sigma, index[:, 0]))  # (M, H, W)
+        shape = tf.shape(snr)
+        m, h, w = shape[0], shape[1], shape[2]
+        flat = tf.reshape(snr, [m, h * w])
+        first = tf.cast(tf.argmax(flat, axis=1), tf.int32)
+        x1 = tf.cast(first % w, tf.float32)
+        y1 = tf.cast(first // w, tf.float32)
+        ys = tf.cast(tf.range(h), tf.float32)[None, :, None]
+        xs = tf.cast(tf.range(w), tf.float32)[None, None, :]
+        far = tf.square(xs - x1[:, None, None]) + tf.square(ys - y1[:, None, None]) > float(
+            self.config.split_distance) ** 2
+        local = tf.equal(snr, tf.nn.max_pool2d(snr[..., None], 5, 1, "SAME")[..., 0])
+        candidates = tf.where(tf.logical_and(far, local), snr, -np.inf)
+        second = tf.cast(tf.argmax(tf.reshape(candidates, [m, h * w]), axis=1), tf.int32)
+        peak2 = tf.reduce_max(tf.reshape(candidates, [m, h * w]), axis=1)
+        x2 = tf.cast(second % w, tf.float32)
+        y2 = tf.cast(second // w, tf.float32)
+        # the S/N map along the line between the peaks, its interior only
+        t = tf.linspace(0.0, 1.0, _VALLEY_SAMPLES + 2)[1:-1][None, :]  # (1, S)
+        lx = tf.cast(tf.round(x1[:, None] + t * (x2 - x1)[:, None]), tf.int32)
+        ly = tf.cast(tf.round(y1[:, None] + t * (y2 - y1)[:, None]), tf.int32)
+        rows = tf.broadcast_to(tf.range(m)[:, None], tf.shape(lx))
+        line = tf.gather_nd(snr, tf.stack([rows, ly, lx], axis=-1))  # (M, S)
+        lower = tf.minimum(tf.reduce_max(flat, axis=1), peak2)
+        valley = tf.reduce_min(line, axis=1) < SEPARATED_VALLEY * lower
+        two = tf.logical_and(peak2 > SEPARATED_SNR, valley)
+        score = tf.where(two, peak2, -1.0)
+        scores = tf.tensor_scatter_nd_update(tf.fill([n, k], -1.0), index, score)
+        chosen = tf.cast(tf.argmax(scores, axis=1), tf.int32)
+        blends = tf.cast(tf.where(tf.reduce_max(scores, axis=1) > 0.0)[:, 0], tf.int32)
+        old = tf.stack([blends, tf.gather(chosen, blends)], axis=1)
+        new = tf.stack([blends, tf.gather(n_components, blends)], axis=1)
+        # the chosen component's row in ``sub``: its peaks
+        row = tf.tensor_scatter_nd_update(tf.fill([n, k], -1), index, tf.range(m))
+        pick = tf.gather_nd(row, old)
+        px1, py1 = tf.gather(x1, pick), tf.gather(y1, pick)
+        px2, py2 = tf.gather(x2, pick), tf.gather(y2, pick)
+        nearer = (tf.square(xs - px2[:, None, None]) + tf.square(ys - py2[:, None, None])
+                  < tf.square(xs - px1[:, None, None]) + tf.square(ys - py1[:, None, None]))
+        whole = tf.gather_nd(components, old)
+        part = whole * tf.cast(nearer, tf.float32)[..., None]
+        components = tf.tensor_scatter_nd_update(
+            components, tf.concat([old, new], 0), tf.concat([whole - part, part], 0))
+        split = tf.scatter_nd(blends[:, None], tf.ones_like(blends), [n])
+        return components, n_components + split, split
+
     def recover_missed(
         self, images: tf.Tensor, components: tf.Tensor, n_components: tf.Tensor, conditions=None,
         sigma=None,
@@ -768,7 +852,7 @@ class Peeler(tf.Module):
             padded, input units), ``residual`` float32 ``(N, H, W, C)``, ``counts`` int32
             ``(N, K + 1)`` (count before each step, ``-1`` where not run), ``quality`` int32
             ``(N,)`` (2 high, 1 medium, 0 low), ``n_components`` int32 ``(N,)``, ``split``
-            int32 ``(N,)`` (1 where :meth:`split_merged` split a component, else 0),
+            int32 ``(N,)`` (the components split: by :meth:`split_merged` and :meth:`split_separated`, 0-2),
             ``recovered`` int32 ``(N,)`` (1 where :meth:`recover_missed` added one),
             ``merged`` int32 ``(N,)`` (components :meth:`merge_close` merged away),
             ``pruned`` int32 ``(N,)`` (components :meth:`keep_significant` dropped);
@@ -877,6 +961,10 @@ class Peeler(tf.Module):
             components, n_components, split = self.split_merged(
                 components, n_components, counts[:, 0], conditions, sigma=sigma
             )
+        if self.config.split_distance > 0:
+            components, n_components, separated = self.split_separated(
+                components, n_components, sigma=sigma)
+            split = split + separated
         if self.config.refine_steps:
             components = self.refine(images, components, n_components, conditions, sigma)
         # after the sweeps: a sweep would re-estimate the new galaxy from the whole residual,

@@ -14,7 +14,7 @@ Presets (:data:`PEEL_PRESETS`):
 - ``shipped`` (the defaults): the peel exported with the shipped model: counts averaged over the
   8 rotations/flips where the single view is unsure (top probability below 0.8), a count of 3
   made e times less likely than the classifier's balanced training classes say, a merged
-  component split, 2 refinement sweeps, the residual detection at S/N 10 within an 8 px window,
+  component split, a component with two peaks over 10 px apart cut in two, 2 refinement sweeps, the residual detection at S/N 10 within an 8 px window,
   and components closer than 3 px merged;
 - ``paper``: Wang et al. (2021)'s peel exactly: count, deblend the brightest, subtract, repeat.
 
@@ -72,6 +72,8 @@ class PeelConfig(YamlConfig):
         prior_three: added to the classifier's logit of a count of 3 (a log prior ratio
             against the balanced classes it was trained on; 0 = the paper).
         split: after the peel, split a component the classifier counts as two or more galaxies.
+        split_distance: then cut in two a component whose model holds a second peak farther than
+            this many pixels from its brightest, with a valley between (0 = off).
         refine_steps: RDN refinement sweeps after the peel: each galaxy estimated again from the
             blend minus the others (0 = the paper).
         detect_snr: after the sweeps, add a component where the residual still holds a source
@@ -114,6 +116,13 @@ class PeelConfig(YamlConfig):
         True, "SPLIT", "merged components split after the peel",
         "After the peel, split a component the classifier counts as two or more galaxies.",
         off=False,
+    )
+    split_distance: float = _option(
+        10.0, "SPLITDST", "component with 2 peaks this far apart cut, px (0 off)",
+        "After the split, cut in two a galaxy whose model holds a second peak farther than this "
+        "many pixels from its brightest, with a valley between (two separated galaxies the RDN "
+        "returned as one; 0 = off).",
+        minimum=0.0, off=0.0,
     )
     refine_steps: int = _option(
         2, "REFINE", "RDN refinement sweeps after the peel",
@@ -241,7 +250,8 @@ class PeelConfig(YamlConfig):
 PEEL_PRESETS: dict[str, PeelConfig] = {
     "shipped": PeelConfig(),
     "paper": PeelConfig(
-        count_views=1, view_confidence=0.0, prior_three=0.0, split=False, refine_steps=0, detect_snr=0.0,
+        count_views=1, view_confidence=0.0, prior_three=0.0, split=False, split_distance=0.0,
+        refine_steps=0, detect_snr=0.0,
         model_error=0.0, detect_window=0.0, merge_radius=0.0, keep_snr=0.0,
     ),
 }
