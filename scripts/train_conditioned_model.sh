@@ -3,7 +3,8 @@
 # on a 2-core CPU: version 9's networks are widened (the new inputs start at zero) and fine-tuned
 # on data drawn over observing conditions. Steps: simulation, phase 1 RDN, the peel residuals of
 # that RDN, phase 1 classifier (three times), the RDN and the classifier once more (version 12),
-# the RDN with stars (version 14, step 8), export. About 155 minutes of training and 30 of simulation and residuals on 2 cores; the
+# the RDN with stars (version 14, step 8), export (step 9, two classifier steps tried and not
+# shipped, runs only with TRY_STAR_VGG=1). About 185 minutes of training and 35 of simulation and residuals on 2 cores; the
 # wall-clock minutes of each step go to $RUNS/conditioned_times.log.
 # Rerunning the script skips finished steps and resumes interrupted ones (simulation finishes
 # missing shards; training resumes from its backup/). Export and evaluation: docs/model_card.md.
@@ -97,13 +98,11 @@ done
 
 # 8. version 14 (2026-12-07, sixth session): stars. Version 13's networks (BASE14, the shipped
 #    export) fine-tuned with stars among the sources (--star-fraction; tfdeblend/stars.py): the
-#    RDN on six smaller replay sets drawn as version 12's plus two star sets (seeds 101-108), then
-#    the classifier on five replay sets, a star set and the new RDN's peel residuals (seeds
-#    109-121). About 29 minutes of training and 6 of simulation on 2 cores. Version 13's networks
+#    RDN on six smaller replay sets drawn as version 12's plus two star sets (seeds 101-108).
+#    About 29 minutes of training and 6 of simulation on 2 cores. Version 13's networks
 #    are runs/cond_rdn12 and runs/cond_vgg4 (step 6; the shipped version 13 holds the same ones:
 #    `git checkout dff4f43~1 -- saved_models/tfdeblend_cpu/13` and BASE14=that directory).
-#    The classifier step after it was tried and not shipped (docs/model_card.md, "Version 14");
-#    TRY_STAR_VGG=1 runs it (25 minutes more).
+#    The classifier step is step 9.
 BASE14=${BASE14:-}
 RDN13=${BASE14:-$RUNS/cond_rdn12}
 VGG13=${BASE14:-$RUNS/cond_vgg4}
@@ -118,33 +117,45 @@ sim s14_rdn_stars_hsc deblender --count 1500 --seed 108 "${HSC_RANGE[@]}" --star
 [ -f "$RUNS/star_rdn/deblender.keras" ] || timed train_rdn14 tfdeblend train --phase 1 --net deblender \
   "$DATA"/s14_rdn_{lsst,hsc,year1,bright,close,nominal,stars,stars_hsc} \
   --out "$RUNS/star_rdn" --config configs/experiment_conditioned_deblender_stars.yaml --init-from "$RDN13"
+# 9. Tried, not shipped (docs/model_card.md, "Version 15"): version 13's classifier fine-tuned
+#    with stars, on five replay sets, a star set and the new RDN's peel residuals on five sets
+#    (seeds 109, 112-121; configs/experiment_conditioned_classifier_stars.yaml, sixth session),
+#    and the same with as many bright-galaxy images and residuals as star images (seeds 123,
+#    124; configs/experiment_conditioned_classifier_stars_balanced.yaml, seventh session). Both
+#    lost "high" at nominal depth; TRY_STAR_VGG=1 runs them (15-25 minutes of training each).
 if [ "${TRY_STAR_VGG:-0}" = 1 ]; then
-  sim s14_vgg_stars classifier --count 4000 --seed 109 "${LSST_RANGE[@]}" --star-fraction 0.3
-  sim s14_vgg_lsst classifier --count 3000 --seed 112 "${LSST_RANGE[@]}" --bright-fraction 0.15
-  sim s14_vgg_hsc classifier --count 1500 --seed 113 "${HSC_RANGE[@]}" --bright-fraction 0.15
-  sim s14_vgg_nominal classifier --count 3000 --seed 114
-  sim s14_vgg_year1 classifier --count 1500 --seed 115 "${Y1_RANGE[@]}" --bright-fraction 0.15
-  sim s14_vgg_bright classifier --count 1000 --seed 116 "${LSST_RANGE[@]}" --bright-fraction 0.4 --bright-mag 17.5
-  sim s14_res2_mix_src deblender --count 2000 --seed 117 "${LSST_RANGE[@]}" --bright-fraction 0.1
-  sim s14_res2_stars_src deblender --count 1500 --seed 118 "${LSST_RANGE[@]}" --star-fraction 0.5
-  sim s14_res3_src test --n-gal 3 --count 1000 --seed 119 "${LSST_RANGE[@]}" --star-fraction 0.2
-  sim s14_res2_y1_src deblender --count 1000 --seed 120 "${Y1_RANGE[@]}"
-  sim s14_res2_hsc_src deblender --count 800 --seed 121 "${HSC_RANGE[@]}" --star-fraction 0.2
-  RES14=()
-  for src in s14_res2_mix_src:2 s14_res2_stars_src:2 s14_res3_src:3 s14_res2_y1_src:2 s14_res2_hsc_src:2; do
-    name=${src%%:*}; steps=${src##*:}; out=${name%_src}_res
-    complete "$DATA/$out" || timed "residuals_$out" tfdeblend residuals "$DATA/$name" --deblender "$RUNS/star_rdn" --out "$DATA/$out" --steps "$steps" --quiet
-    RES14+=("$DATA/$out")
-  done
-  [ -f "$RUNS/star_vgg/classifier.keras" ] || timed train_vgg14 tfdeblend train --phase 1 --net classifier \
-    "$DATA"/s14_vgg_{lsst,hsc,nominal,year1,bright,stars} "${RES14[@]}" \
-    --out "$RUNS/star_vgg" --config configs/experiment_conditioned_classifier_stars.yaml --init-from "$VGG13"
+sim s14_vgg_stars classifier --count 4000 --seed 109 "${LSST_RANGE[@]}" --star-fraction 0.3
+sim s14_vgg_lsst classifier --count 3000 --seed 112 "${LSST_RANGE[@]}" --bright-fraction 0.15
+sim s14_vgg_hsc classifier --count 1500 --seed 113 "${HSC_RANGE[@]}" --bright-fraction 0.15
+sim s14_vgg_nominal classifier --count 3000 --seed 114
+sim s14_vgg_year1 classifier --count 1500 --seed 115 "${Y1_RANGE[@]}" --bright-fraction 0.15
+sim s14_vgg_bright classifier --count 1000 --seed 116 "${LSST_RANGE[@]}" --bright-fraction 0.4 --bright-mag 17.5
+sim s14_res2_mix_src deblender --count 2000 --seed 117 "${LSST_RANGE[@]}" --bright-fraction 0.1
+sim s14_res2_stars_src deblender --count 1500 --seed 118 "${LSST_RANGE[@]}" --star-fraction 0.5
+sim s14_res3_src test --n-gal 3 --count 1000 --seed 119 "${LSST_RANGE[@]}" --star-fraction 0.2
+sim s14_res2_y1_src deblender --count 1000 --seed 120 "${Y1_RANGE[@]}"
+sim s14_res2_hsc_src deblender --count 800 --seed 121 "${HSC_RANGE[@]}" --star-fraction 0.2
+sim s15_res2_bright_src deblender --count 2000 --seed 123 "${LSST_RANGE[@]}" --bright-fraction 0.5 --bright-mag 17.5
+sim s15_vgg_bright classifier --count 2000 --seed 124 "${LSST_RANGE[@]}" --bright-fraction 0.4 --bright-mag 17.5
+RES14=()
+for src in s14_res2_mix_src:2 s14_res2_stars_src:2 s14_res3_src:3 s14_res2_y1_src:2 s14_res2_hsc_src:2 s15_res2_bright_src:2; do
+  name=${src%%:*}; steps=${src##*:}; out=${name%_src}_res
+  complete "$DATA/$out" || timed "residuals_$out" tfdeblend residuals "$DATA/$name" --deblender "$RUNS/star_rdn" --out "$DATA/$out" --steps "$steps" --quiet
+  RES14+=("$DATA/$out")
+done
+[ -f "$RUNS/star_vgg_bal/classifier.keras" ] || timed train_vgg15 tfdeblend train --phase 1 --net classifier \
+  "$DATA"/s14_vgg_{lsst,hsc,nominal,year1,bright,stars} "$DATA/s15_vgg_bright" "${RES14[@]}" \
+  --out "$RUNS/star_vgg_bal" --config configs/experiment_conditioned_classifier_stars_balanced.yaml --init-from "$VGG13"
+[ -f "$RUNS/star_vgg/classifier.keras" ] || timed train_vgg14 tfdeblend train --phase 1 --net classifier \
+  "$DATA"/s14_vgg_{lsst,hsc,nominal,year1,bright,stars} "${RES14[@]:0:5}" \
+  --out "$RUNS/star_vgg" --config configs/experiment_conditioned_classifier_stars.yaml --init-from "$VGG13"
 fi
 
 # 7. export (version 10 of the shipped model was cond_rdn + cond_vgg2, version 11 cond_rdn +
 #    cond_vgg3; versions 12 and 13 are below: version 13 is the same networks exported with the
 #    peel's prior_three -1, the default since then, chosen on the validation sets with
-#    scripts/count_trajectories.py; docs/model_card.md, "Version 13"; version 14 is step 8's
-#    RDN with version 13's classifier and peel, below)
+#    scripts/count_trajectories.py; docs/model_card.md, "Version 13"; version 14 was step 8's
+#    RDN with version 13's classifier and peel; version 15 is the same networks with the peel's
+#    separated split, split_distance 10, now the default, below)
 [ -d "$MODEL" ] || tfdeblend export --deblender "$RUNS/star_rdn" --classifier "$VGG13" --out "$MODEL"
 echo "trained and exported: $MODEL"

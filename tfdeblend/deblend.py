@@ -602,7 +602,8 @@ class Peeler(tf.Module):
         residual is then empty, the classifier counts 0 and neither galaxy is catalogued where
         it is (the component's centroid lies between them). In the component's matched-filter S/N
         map (:func:`residual_snr`, sky noise only) a second local maximum farther than
-        ``split_distance`` pixels from the brightest pixel, above :data:`SEPARATED_SNR`, with
+        ``split_distance`` pixels from the brightest pixel, above :data:`SEPARATED_SNR` and above
+        ``model_error`` times the brightest peak (the model's own error), with
         the map dipping below :data:`SEPARATED_VALLEY` times the lower peak along the line
         between them, marks a second source: the pixels closer to it than to the brightest
         become a new component (the last one) and the rest stays. The sum of the components,
@@ -644,7 +645,10 @@ class Peeler(tf.Module):
         line = tf.gather_nd(snr, tf.stack([rows, ly, lx], axis=-1))  # (M, S)
         lower = tf.minimum(tf.reduce_max(flat, axis=1), peak2)
         valley = tf.reduce_min(line, axis=1) < SEPARATED_VALLEY * lower
-        two = tf.logical_and(peak2 > SEPARATED_SNR, valley)
+        # above the sky noise, and above the model's own error at its brightest peak (a bright
+        # galaxy's model is not two galaxies)
+        floor = tf.maximum(SEPARATED_SNR, self.config.model_error * tf.reduce_max(flat, axis=1))
+        two = tf.logical_and(peak2 > floor, valley)
         score = tf.where(two, peak2, -1.0)
         scores = tf.tensor_scatter_nd_update(tf.fill([n, k], -1.0), index, score)
         chosen = tf.cast(tf.argmax(scores, axis=1), tf.int32)
