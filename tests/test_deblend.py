@@ -495,7 +495,7 @@ def test_a_component_holding_two_separated_galaxies_is_cut_in_two():
     comps[2, 0] = (blob(38, 40, 50.0) + blob(44, 40, 30.0))[..., None]  # a close pair: not this step's
     peeler = Peeler(None, None, PeelConfig(split_distance=10.0))
     out, n, split = peeler.split_separated(tf.constant(comps), tf.constant([1, 1, 1]),
-                                           sigma=tf.ones((3, 3)))
+                                           tf.constant([2, 2, 2]), sigma=tf.ones((3, 3)))
     out = out.numpy()
     assert split.numpy().tolist() == [1, 0, 0] and n.numpy().tolist() == [2, 1, 1]
     np.testing.assert_allclose(out.sum(1), comps.sum(1), atol=1e-4)  # the residual is unchanged
@@ -504,8 +504,16 @@ def test_a_component_holding_two_separated_galaxies_is_cut_in_two():
     np.testing.assert_allclose(second, [55, 50], atol=0.5)
     # peaks 36 px apart are not "farther than 40 px"
     _, _, split = Peeler(None, None, PeelConfig(split_distance=40.0)).split_separated(
-        tf.constant(comps), tf.constant([1, 1, 1]), sigma=tf.ones((3, 3)))
+        tf.constant(comps), tf.constant([1, 1, 1]), tf.constant([2, 2, 2]), sigma=tf.ones((3, 3)))
     assert split.numpy().tolist() == [0, 0, 0]
+    # the second peak on another component of the blend: that galaxy's light, not a new one
+    # (and a blend with two components and a first count of 2 is not eligible at all)
+    leak = np.zeros((2, 6, 80, 80, 3), np.float32)
+    leak[:, 0] = comps[0, 0]
+    leak[:, 1] = blob(55, 50, 200.0)[..., None]
+    _, n, split = peeler.split_separated(tf.constant(leak), tf.constant([2, 2]),
+                                         tf.constant([3, 2]), sigma=tf.ones((2, 3)))
+    assert split.numpy().tolist() == [0, 0] and n.numpy().tolist() == [2, 2]
     assert PeelConfig.preset("paper").split_distance == 0.0
 
 

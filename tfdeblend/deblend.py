@@ -32,8 +32,8 @@ still *active*:
 - *split* (:meth:`Peeler.split_merged`): in a blend with a free slot that has one component, or
   fewer than its first count, the component the classifier counts as two or more galaxies is
   split into the RDN's brightest galaxy of it and the rest (close pairs the RDN returned as one);
-- *separated split* (:meth:`Peeler.split_separated`, ``split_distance``): a component whose
-  model holds a second peak farther than ``split_distance`` pixels from its brightest, with a
+- *separated split* (:meth:`Peeler.split_separated`, ``split_distance``): in the blends the
+  split may change, a component whose model holds a second peak farther than ``split_distance`` pixels from its brightest, with a
   valley between them, is cut in two along the line halfway between the peaks (two
   well-separated galaxies the RDN returned as one; the refinement then models each again);
 - *refinement* (:meth:`Peeler.refine`, ``refine_steps`` Jacobi sweeps): every component of a
@@ -594,7 +594,8 @@ class Peeler(tf.Module):
         return components, n_components + split, split
 
     def split_separated(
-        self, components: tf.Tensor, n_components: tf.Tensor, sigma: tf.Tensor | None = None,
+        self, components: tf.Tensor, n_components: tf.Tensor, first_count: tf.Tensor,
+        sigma: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Cut in two one component per blend that holds two well-separated sources.
 
@@ -605,8 +606,11 @@ class Peeler(tf.Module):
         ``split_distance`` pixels from the brightest pixel, above :data:`SEPARATED_SNR` and above
         ``model_error`` times the brightest peak (the model's own error), with
         the map dipping below :data:`SEPARATED_VALLEY` times the lower peak along the line
-        between them, marks a second source: the pixels closer to it than to the brightest
-        become a new component (the last one) and the rest stays. The sum of the components,
+        between them, marks a second source, unless another component's centroid lies within
+        :data:`DETECT_EXCLUDE_RADIUS` of it (light of that galaxy the model took in): the pixels
+        closer to it than to the brightest become a new component (the last one) and the rest
+        stays. As for :meth:`split_merged`, only blends with a free slot and one component, or
+        fewer components than their first count, are eligible. The sum of the components,
         hence the residual, does not change; the refinement sweeps after this step model each
         galaxy again from the blend minus the others.
 
@@ -616,8 +620,13 @@ class Peeler(tf.Module):
         """
         k = self.config.max_iterations
         n = tf.shape(components)[0]
+        eligible = tf.logical_and(
+            n_components < k,
+            tf.logical_or(tf.equal(n_components, 1), n_components < first_count),
+        )
         slots = tf.range(k)[None, :]
-        real = tf.logical_and(slots < n_components[:, None], (n_components < k)[:, None])
+        present = slots < n_components[:, None]
+        real = tf.logical_and(present, eligible[:, None])
         index = tf.cast(tf.where(real), tf.int32)  # (M, 2): blend, slot
         sub = tf.gather_nd(components, index)  # (M, H, W, C)
         snr = residual_snr(sub, sigma=_take(sigma, index[:, 0]))  # (M, H, W)
@@ -648,7 +657,13 @@ class Peeler(tf.Module):
         # above the sky noise, and above the model's own error at its brightest peak (a bright
         # galaxy's model is not two galaxies)
         floor = tf.maximum(SEPARATED_SNR, self.config.model_error * tf.reduce_max(flat, axis=1))
-        two = tf.logical_and(peak2 > floor, valley)
+        # not on another component of the blend (that galaxy's light, taken in by this model)
+        centre = tf.gather(centroids(components), index[:, 0])  # (M, K, 2)
+        others = tf.logical_and(tf.gather(present, index[:, 0]),
+                                tf.not_equal(slots, index[:, 1:2]))
+        gap2 = tf.square(centre[..., 0] - x2[:, None]) + tf.square(centre[..., 1] - y2[:, None])
+        on_other = tf.reduce_any(tf.logical_and(others, gap2 < DETECT_EXCLUDE_RADIUS**2), axis=1)
+        two = tf.logical_and(tf.logical_and(peak2 > floor, valley), tf.logical_not(on_other))
         score = tf.where(two, peak2, -1.0)
         scores = tf.tensor_scatter_nd_update(tf.fill([n, k], -1.0), index, score)
         chosen = tf.cast(tf.argmax(scores, axis=1), tf.int32)
@@ -856,7 +871,7 @@ class Peeler(tf.Module):
             padded, input units), ``residual`` float32 ``(N, H, W, C)``, ``counts`` int32
             ``(N, K + 1)`` (count before each step, ``-1`` where not run), ``quality`` int32
             ``(N,)`` (2 high, 1 medium, 0 low), ``n_components`` int32 ``(N,)``, ``split``
-            int32 ``(N,)`` (the components split: by :meth:`split_merged` and :meth:`split_separated`, 0-2),
+            int32 ``(N,)`` (1 where :meth:`split_merged` or :meth:`split_separated` split a component),
             ``recovered`` int32 ``(N,)`` (1 where :meth:`recover_missed` added one),
             ``merged`` int32 ``(N,)`` (components :meth:`merge_close` merged away),
             ``pruned`` int32 ``(N,)`` (components :meth:`keep_significant` dropped);
@@ -967,8 +982,8 @@ class Peeler(tf.Module):
             )
         if self.config.split_distance > 0:
             components, n_components, separated = self.split_separated(
-                components, n_components, sigma=sigma)
-            split = split + separated
+                components, n_components, counts[:, 0], sigma=sigma)
+            split = tf.maximum(split, separated)
         if self.config.refine_steps:
             components = self.refine(images, components, n_components, conditions, sigma)
         # after the sweeps: a sweep would re-estimate the new galaxy from the whole residual,
