@@ -308,6 +308,15 @@ def conserve_flux(
     return {"conserved": components + weights * residual[:, None], "noise_std": sigma}
 
 
+def _split_eligible(n_components: tf.Tensor, first_count: tf.Tensor, k: int) -> tf.Tensor:
+    """The blends a split step may change: a free slot, and one component or fewer components
+    than the classifier's first count (bool ``(N,)``)."""
+    return tf.logical_and(
+        n_components < k,
+        tf.logical_or(tf.equal(n_components, 1), n_components < first_count),
+    )
+
+
 def stop_rule(t, k, count, active, monotone, previous, run, quality):
     """One step of the peel's stop rules and quality flags, for a batch of blends.
 
@@ -554,10 +563,7 @@ class Peeler(tf.Module):
         """
         k = self.config.max_iterations
         n = tf.shape(components)[0]
-        eligible = tf.logical_and(
-            n_components < k,
-            tf.logical_or(tf.equal(n_components, 1), n_components < first_count),
-        )
+        eligible = _split_eligible(n_components, first_count, k)
         # only the components of eligible blends are counted (most blends are not eligible)
         slots = tf.range(k)[None, :]
         real = tf.logical_and(slots < n_components[:, None], eligible[:, None])
@@ -620,10 +626,7 @@ class Peeler(tf.Module):
         """
         k = self.config.max_iterations
         n = tf.shape(components)[0]
-        eligible = tf.logical_and(
-            n_components < k,
-            tf.logical_or(tf.equal(n_components, 1), n_components < first_count),
-        )
+        eligible = _split_eligible(n_components, first_count, k)
         slots = tf.range(k)[None, :]
         present = slots < n_components[:, None]
         real = tf.logical_and(present, eligible[:, None])
