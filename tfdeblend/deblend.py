@@ -33,8 +33,8 @@ still *active*:
   fewer than its first count, the component the classifier counts as two or more galaxies is
   split into the RDN's brightest galaxy of it and the rest (close pairs the RDN returned as one);
 - *separated split* (:meth:`Peeler.split_separated`, ``split_distance``): in the blends the
-  split may change, a component whose model holds a second peak farther than ``split_distance`` pixels from its brightest, with a
-  valley between them, is cut in two along the line halfway between the peaks (two
+  split may change, a component whose model holds a second peak farther than
+  ``split_distance`` pixels from its brightest, with a valley between them, is cut in two along the line halfway between the peaks (two
   well-separated galaxies the RDN returned as one; the refinement then models each again);
 - *refinement* (:meth:`Peeler.refine`, ``refine_steps`` Jacobi sweeps): every component of a
   blend with two or more is estimated again from the blend minus all the *other* components;
@@ -637,6 +637,7 @@ class Peeler(tf.Module):
         m, h, w = shape[0], shape[1], shape[2]
         flat = tf.reshape(snr, [m, h * w])
         first = tf.cast(tf.argmax(flat, axis=1), tf.int32)
+        peak1 = tf.reduce_max(flat, axis=1)
         x1 = tf.cast(first % w, tf.float32)
         y1 = tf.cast(first // w, tf.float32)
         ys = tf.cast(tf.range(h), tf.float32)[None, :, None]
@@ -644,9 +645,9 @@ class Peeler(tf.Module):
         far = tf.square(xs - x1[:, None, None]) + tf.square(ys - y1[:, None, None]) > float(
             self.config.split_distance) ** 2
         local = tf.equal(snr, tf.nn.max_pool2d(snr[..., None], 5, 1, "SAME")[..., 0])
-        candidates = tf.where(tf.logical_and(far, local), snr, -np.inf)
-        second = tf.cast(tf.argmax(tf.reshape(candidates, [m, h * w]), axis=1), tf.int32)
-        peak2 = tf.reduce_max(tf.reshape(candidates, [m, h * w]), axis=1)
+        candidates = tf.reshape(tf.where(tf.logical_and(far, local), snr, -np.inf), [m, h * w])
+        second = tf.cast(tf.argmax(candidates, axis=1), tf.int32)
+        peak2 = tf.reduce_max(candidates, axis=1)
         x2 = tf.cast(second % w, tf.float32)
         y2 = tf.cast(second // w, tf.float32)
         # the S/N map along the line between the peaks, its interior only
@@ -655,11 +656,11 @@ class Peeler(tf.Module):
         ly = tf.cast(tf.round(y1[:, None] + t * (y2 - y1)[:, None]), tf.int32)
         rows = tf.broadcast_to(tf.range(m)[:, None], tf.shape(lx))
         line = tf.gather_nd(snr, tf.stack([rows, ly, lx], axis=-1))  # (M, S)
-        lower = tf.minimum(tf.reduce_max(flat, axis=1), peak2)
+        lower = tf.minimum(peak1, peak2)
         valley = tf.reduce_min(line, axis=1) < SEPARATED_VALLEY * lower
         # above the sky noise, and above the model's own error at its brightest peak (a bright
         # galaxy's model is not two galaxies)
-        floor = tf.maximum(SEPARATED_SNR, self.config.model_error * tf.reduce_max(flat, axis=1))
+        floor = tf.maximum(SEPARATED_SNR, self.config.model_error * peak1)
         # not on another component of the blend (that galaxy's light, taken in by this model)
         centre = tf.gather(centroids(components), index[:, 0])  # (M, K, 2)
         others = tf.logical_and(tf.gather(present, index[:, 0]),

@@ -128,6 +128,7 @@ def analyze_catalog(
                                       testset["mu11"][:, j])
         meas_shape = mt.shape_moments(mom_meas["mu20"], mom_meas["mu02"], mom_meas["mu11"])
         sigma_f = mt.noise_limited_flux_error(testset["isolated"][:, j], sky_var)  # (N, C)
+        snr = isolated_snr(true_flux, sigma_f)
         rel = mt.relative_error(meas_flux, true_flux)
         rel_sum = mt.relative_error(meas_flux.sum(-1), true_flux.sum(-1))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -155,8 +156,8 @@ def analyze_catalog(
             "found_by_separation": found_by_separation(
                 present, found, nearest_separation(testset, j)
             ),
-            "isolated_snr": _snr_summary(true_flux, sigma_f, present),
-            "found_by_snr": found_by_snr(present, found, isolated_snr(true_flux, sigma_f)),
+            "isolated_snr": _snr_summary(snr, present),
+            "found_by_snr": found_by_snr(present, found, snr),
         }
         summary[label] = gal
         arrays[label] = {
@@ -193,9 +194,9 @@ def isolated_snr(true_flux: np.ndarray, sigma_f: np.ndarray) -> np.ndarray:
         return np.sqrt(np.nansum((true_flux / sigma_f) ** 2, axis=-1))
 
 
-def _snr_summary(true_flux: np.ndarray, sigma_f: np.ndarray, present: np.ndarray) -> dict:
-    """Matched-filter S/N of each galaxy alone (bands in quadrature): median, share above 10."""
-    snr = isolated_snr(true_flux, sigma_f)[present]
+def _snr_summary(snr: np.ndarray, present: np.ndarray) -> dict:
+    """Median and share above 10 of the present galaxies' S/N alone (:func:`isolated_snr`)."""
+    snr = snr[present]
     if not snr.size:
         return {"median": float("nan"), "above_10": float("nan")}
     return {"median": float(np.median(snr)), "above_10": float(np.mean(snr > 10))}

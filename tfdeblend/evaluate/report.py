@@ -162,6 +162,25 @@ def render_conditions_grid(results: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _found_table(methods: dict[str, Any], names: list[str], key: str, title: str, intro: str,
+                 column: str) -> list[str]:
+    """Report lines of a found-fraction table by bin (``found_by_separation``,
+    ``found_by_snr``): one row per galaxy and bin, one column per method; none where the
+    metrics lack ``key``."""
+    first = methods[names[0]]
+    labels = [lb for lb in GALAXIES if lb in first and key in first[lb]]
+    if not labels:
+        return []
+    lines = ["", f"### {title}", "", intro, "",
+             f"| galaxy | {column} | galaxies | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for label in labels:
+        for bin_key, cell in first[label][key].items():
+            vals = [_pct(methods[m][label][key][bin_key]["found_fraction"]) for m in names]
+            lines.append(f"| {label} | {bin_key} | {cell['n']} | " + " | ".join(vals) + " |")
+    return lines
+
+
 def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple[str, str]]]) -> str:
     """The ``report.md`` text for a results dict.
 
@@ -260,35 +279,20 @@ def render_markdown(results: dict[str, Any], figure_blocks: dict[str, list[tuple
                     lambda s, lb=label, k=key: s[lb]["moments"][k]["bias"])
                 row(f"{label}: {key} error scatter (px^2)",
                     lambda s, lb=label, k=key: s[lb]["moments"][k]["scatter"])
-        # found fraction by separation
+        # found fraction by separation, then by S/N alone
         first = methods[names[0]]
         labels = [lb for lb in GALAXIES if lb in first and "found_by_separation" in first[lb]]
-        if labels:
-            snr = "; ".join(
-                f"{lb}: median {first[lb]['isolated_snr']['median']:.0f}, "
-                f"{_pct(first[lb]['isolated_snr']['above_10'])} % above 10" for lb in labels)
-            lines += ["", "### Found (%) by separation from the nearest other galaxy (pixels)", "",
-                      "Matched-filter S/N of each galaxy alone, bands in quadrature "
-                      f"(detectability without blending): {snr}.", "",
-                      "| galaxy | separation (px) | galaxies | " + " | ".join(names) + " |",
-                      "|---|---|---|" + "---|" * len(names)]
-            for label in labels:
-                for key, cell in first[label]["found_by_separation"].items():
-                    vals = [_pct(methods[m][label]["found_by_separation"][key]["found_fraction"])
-                            for m in names]
-                    lines.append(f"| {label} | {key} | {cell['n']} | " + " | ".join(vals) + " |")
-        labels = [lb for lb in GALAXIES if lb in first and "found_by_snr" in first[lb]]
-        if labels:
-            lines += ["", "### Found (%) by the galaxy's S/N alone", "",
-                      "The matched-filter S/N each galaxy would have without its neighbours "
-                      "(bands in quadrature): below 5 it is at the detection limit even alone.",
-                      "", "| galaxy | S/N alone | galaxies | " + " | ".join(names) + " |",
-                      "|---|---|---|" + "---|" * len(names)]
-            for label in labels:
-                for key, cell in first[label]["found_by_snr"].items():
-                    vals = [_pct(methods[m][label]["found_by_snr"][key]["found_fraction"])
-                            for m in names]
-                    lines.append(f"| {label} | {key} | {cell['n']} | " + " | ".join(vals) + " |")
+        snr = "; ".join(
+            f"{lb}: median {first[lb]['isolated_snr']['median']:.0f}, "
+            f"{_pct(first[lb]['isolated_snr']['above_10'])} % above 10" for lb in labels)
+        lines += _found_table(methods, names, "found_by_separation",
+                              "Found (%) by separation from the nearest other galaxy (pixels)",
+                              "Matched-filter S/N of each galaxy alone, bands in quadrature "
+                              f"(detectability without blending): {snr}.", "separation (px)")
+        lines += _found_table(methods, names, "found_by_snr", "Found (%) by the galaxy's S/N alone",
+                              "The matched-filter S/N each galaxy would have without its "
+                              "neighbours (bands in quadrature): below 5 it is at the detection "
+                              "limit even alone.", "S/N alone")
         # the same galaxies
         same = ts.get("same_galaxies") or {}
         if any(same.values()):
