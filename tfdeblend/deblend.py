@@ -308,13 +308,22 @@ def conserve_flux(
     return {"conserved": components + weights * residual[:, None], "noise_std": sigma}
 
 
-def _split_eligible(n_components: tf.Tensor, first_count: tf.Tensor, k: int) -> tf.Tensor:
-    """The blends a split step may change: a free slot, and one component or fewer components
-    than the classifier's first count (bool ``(N,)``)."""
-    return tf.logical_and(
+def _split_candidates(
+    n_components: tf.Tensor, first_count: tf.Tensor, k: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The components a split step may change: those of the blends with a free slot and one
+    component or fewer components than the classifier's first count.
+
+    Returns:
+        ``(index, present)``: int32 ``(M, 2)`` (blend, slot) of those components, and bool
+        ``(N, K)``, the slots that hold a component.
+    """
+    eligible = tf.logical_and(
         n_components < k,
         tf.logical_or(tf.equal(n_components, 1), n_components < first_count),
     )
+    present = tf.range(k)[None, :] < n_components[:, None]
+    return tf.cast(tf.where(tf.logical_and(present, eligible[:, None])), tf.int32), present
 
 
 def stop_rule(t, k, count, active, monotone, previous, run, quality):
@@ -563,11 +572,8 @@ class Peeler(tf.Module):
         """
         k = self.config.max_iterations
         n = tf.shape(components)[0]
-        eligible = _split_eligible(n_components, first_count, k)
         # only the components of eligible blends are counted (most blends are not eligible)
-        slots = tf.range(k)[None, :]
-        real = tf.logical_and(slots < n_components[:, None], eligible[:, None])
-        index = tf.cast(tf.where(real), tf.int32)  # (M, 2): blend, slot
+        index, _ = _split_candidates(n_components, first_count, k)  # (M, 2): blend, slot
         sub = tf.gather_nd(components, index)
         normalized, sub_scale = normalize(sub, sigma=_take(sigma, index[:, 0]))
         logits = self.logits(normalized, _take(conditions, index[:, 0]), sub_scale)
@@ -626,11 +632,8 @@ class Peeler(tf.Module):
         """
         k = self.config.max_iterations
         n = tf.shape(components)[0]
-        eligible = _split_eligible(n_components, first_count, k)
+        index, present = _split_candidates(n_components, first_count, k)  # (M, 2): blend, slot
         slots = tf.range(k)[None, :]
-        present = slots < n_components[:, None]
-        real = tf.logical_and(present, eligible[:, None])
-        index = tf.cast(tf.where(real), tf.int32)  # (M, 2): blend, slot
         sub = tf.gather_nd(components, index)  # (M, H, W, C)
         snr = residual_snr(sub, sigma=_take(sigma, index[:, 0]))  # (M, H, W)
         shape = tf.shape(snr)
