@@ -308,6 +308,14 @@ def conserve_flux(
     return {"conserved": components + weights * residual[:, None], "noise_std": sigma}
 
 
+def _peak_xy(flat: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The maximum of each row of ``flat`` (``(M, H*W)``, images of width ``w`` flattened) and
+    its pixel: ``(peak, x, y)``, each ``(M,)``, the coordinates as float32."""
+    where = tf.cast(tf.argmax(flat, axis=1), tf.int32)
+    return (tf.reduce_max(flat, axis=1), tf.cast(where % w, tf.float32),
+            tf.cast(where // w, tf.float32))
+
+
 def _split_candidates(
     n_components: tf.Tensor, first_count: tf.Tensor, k: int
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -639,20 +647,14 @@ class Peeler(tf.Module):
         shape = tf.shape(snr)
         m, h, w = shape[0], shape[1], shape[2]
         flat = tf.reshape(snr, [m, h * w])
-        first = tf.cast(tf.argmax(flat, axis=1), tf.int32)
-        peak1 = tf.reduce_max(flat, axis=1)
-        x1 = tf.cast(first % w, tf.float32)
-        y1 = tf.cast(first // w, tf.float32)
+        peak1, x1, y1 = _peak_xy(flat, w)
         ys = tf.cast(tf.range(h), tf.float32)[None, :, None]
         xs = tf.cast(tf.range(w), tf.float32)[None, None, :]
         far = tf.square(xs - x1[:, None, None]) + tf.square(ys - y1[:, None, None]) > float(
             self.config.split_distance) ** 2
         local = tf.equal(snr, tf.nn.max_pool2d(snr[..., None], 5, 1, "SAME")[..., 0])
         candidates = tf.reshape(tf.where(tf.logical_and(far, local), snr, -np.inf), [m, h * w])
-        second = tf.cast(tf.argmax(candidates, axis=1), tf.int32)
-        peak2 = tf.reduce_max(candidates, axis=1)
-        x2 = tf.cast(second % w, tf.float32)
-        y2 = tf.cast(second // w, tf.float32)
+        peak2, x2, y2 = _peak_xy(candidates, w)
         # the S/N map along the line between the peaks, its interior only
         t = tf.linspace(0.0, 1.0, _VALLEY_SAMPLES + 2)[1:-1][None, :]  # (1, S)
         lx = tf.cast(tf.round(x1[:, None] + t * (x2 - x1)[:, None]), tf.int32)
@@ -740,10 +742,7 @@ class Peeler(tf.Module):
         )
         masked = tf.where(tf.reduce_any(near, axis=1), -np.inf, snr)
         flat = tf.reshape(masked, [n, h * w])
-        peak = tf.reduce_max(flat, axis=1)
-        where = tf.cast(tf.argmax(flat, axis=1), tf.int32)
-        peak_x = tf.cast(where % w, tf.float32)
-        peak_y = tf.cast(where // w, tf.float32)
+        peak, peak_x, peak_y = _peak_xy(flat, w)
         candidate = tf.logical_and(n_components < k, peak > self.config.detect_snr)
         blends = tf.cast(tf.where(candidate)[:, 0], tf.int32)
         inputs = tf.gather(residual, blends)
