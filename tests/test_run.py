@@ -197,7 +197,8 @@ def _bad_inputs(tmp_path, images):
     p = tmp_path / "dims.fits"
     fits.PrimaryHDU(np.zeros((80, 80), "f4"), header=fits.Header({"BANDS": "g"})).writeto(p)
     cases["2-d image"] = (p, "missing r,i")  # one band's image: the model needs three
-    cases["stamp size"] = (write_blends_fits(tmp_path / "s.fits", images[:, :64, :64]), "64x64")
+    big = np.pad(images, ((0, 0), (8, 8), (8, 8), (0, 0)))
+    cases["stamp size"] = (write_blends_fits(tmp_path / "s.fits", big), "96x96 pixels, larger")
     cases["no bands"] = (write_blends_fits(tmp_path / "nb.fits", images, bands=None), "no BANDS")
     cases["band mismatch"] = (
         write_blends_fits(tmp_path / "bm.fits", images, bands=("g", "r", "z")),
@@ -341,3 +342,21 @@ def test_preview_of_a_stamp_with_missing_pixels_is_not_black(tmp_path):
         rgb = imread(path)[..., :3]
         panels[name] = (np.ptp(rgb, axis=-1) > 0.1).sum()  # coloured pixels: the galaxy
     assert panels["clean"] > 100 and panels["holed"] > 0.8 * panels["clean"], panels
+
+
+def test_no_header_card_of_a_results_file_is_truncated():
+    """Each card's comment fits its 80-character line (astropy truncated SPLITDST's with a
+    warning on every run)."""
+    import warnings
+
+    from tfdeblend.fitsio import primary_header
+    from tfdeblend.peel_config import PeelConfig
+
+    for preset in ("shipped", "paper"):
+        info = {"model": "tfdeblend_cpu", "version": 15, "bands": ("g", "r", "i"),
+                "bunit": "electron", "input": "blends.fits", "n_blends": 3,
+                "peel": PeelConfig.preset(preset)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            text = primary_header(info).tostring()
+        assert "SPLITDST" in text

@@ -227,3 +227,58 @@ def test_nan_pixels_in_stamps_are_missing_data_not_a_refusal(model_dir, images, 
         np.testing.assert_array_equal(out["COMPONENTS"].data[[0, 3]], ok["COMPONENTS"].data[[0, 3]])
         assert out["BLENDS"].data["n_components"][1] == ok["BLENDS"].data["n_components"][1]
     assert clean["n_missing"] == 0
+
+
+def test_stamps_smaller_than_the_model_are_deblended_inside_it(images, tmp_path):
+    """Cut-outs smaller than the networks' 80x80 (square or not) are no longer refused: each is
+    centred in an 80x80 stamp of empty sky with its own noise, deblended by the shipped model and
+    cut back. The galaxies come out where the 80x80 originals put them, components + residual is
+    the input, and the summary says so; larger stamps are refused with what to do instead."""
+    from tfdeblend.fitsio import read_blends
+    from tfdeblend.outliers import robust_sigma
+    from tfdeblend.run import fill_stamps, pad_offset, run_file, summary_line
+
+    cut = images[:, 8:72, 8:72]  # the central 64x64 of each stamp
+    filled, missing, absent = fill_stamps(cut, size=80)
+    assert filled.shape == (4, 80, 80, 3) and not missing.any() and not absent.any()
+    assert pad_offset(64, 64, 80) == (8, 8)
+    np.testing.assert_array_equal(filled[:, 8:72, 8:72], cut)
+    pad = filled[:, :8]  # empty sky with the stamp's own noise
+    np.testing.assert_allclose(pad.std(axis=(1, 2)), robust_sigma(cut), rtol=0.2)
+    assert np.abs(pad.mean(axis=(1, 2))).max() < 0.2 * robust_sigma(cut).min()
+
+    whole = run_file(write_blends_fits(tmp_path / "80.fits", images), tmp_path / "o80.fits",
+                     progress=False)
+    small = run_file(write_blends_fits(tmp_path / "64.fits", cut), tmp_path / "o64.fits",
+                     progress=False)
+    assert "padded_from" not in whole and small["padded_from"] == (64, 64)
+    assert "the 64x64 stamps were deblended centred in the model's 80x80" in summary_line(small)
+    with fits.open(tmp_path / "o80.fits") as a, fits.open(tmp_path / "o64.fits") as b:
+        assert b["COMPONENTS"].data.shape[-2:] == (64, 64) and b["RESIDUAL"].data.shape == (4, 3, 64, 64)
+        np.testing.assert_allclose(b["COMPONENTS"].data.sum(axis=1) + b["RESIDUAL"].data,
+                                   np.transpose(cut, (0, 3, 1, 2)), atol=0.05)
+        ours, theirs = b["CATALOG"].data, a["CATALOG"].data
+        inner = (theirs["x"] > 16) & (theirs["x"] < 64) & (theirs["y"] > 16) & (theirs["y"] < 64)
+        assert inner.sum() >= 4
+        for row in theirs[inner]:  # each galaxy well inside the cut-out is found where it was
+            same = ours[ours["blend_id"] == row["blend_id"]]
+            gap = np.hypot(same["x"] + 8 - row["x"], same["y"] + 8 - row["y"])
+            assert gap.min() < 1.0, (row, same)
+            assert abs(same["flux_r"][gap.argmin()] / row["flux_r"] - 1) < 0.1
+    # not square: 50 rows by 70 columns
+    odd = images[:2, 15:65, 5:75]
+    run_file(write_blends_fits(tmp_path / "5070.fits", odd), tmp_path / "o5070.fits",
+             progress=False)
+    with fits.open(tmp_path / "o5070.fits") as out:
+        assert out["RESIDUAL"].data.shape == (2, 3, 50, 70)
+        np.testing.assert_allclose(out["COMPONENTS"].data.sum(axis=1) + out["RESIDUAL"].data,
+                                   np.transpose(odd, (0, 3, 1, 2)), atol=0.05)
+        assert out["BLENDS"].data["n_components"].min() >= 1
+    # training and evaluation still read model-sized stamps only; larger ones are refused
+    with pytest.raises(TfdeblendError, match="the model needs 80x80"):
+        read_blends(tmp_path / "64.fits", bands=("g", "r", "i"), stamp_size=80)
+    big = np.pad(images[:1], ((0, 0), (8, 8), (8, 8), (0, 0)))
+    with pytest.raises(TfdeblendError, match="larger than the model's 80x80; deblend each as an"):
+        run_file(write_blends_fits(tmp_path / "96.fits", big), tmp_path / "o96.fits",
+                 progress=False)
+    assert not (tmp_path / "o96.fits").exists()

@@ -75,7 +75,9 @@ class BlendFile:
         bands: the bands returned by :meth:`read` (the model's when given, else the file's).
         file_bands: the bands of the file, channel order.
         n: number of stamps.
-        stamp_size: side of the stamps, pixels.
+        stamp_size: side of the stamps, pixels (their width).
+        height, width: the stamps' size, pixels (smaller than the model's only where
+            :func:`open_blends` was given ``smaller_ok``).
         bunit: the ``BUNIT`` keyword (``""`` when absent).
     """
 
@@ -89,7 +91,8 @@ class BlendFile:
         self._channels = channels
         self._single = self._data.ndim == 3
         self.n = 1 if self._single else int(self._data.shape[0])
-        self.stamp_size = int(self._data.shape[-1])
+        self.height, self.width = (int(v) for v in self._data.shape[-2:])
+        self.stamp_size = self.width
         self.bunit = str(self.header.get("BUNIT", ""))
 
     def __len__(self) -> int:
@@ -203,6 +206,7 @@ def open_blends(
     bands: tuple[str, ...] | list[str] | str | None = None,
     stamp_size: int | None = None,
     check_finite: bool = True,
+    smaller_ok: bool = False,
 ) -> BlendFile:
     """Open and validate a FITS file of blend stamps (see the module docstring).
 
@@ -211,6 +215,9 @@ def open_blends(
         bands: the model's bands; the file must have them all (extra ones are dropped).
         stamp_size: the model's stamp size, pixels.
         check_finite: scan for NaN/inf pixels (one pass over the file).
+        smaller_ok: accept stamps smaller than ``stamp_size`` in either direction (square or
+            not; :func:`tfdeblend.run.fill_stamps` pads them for the networks); larger ones are
+            refused all the same.
 
     Returns:
         A :class:`BlendFile` (close it, or use it as a context manager).
@@ -235,13 +242,19 @@ def open_blends(
         n_channels, height, width = shape[-3:]
         if ndim == 4 and shape[0] == 0:
             raise DataError(f"{path} holds no stamps (shape {shape})")
-        if height != width:
-            raise DataError(f"{path}: stamps are {height}x{width} pixels; they must be square")
-        if stamp_size is not None and height != int(stamp_size):
+        size = None if stamp_size is None else int(stamp_size)
+        if size is not None and max(height, width) > size:
             raise DataError(
-                f"{path}: stamps are {height}x{width} pixels; the model needs "
-                f"{stamp_size}x{stamp_size}"
+                f"{path}: stamps are {height}x{width} pixels, larger than the model's "
+                f"{size}x{size}; deblend each as an image (`tfdeblend run` takes one "
+                "(C, H, W) cube of any size) or cut them to the model's size"
             )
+        if size is not None and (height, width) != (size, size) and not smaller_ok:
+            raise DataError(
+                f"{path}: stamps are {height}x{width} pixels; the model needs {size}x{size}"
+            )
+        if size is None and height != width:
+            raise DataError(f"{path}: stamps are {height}x{width} pixels; they must be square")
         if "BANDS" not in header:
             raise DataError(
                 f"{path}: no BANDS header keyword naming the {n_channels} channel(s) "
@@ -447,7 +460,7 @@ class ResultWriter:
         n_blends: number of blends that will be written.
         slots: ``K``, component slots per blend (the peel's most iterations).
         bands: band names, channel order.
-        stamp_size: side of the stamps, pixels.
+        stamp_size: side of the stamps, pixels, or their ``(height, width)``.
         header_info: ``model``, ``version``, ``bunit``, ``input``... for the headers.
         overwrite: replace an existing ``path``.
     """
@@ -458,7 +471,7 @@ class ResultWriter:
         n_blends: int,
         slots: int,
         bands: tuple[str, ...],
-        stamp_size: int,
+        stamp_size: int | tuple[int, int],
         header_info: dict | None = None,
         overwrite: bool = False,
     ) -> None:
@@ -466,7 +479,10 @@ class ResultWriter:
         self.n = int(n_blends)
         self.k = int(slots)
         self.bands = tuple(bands)
-        self.size = int(stamp_size)
+        self.height, self.width = (
+            (int(stamp_size), int(stamp_size)) if np.ndim(stamp_size) == 0
+            else (int(stamp_size[0]), int(stamp_size[1]))
+        )
         self.info = {
             **(header_info or {}),
             "bands": self.bands,
@@ -482,12 +498,12 @@ class ResultWriter:
             conserved_tmp = self._scratch_file("conserved")
             fits.PrimaryHDU(header=primary_header(self.info)).writeto(self._tmp, overwrite=True)
             c = len(self.bands)
-            shape = (self.n, self.k, c, self.size, self.size)
+            shape = (self.n, self.k, c, self.height, self.width)
             self._stream = fits.StreamingHDU(
                 str(self._tmp), image_header("COMPONENTS", shape, self.info)
             )
             self._residual = np.lib.format.open_memmap(
-                residual_tmp, mode="w+", dtype=">f4", shape=(self.n, c, self.size, self.size)
+                residual_tmp, mode="w+", dtype=">f4", shape=(self.n, c, self.height, self.width)
             )
             self._conserved = np.lib.format.open_memmap(
                 conserved_tmp, mode="w+", dtype=">f4", shape=shape
@@ -580,7 +596,7 @@ class ResultWriter:
                 vstack(self._catalogs)
                 if self._catalogs
                 else component_catalog(
-                    np.zeros((0, self.k, self.size, self.size, c)), [], [], self.bands
+                    np.zeros((0, self.k, self.height, self.width, c)), [], [], self.bands
                 )
             )
             blends = vstack(self._blends)

@@ -118,7 +118,7 @@ class PeelConfig(YamlConfig):
         off=False,
     )
     split_distance: float = _option(
-        10.0, "SPLITDST", "component with 2 peaks this far apart cut, px (0 off)",
+        10.0, "SPLITDST", "2 peaks this far apart: cut in two, px (0 off)",
         "After the split, cut in two a galaxy whose model holds a second peak farther than this "
         "many pixels from its brightest, with a valley between (two separated galaxies the RDN "
         "returned as one; 0 = off).",

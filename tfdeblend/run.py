@@ -25,8 +25,14 @@ from tfdeblend.outliers import deblend_batch, stamp_functions
 from tfdeblend.peel_config import POST_PEEL_COUNTS
 
 
+def pad_offset(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(row, column)`` of a ``height x width`` stamp's first pixel inside the ``size x size``
+    stamp it is centred in for the networks (:func:`fill_stamps`)."""
+    return (size - height) // 2, (size - width) // 2
+
+
 def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0,
-                bands: tuple[str, ...] | None = None):
+                bands: tuple[str, ...] | None = None, size: int | None = None):
     """Stamps with their NaN/inf pixels filled, the number of such pixels per stamp, and the
     bands each stamp has no data in at all ``(N, C)`` bool.
 
@@ -38,32 +44,67 @@ def fill_stamps(images: np.ndarray, first_index: int = 0, seed: int = 0,
     bands instead (:func:`tfdeblend.scene.fill_absent_bands`; its fluxes are reported NaN,
     :func:`_deblend_file`).
 
+    Stamps smaller than the networks' ``size`` are centred in a ``size x size`` stamp
+    (:func:`pad_offset`) whose other pixels are empty sky: 0 plus noise of the band's robust
+    sigma, as the parts of a survey image's edge tiles outside the image are
+    (:func:`tfdeblend.scene.fill_missing`'s ``outside``); they are not counted as missing.
+
     Args:
         images: ``(N, H, W, C)`` channels last.
         first_index: index of ``images[0]`` in its file.
         bands: the channels' bands (for :func:`tfdeblend.scene.band_shares`).
+        size: the networks' stamp size (default: the stamps' own, no padding).
     """
+    n, height, width, channels = images.shape
+    size = height if size is None else int(size)
+    padded = (height, width) != (size, size)
     missing = ~np.isfinite(images)
     absent = (missing | (images == 0)).all(axis=(1, 2))
     absent &= ~absent.all(axis=1, keepdims=True)  # an empty stamp stays empty
     missing |= absent[:, None, None, :]
     counts = missing.sum(axis=(1, 2, 3)).astype(np.int32)
-    if not counts.any():
+    if not counts.any() and not padded:
         return images, counts, absent
     from tfdeblend.outliers import robust_sigma
     from tfdeblend.scene import band_shares, fill_absent_bands, fill_missing
 
-    shares = band_shares(bands if bands else [""] * images.shape[-1])
-    out = np.array(images, dtype=np.float32, copy=True)
+    shares = band_shares(bands if bands else [""] * channels)
+    row, col = pad_offset(height, width, size)
+    inside = (slice(None), slice(row, row + height), slice(col, col + width))
+    outside = np.ones((size, size), bool)
+    outside[inside[1:]] = False
+    out = np.zeros((n, size, size, channels), np.float32)
+    out[:, inside[1], inside[2]] = images
     sigma = robust_sigma(np.where(missing, np.nan, images))
-    for i in np.flatnonzero(counts):
+    for i in range(n) if padded else np.flatnonzero(counts):
         rng = np.random.default_rng(np.random.SeedSequence([seed, first_index + int(i)]))
-        stamp = np.transpose(np.where(missing[i], 0.0, images[i]), (2, 0, 1))
-        sig = np.broadcast_to(sigma[i][:, None, None], stamp.shape)
-        filled = fill_missing(stamp, np.transpose(missing[i], (2, 0, 1)), sig, rng)
+        stamp = np.zeros((channels, size, size), np.float32)
+        stamp[inside] = np.transpose(np.where(missing[i], 0.0, images[i]), (2, 0, 1))
+        hole = np.zeros((channels, size, size), bool)
+        hole[inside] = np.transpose(missing[i], (2, 0, 1))
+        sig = np.broadcast_to(np.nan_to_num(sigma[i])[:, None, None], stamp.shape)
+        filled = fill_missing(stamp, hole, sig, rng, outside=outside if padded else None)
         filled = fill_absent_bands(filled, absent[i], shares)
         out[i] = np.transpose(filled, (1, 2, 0))
     return out, counts, absent
+
+
+def crop_result(result: dict, height: int, width: int) -> dict:
+    """A peel's image outputs (``components``, ``conserved``, ``residual``) cut back from the
+    networks' stamp to the ``height x width`` stamp :func:`fill_stamps` centred in it. The
+    components' light outside it is dropped with the padding; ``components + residual`` is the
+    input on what is kept."""
+    size = np.shape(result["residual"])[1]
+    if (height, width) == (size, size):
+        return result
+    row, col = pad_offset(height, width, size)
+    rows, cols = slice(row, row + height), slice(col, col + width)
+    out = dict(result)
+    for key in ("components", "conserved"):
+        if key in out:
+            out[key] = np.asarray(out[key])[:, :, rows, cols]
+    out["residual"] = np.asarray(out["residual"])[:, rows, cols]
+    return out
 
 
 def _model_info(model) -> tuple[tuple[str, ...], int]:
@@ -157,7 +198,8 @@ def run_file(
                 f"preview directory {preview_dir} is not empty; pass --overwrite to write into it"
             )
     bands, stamp_size = _model_info(model)  # no TensorFlow yet
-    with open_blends(input_path, bands=bands, stamp_size=stamp_size, check_finite=False) as blends:
+    with open_blends(input_path, bands=bands, stamp_size=stamp_size, check_finite=False,
+                     smaller_ok=True) as blends:
         psf_fwhm = _psf_pixels(psf, bands, blends.header.get("PIXSCALE"))
         from tfdeblend.export import DeblendModel, load_model
 
@@ -231,7 +273,7 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
             blends.n,
             model.peel_config.slots,
             model.bands,
-            model.stamp_size,
+            (blends.height, blends.width),
             info,
             overwrite=overwrite,
         ) as writer,
@@ -239,8 +281,10 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
     ):
         for start in range(0, blends.n, batch_size):
             chunk = blends.read(start, start + batch_size, channels_last=True)
-            filled, n_missing, absent = fill_stamps(chunk, start, bands=model.bands)
+            filled, n_missing, absent = fill_stamps(chunk, start, bands=model.bands,
+                                                    size=model.stamp_size)
             result = deblend_batch(model, filled, batch_size=batch_size, psf_fwhm=psf_fwhm)
+            result = crop_result(result, blends.height, blends.width)
             result["missing"] = n_missing
             result["absent"] = absent
             # a stamp with no data at all: nothing was deblended, which is no "high" quality
@@ -263,7 +307,10 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
                 for key in kept.keys() - {"blend"}:
                     kept[key].extend(result[key][:room])
             bar.update(len(chunk))
-    return {"n_blends": blends.n, "quality": quality_total, **totals, "kept": kept}
+    shape = (blends.height, blends.width)
+    padded = {"padded_from": shape, "stamp_size": model.stamp_size} if shape != (
+        model.stamp_size, model.stamp_size) else {}
+    return {"n_blends": blends.n, "quality": quality_total, **totals, **padded, "kept": kept}
 
 
 def summary_line(summary: dict) -> str:
@@ -286,6 +333,13 @@ def summary_line(summary: dict) -> str:
             "pixel(s) (NaN/inf, or a band of zeros); they were filled from their neighbours (a "
             "whole band from the other bands) for the networks, are NaN in the residual (a "
             "band with no data: NaN fluxes), and are counted in BLENDS.missing"
+        )
+    if summary.get("padded_from"):
+        (height, width), size = summary["padded_from"], summary["stamp_size"]
+        line += (
+            f"\nNote: the {height}x{width} stamps were deblended centred in the model's "
+            f"{size}x{size} (the rest empty sky with the stamp's noise) and cut back to "
+            f"{height}x{width}"
         )
     if summary.get("n_outlier_blends"):
         line += (
