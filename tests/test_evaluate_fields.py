@@ -449,6 +449,7 @@ def test_a_crowded_field_is_deblended_beyond_what_sep_detects(crowd, tmp_path):
     result = CliRunner().invoke(cli, ["run", str(field / "field.fits"), "-o", str(once),
                                       "--no-residual-detection", "--quiet"])
     assert result.exit_code == 0, result.output
+    assert "Note" not in result.output  # crowded, not a sky left above 0 (run.sky_note)
     assert fits.getheader(once)["RESDET"] is False
     header = fits.getheader(report / "crowd_tfdeblend.fits")
     assert header["RESDET"] is True

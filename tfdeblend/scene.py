@@ -722,10 +722,15 @@ def deblend_tile(
     shares = None if colour is None else [float(v) for v in colour]
     sky = [float(np.median(im[~m]) / sg) if sg > 0 and (~m).any() else 0.0
            for im, m, sg in zip(image, missing, band_sigma)]
+    valid = ~missing.all(axis=0)
+    # the share of the tile's pixels with data inside a detection footprint, and how many
+    covered = {"covered": float((segmap[valid] > 0).mean()) if valid.any() else 0.0,
+               "pixels": int(valid.sum())}
     model = np.zeros_like(image)
     empty = TileResult(_empty_rows(bands), tile.ext, model, {"groups": 0, "stamps": 0,
                                                               "detections": len(objects),
-                                                              "colour": shares, "sky": sky})
+                                                              "colour": shares, "sky": sky,
+                                                              **covered})
     if len(objects) == 0:
         return empty
     grown = segmap > 0
@@ -812,7 +817,7 @@ def deblend_tile(
         table["big_group"] = np.isin(table["blend_id"], list(big))
     return TileResult(table, tile.ext, model,
                       {"groups": len(groups), "stamps": stamps_done, "detections": len(objects),
-                       "colour": shares, "sky": sky})
+                       "colour": shares, "sky": sky, **covered})
 
 
 def _recover_detections(objects, obj_label, groups, labels, working, missing, sigma_map,
