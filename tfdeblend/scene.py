@@ -723,9 +723,8 @@ def deblend_tile(
     sky = [float(np.median(im[~m]) / sg) if sg > 0 and (~m).any() else 0.0
            for im, m, sg in zip(image, missing, band_sigma)]
     valid = ~missing.all(axis=0)
-    # the share of the tile's pixels with data inside a detection footprint, and how many
-    covered = {"covered": float((segmap[valid] > 0).mean()) if valid.any() else 0.0,
-               "pixels": int(valid.sum())}
+    # the share of the tile's pixels with data that its largest group covers (run.sky_note)
+    covered = {"covered": 0.0, "pixels": int(valid.sum())}
     model = np.zeros_like(image)
     empty = TileResult(_empty_rows(bands), tile.ext, model, {"groups": 0, "stamps": 0,
                                                               "detections": len(objects),
@@ -737,6 +736,8 @@ def deblend_tile(
     if config.group_grow:
         grown = ndimage.binary_dilation(grown, iterations=config.group_grow)
     labels, _ = ndimage.label(grown)
+    if valid.any():
+        covered["covered"] = float(np.bincount(labels[valid])[1:].max(initial=0) / valid.sum())
     obj_label = labels[objects["ypeak"], objects["xpeak"]]
     groups: list[_Group] = []
     for label in np.unique(obj_label[obj_label > 0]):
