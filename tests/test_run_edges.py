@@ -247,10 +247,13 @@ def test_stamps_smaller_than_the_model_are_deblended_inside_it(images, tmp_path)
     np.testing.assert_allclose(pad.std(axis=(1, 2)), robust_sigma(cut), rtol=0.2)
     assert np.abs(pad.mean(axis=(1, 2))).max() < 0.2 * robust_sigma(cut).min()
 
+    from tfdeblend.export import load_model
+
+    model = load_model()  # the shipped model, loaded once for the three runs
     whole = run_file(write_blends_fits(tmp_path / "80.fits", images), tmp_path / "o80.fits",
-                     progress=False)
+                     model=model, progress=False)
     small = run_file(write_blends_fits(tmp_path / "64.fits", cut), tmp_path / "o64.fits",
-                     progress=False)
+                     model=model, progress=False)
     assert "padded_from" not in whole and small["padded_from"] == (64, 64)
     assert "the 64x64 stamps were deblended centred in the model's 80x80" in summary_line(small)
     with fits.open(tmp_path / "o80.fits") as a, fits.open(tmp_path / "o64.fits") as b:
@@ -268,7 +271,7 @@ def test_stamps_smaller_than_the_model_are_deblended_inside_it(images, tmp_path)
     # not square: 50 rows by 70 columns
     odd = images[:2, 15:65, 5:75]
     run_file(write_blends_fits(tmp_path / "5070.fits", odd), tmp_path / "o5070.fits",
-             progress=False)
+             model=model, progress=False)
     with fits.open(tmp_path / "o5070.fits") as out:
         assert out["RESIDUAL"].data.shape == (2, 3, 50, 70)
         np.testing.assert_allclose(out["COMPONENTS"].data.sum(axis=1) + out["RESIDUAL"].data,
