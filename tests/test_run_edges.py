@@ -285,3 +285,26 @@ def test_stamps_smaller_than_the_model_are_deblended_inside_it(images, tmp_path)
         run_file(write_blends_fits(tmp_path / "96.fits", big), tmp_path / "o96.fits",
                  progress=False)
     assert not (tmp_path / "o96.fits").exists()
+
+
+def test_stamps_whose_sky_was_subtracted_too_much_get_a_note(images, tmp_path):
+    """Stamps half a noise sigma below 0 (too much sky subtracted) lose most of their 'high'
+    flags silently; the run now says so. Galaxies only add light, so the same stamps at 0 get
+    no note (nor would bright ones: their median pixel is above 0)."""
+    from tfdeblend.export import load_model
+    from tfdeblend.outliers import robust_sigma
+    from tfdeblend.run import run_file, stamp_sky_levels, summary_line
+
+    model = load_model()
+    sigma = np.median(robust_sigma(images), axis=0)  # (C,)
+    low = images - 0.5 * sigma
+    levels = stamp_sky_levels(low, robust_sigma(low))
+    assert levels.shape == (4, 3) and (np.abs(levels + 0.45) < 0.1).all(), levels
+    summary = run_file(write_blends_fits(tmp_path / "low.fits", low), tmp_path / "o_low.fits",
+                       model=model, progress=False)
+    band, level = next(iter(summary["sky_below"].items()))
+    assert band in "gri" and -0.6 < level < -0.3
+    assert "sigmas below 0 (a typical stamp's median pixel)" in summary_line(summary)
+    clean = run_file(write_blends_fits(tmp_path / "ok.fits", images), tmp_path / "o_ok.fits",
+                     model=model, progress=False)
+    assert "sky_below" not in clean and "Note" not in summary_line(clean)
