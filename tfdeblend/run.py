@@ -297,7 +297,8 @@ def _deblend_file(blends, model, output_path, batch_size, preview_count, overwri
                 seen = np.isfinite(chunk) & ~absent[:, None, None, :]
                 result["residual"] = np.where(seen, result["residual"], np.nan)
             writer.write_batch(result)
-            levels.append(stamp_sky_levels(chunk, result["noise_std"]))
+            if result.get("noise_std") is not None:  # models before version 10 have none
+                levels.append(stamp_sky_levels(chunk, result["noise_std"]))
             for q in result["quality"]:
                 quality_total[QUALITY_NAMES[int(q)]] += 1
             for total, key in sums.items():
