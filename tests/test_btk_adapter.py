@@ -5,10 +5,11 @@ from __future__ import annotations
 import btk
 import numpy as np
 import pytest
+from astropy.table import Table
 from btk.match import PixelHungarianMatcher
 from btk.metrics.detection import Precision, Recall
 from btk.metrics.reconstruction import MSE
-from inference_helpers import exported_model
+from inference_helpers import exported_model, write_blends_fits
 
 from tfdeblend.btk_adapter import RDNDeblender
 from tfdeblend.errors import ModelError
@@ -141,3 +142,34 @@ def test_a_hot_pixel_does_not_change_what_the_adapter_finds(blend_batch, model):
     assert diff < 0.03 * np.abs(clean.deblended_images).sum()
     # the pixel went into no model
     assert result.deblended_images.max() < 1.01 * clean.deblended_images.max()
+
+
+def test_btk_stamps_smaller_than_the_model_are_peeled_whole(blend_batch, model, tmp_path):
+    """BTK stamps smaller than the model's 80x80 were refused; they are now peeled whole,
+    centred in empty sky of their own noise as `tfdeblend run` does, and returned at BTK's size.
+    The central 64x64 of the batch gives what the run path gives on the same pixels."""
+    from tfdeblend.run import run_file
+
+    survey = btk.survey.get_surveys("LSST")
+    survey.available_filters = ["z", "g", "r", "i"]
+    small = btk.blend_batch.BlendBatch(
+        blend_batch.batch_size, blend_batch.max_n_sources, 64 * 0.2, survey,
+        blend_batch.blend_images[..., 28:92, 28:92],
+        blend_batch.isolated_images[..., 28:92, 28:92], blend_batch.catalog_list,
+        blend_batch.psf,
+    )
+    assert small.image_size == 64
+    result = RDNDeblender(max_n_sources=3, model=model, batch_size=2)(small)
+    assert result.deblended_images.shape == (BATCH, 3, 4, 64, 64)
+    assert not result.deblended_images[:, :, 0].any()  # z: not the model's band
+    # the same pixels through tfdeblend run, one file
+    stamps = np.transpose(small.blend_images[:, 1:4], (0, 2, 3, 1))
+    run_file(write_blends_fits(tmp_path / "b.fits", stamps), tmp_path / "o.fits", model=model,
+             progress=False)
+    catalog = Table.read(tmp_path / "o.fits", hdu="CATALOG")
+    for i in range(BATCH):
+        ours = result.catalog_list[i]
+        theirs = catalog[catalog["blend_id"] == i][:3]
+        assert len(ours) == len(theirs) >= 1
+        np.testing.assert_allclose(ours["x_peak"], theirs["x"], atol=0.01)
+        np.testing.assert_allclose(ours["flux_r"], theirs["flux_r"], rtol=1e-3)

@@ -9,7 +9,9 @@ can score it next to BTK's own deblenders::
 BTK draws stamps channels first ``(batch, bands, H, W)``, usually 120x120 pixels and in all six
 LSST bands. The adapter selects the model's bands (by name, from the survey's filters), crops the
 central ``stamp_size`` x ``stamp_size`` pixels the networks were trained on, peels, and pads the
-components back to BTK's size with zeros. The deblended images are returned in *all* the blend's
+components back to BTK's size with zeros. Smaller BTK stamps are peeled whole, centred in a
+model-sized stamp of empty sky with their own noise and cut back, as ``tfdeblend run`` does
+(:func:`tfdeblend.run.fill_stamps`). The deblended images are returned in *all* the blend's
 bands, zero in bands the model does not see, so BTK's image metrics can compare them with
 ``isolated_images``. The catalog gives, per component, the flux-weighted centroid in pixels of the
 full stamp (``x_peak``, ``y_peak``) and ``ra``, ``dec`` in arcsec relative to the stamp centre
@@ -34,6 +36,7 @@ from btk.deblend import Deblender
 from tfdeblend import measure
 from tfdeblend.errors import ModelError
 from tfdeblend.outliers import deblend_batch
+from tfdeblend.run import crop_result, fill_stamps
 
 
 class RDNDeblender(Deblender):
@@ -65,9 +68,11 @@ class RDNDeblender(Deblender):
         return [filters.index(b) for b in self.model.bands]
 
     def _crop_slice(self, image_size: int) -> slice:
+        """The pixels the model sees: the central model-sized crop of larger BTK stamps (the
+        paper's 80x80 of 120x120), the whole of smaller ones (padded, :meth:`_peel`)."""
         size = self.model.stamp_size
-        if image_size < size:
-            raise ModelError(f"BTK stamps are {image_size} px; the model needs at least {size} px")
+        if image_size <= size:
+            return slice(0, image_size)
         start = (image_size - size) // 2
         return slice(start, start + size)
 
@@ -77,9 +82,13 @@ class RDNDeblender(Deblender):
         images = np.asarray(blend_batch.blend_images[indices], dtype=np.float32)
         images = images[:, bands, crop, crop]  # (n, C, h, w)
         conditions = self._conditions(blend_batch) if self.model.conditioned else {}
+        images = np.transpose(images, (0, 2, 3, 1))
+        size, height = self.model.stamp_size, images.shape[1]
+        if height < size:  # as tfdeblend run: centred in empty sky of the stamp's noise
+            images = fill_stamps(images, indices[0], bands=self.model.bands, size=size)[0]
         # as tfdeblend run: single-pixel outliers are replaced for the networks
-        return deblend_batch(self.model, np.transpose(images, (0, 2, 3, 1)),
-                             batch_size=self.batch_size, **conditions)
+        out = deblend_batch(self.model, images, batch_size=self.batch_size, **conditions)
+        return crop_result(out, height, height)
 
     def _conditions(self, blend_batch: BlendBatch) -> dict[str, np.ndarray]:
         """BTK's sky noise sigma and PSF FWHM (pixels) in the model's bands."""
